@@ -1,0 +1,439 @@
+"""The functional convolution API, with Apple MLX's signatures and semantics.
+
+Inputs are channels-last, ``(N, *spatial, C_in)`` (or unbatched ``(*spatial, C_in)``), and
+weights are ``(C_out, *kernel, C_in // groups)`` for convolutions and transposed convolutions
+alike. Every function forwards to one private general convolution; all argument handling happens
+in Python at trace time, so under ``jax.jit`` a dense or grouped convolution costs exactly one
+``lax.conv_general_dilated``.
+
+Differences from MLX (all additive):
+
+* tuple arguments for the 1-D functions; unbatched inputs; grouped 3-D and grouped transposed
+  convolutions; ``padding="same"`` / ``"valid"`` on the convolutions;
+* keyword-only ``precision`` and ``preferred_element_type``, passed to ``lax``;
+* with input dilation, padding and cropping apply to the *dilated* input (as in ``lax`` and as the
+  definition of transposed convolution needs). MLX crops before dilating, which makes its
+  transposed convolutions wrong when ``padding > dilation * (kernel - 1)``;
+* invalid arguments raise ``ValueError`` / ``TypeError`` where MLX may crash, truncate or
+  silently compute something else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from convnn._conv import conv as _conv
+
+__all__ = [
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "conv_general",
+]
+
+IntOrTuple = Any  # int or a sequence of ints, one per spatial axis
+
+
+def _convnd(fn, n, input, weight, stride, padding, dilation, groups, stream, precision, pet):
+    return _conv(
+        fn,
+        input,
+        weight,
+        n=n,
+        stride=stride,
+        padding=padding,
+        kernel_dilation=dilation,
+        groups=groups,
+        stream=stream,
+        precision=precision,
+        preferred_element_type=pet,
+    )
+
+
+def _conv_transposend(
+    fn, n, input, weight, stride, padding, dilation, output_padding, groups, stream, precision, pet
+):
+    return _conv(
+        fn,
+        input,
+        weight,
+        n=n,
+        stride=stride,
+        padding=padding,
+        kernel_dilation=dilation,
+        output_padding=output_padding,
+        groups=groups,
+        stream=stream,
+        precision=precision,
+        preferred_element_type=pet,
+    )
+
+
+def conv1d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    /,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    stream: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """1-D convolution (cross-correlation) over channels-last input, as ``mlx.core.conv1d``.
+
+    Args:
+      input: ``(N, W, C_in)``, or unbatched ``(W, C_in)``; a floating dtype.
+      weight: ``(C_out, K, C_in // groups)``.
+      stride: int or 1-tuple. Default 1.
+      padding: int or 1-tuple (symmetric), a pair ``(lows, highs)``, ``"same"`` or ``"valid"``.
+        Negative values crop. Default 0.
+      dilation: kernel dilation, int or 1-tuple. Default 1.
+      groups: number of channel groups; must divide ``C_in`` and ``C_out``. Default 1.
+      stream: ``None`` (JAX's placement), a ``jax.Device`` or a platform name like ``"cpu"``.
+      precision: passed to ``lax.conv_general_dilated``.
+      preferred_element_type: accumulation and output dtype (e.g. float32 for bfloat16 inputs).
+
+    Returns:
+      ``(N, W_out, C_out)`` (unbatched in, unbatched out), with
+      ``W_out = floor((W + lo + hi - dilation * (K - 1) - 1) / stride) + 1``.
+
+    Raises:
+      ValueError: on wrong ranks, mismatched channels, bad groups, stride, dilation or padding,
+        or an empty output.
+      TypeError: on non-integer arguments or integer, bool or complex arrays.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((2, 10, 3))
+      >>> w = jnp.ones((4, 3, 3))
+      >>> convnn.conv1d(x, w, padding=1).shape
+      (2, 10, 4)
+    """
+    return _convnd(
+        "conv1d", 1, input, weight, stride, padding, dilation, groups, stream, precision,
+        preferred_element_type,
+    )
+
+
+def conv2d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    /,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    stream: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """2-D convolution (cross-correlation) over channels-last input, as ``mlx.core.conv2d``.
+
+    Args:
+      input: ``(N, H, W, C_in)``, or unbatched ``(H, W, C_in)``; a floating dtype.
+      weight: ``(C_out, KH, KW, C_in // groups)``.
+      stride: int or 2-tuple. Default 1.
+      padding: int or 2-tuple (symmetric per axis), a pair ``(lows, highs)`` of 2-tuples,
+        ``"same"`` or ``"valid"``. Negative values crop. Default 0.
+      dilation: kernel dilation, int or 2-tuple. Default 1.
+      groups: number of channel groups; must divide ``C_in`` and ``C_out``. Default 1.
+      stream: ``None`` (JAX's placement), a ``jax.Device`` or a platform name like ``"cpu"``.
+      precision: passed to ``lax.conv_general_dilated``.
+      preferred_element_type: accumulation and output dtype (e.g. float32 for bfloat16 inputs).
+
+    Returns:
+      ``(N, H_out, W_out, C_out)``, per axis
+      ``floor((S + lo + hi - dilation * (K - 1) - 1) / stride) + 1``.
+
+    Raises:
+      ValueError: on wrong ranks, mismatched channels, bad groups, stride, dilation or padding,
+        or an empty output.
+      TypeError: on non-integer arguments or integer, bool or complex arrays.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 8, 8, 3))
+      >>> w = jnp.ones((16, 3, 3, 3))
+      >>> convnn.conv2d(x, w, stride=2, padding=1).shape
+      (1, 4, 4, 16)
+    """
+    return _convnd(
+        "conv2d", 2, input, weight, stride, padding, dilation, groups, stream, precision,
+        preferred_element_type,
+    )
+
+
+def conv3d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    /,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    stream: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """3-D convolution (cross-correlation) over channels-last input, as ``mlx.core.conv3d``.
+
+    Unlike MLX, ``groups > 1`` is supported.
+
+    Args:
+      input: ``(N, D, H, W, C_in)``, or unbatched ``(D, H, W, C_in)``; a floating dtype.
+      weight: ``(C_out, KD, KH, KW, C_in // groups)``.
+      stride: int or 3-tuple. Default 1.
+      padding: int or 3-tuple (symmetric per axis), a pair ``(lows, highs)`` of 3-tuples,
+        ``"same"`` or ``"valid"``. Negative values crop. Default 0.
+      dilation: kernel dilation, int or 3-tuple. Default 1.
+      groups: number of channel groups; must divide ``C_in`` and ``C_out``. Default 1.
+      stream: ``None`` (JAX's placement), a ``jax.Device`` or a platform name like ``"cpu"``.
+      precision: passed to ``lax.conv_general_dilated``.
+      preferred_element_type: accumulation and output dtype.
+
+    Returns:
+      ``(N, D_out, H_out, W_out, C_out)``.
+
+    Raises:
+      ValueError: on wrong ranks, mismatched channels, bad groups, stride, dilation or padding,
+        or an empty output.
+      TypeError: on non-integer arguments or integer, bool or complex arrays.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 4, 6, 6, 4))
+      >>> w = jnp.ones((8, 3, 3, 3, 2))
+      >>> convnn.conv3d(x, w, padding=1, groups=2).shape
+      (1, 4, 6, 6, 8)
+    """
+    return _convnd(
+        "conv3d", 3, input, weight, stride, padding, dilation, groups, stream, precision,
+        preferred_element_type,
+    )
+
+
+def conv_transpose1d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    /,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    output_padding: IntOrTuple = 0,
+    groups: int = 1,
+    *,
+    stream: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """1-D transposed convolution, as ``mlx.core.conv_transpose1d`` (PyTorch's convention).
+
+    ``stride``, ``padding`` and ``dilation`` are those of the forward convolution being
+    transposed. The weight has MLX's layout ``(C_out, K, C_in // groups)``, not PyTorch's
+    ``(C_in, C_out // groups, K)``.
+
+    Args:
+      input: ``(N, W, C_in)``, or unbatched ``(W, C_in)``.
+      weight: ``(C_out, K, C_in // groups)``.
+      stride: int or 1-tuple. Default 1.
+      padding: non-negative int or 1-tuple. Default 0.
+      dilation: int or 1-tuple. Default 1.
+      output_padding: extra size on the high side, smaller than stride or dilation. Default 0.
+      groups: number of channel groups. Default 1.
+      stream: ``None``, a ``jax.Device`` or a platform name.
+      precision: passed to ``lax``.
+      preferred_element_type: accumulation and output dtype.
+
+    Returns:
+      ``(N, W_out, C_out)`` with
+      ``W_out = (W - 1) * stride - 2 * padding + dilation * (K - 1) + output_padding + 1``.
+
+    Raises:
+      ValueError: on negative padding, bad output_padding, wrong shapes or an empty output.
+      TypeError: on non-integer arguments or non-floating arrays.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 5, 4))
+      >>> w = jnp.ones((2, 3, 4))
+      >>> convnn.conv_transpose1d(x, w, stride=2, padding=1, output_padding=1).shape
+      (1, 10, 2)
+    """
+    return _conv_transposend(
+        "conv_transpose1d", 1, input, weight, stride, padding, dilation, output_padding, groups,
+        stream, precision, preferred_element_type,
+    )
+
+
+def conv_transpose2d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    /,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    output_padding: IntOrTuple = 0,
+    groups: int = 1,
+    *,
+    stream: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """2-D transposed convolution, as ``mlx.core.conv_transpose2d`` (PyTorch's convention).
+
+    Args:
+      input: ``(N, H, W, C_in)``, or unbatched ``(H, W, C_in)``.
+      weight: ``(C_out, KH, KW, C_in // groups)`` (MLX layout).
+      stride: int or 2-tuple. Default 1.
+      padding: non-negative int or 2-tuple: the forward convolution's padding. Default 0.
+      dilation: int or 2-tuple. Default 1.
+      output_padding: extra size on the high side, smaller than stride or dilation. Default 0.
+      groups: number of channel groups. Default 1.
+      stream: ``None``, a ``jax.Device`` or a platform name.
+      precision: passed to ``lax``.
+      preferred_element_type: accumulation and output dtype.
+
+    Returns:
+      ``(N, H_out, W_out, C_out)``, per axis
+      ``(S - 1) * stride - 2 * padding + dilation * (K - 1) + output_padding + 1``.
+
+    Raises:
+      ValueError: on negative padding, bad output_padding, wrong shapes or an empty output.
+      TypeError: on non-integer arguments or non-floating arrays.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 4, 4, 8))
+      >>> w = jnp.ones((3, 3, 3, 8))
+      >>> convnn.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1).shape
+      (1, 8, 8, 3)
+    """
+    return _conv_transposend(
+        "conv_transpose2d", 2, input, weight, stride, padding, dilation, output_padding, groups,
+        stream, precision, preferred_element_type,
+    )
+
+
+def conv_transpose3d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    /,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    output_padding: IntOrTuple = 0,
+    groups: int = 1,
+    *,
+    stream: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """3-D transposed convolution, as ``mlx.core.conv_transpose3d`` (PyTorch's convention).
+
+    Args:
+      input: ``(N, D, H, W, C_in)``, or unbatched ``(D, H, W, C_in)``.
+      weight: ``(C_out, KD, KH, KW, C_in // groups)`` (MLX layout).
+      stride: int or 3-tuple. Default 1.
+      padding: non-negative int or 3-tuple. Default 0.
+      dilation: int or 3-tuple. Default 1.
+      output_padding: extra size on the high side, smaller than stride or dilation. Default 0.
+      groups: number of channel groups. Default 1.
+      stream: ``None``, a ``jax.Device`` or a platform name.
+      precision: passed to ``lax``.
+      preferred_element_type: accumulation and output dtype.
+
+    Returns:
+      ``(N, D_out, H_out, W_out, C_out)``.
+
+    Raises:
+      ValueError: on negative padding, bad output_padding, wrong shapes or an empty output.
+      TypeError: on non-integer arguments or non-floating arrays.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 2, 3, 3, 2))
+      >>> w = jnp.ones((4, 2, 2, 2, 2))
+      >>> convnn.conv_transpose3d(x, w, stride=2).shape
+      (1, 4, 6, 6, 4)
+    """
+    return _conv_transposend(
+        "conv_transpose3d", 3, input, weight, stride, padding, dilation, output_padding, groups,
+        stream, precision, preferred_element_type,
+    )
+
+
+def conv_general(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    /,
+    stride: IntOrTuple = 1,
+    padding: Any = 0,
+    kernel_dilation: IntOrTuple = 1,
+    input_dilation: IntOrTuple = 1,
+    groups: int = 1,
+    flip: bool = False,
+    *,
+    stream: Any = None,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """General N-d convolution (1 to 3 spatial axes), as ``mlx.core.conv_general``.
+
+    The number of spatial axes is ``weight.ndim - 2``.
+
+    Args:
+      input: ``(N, *spatial, C_in)``, or unbatched ``(*spatial, C_in)``.
+      weight: ``(C_out, *kernel, C_in // groups)``.
+      stride: int or one int per axis. Default 1.
+      padding: an int; one int per axis (symmetric); a pair ``(lows, highs)`` of per-axis
+        sequences (lows for every axis, then highs: for 2-D, ``((1, 1), (2, 2))`` means lows
+        ``(1, 1)`` and highs ``(2, 2)``, not lax's per-axis pairs); or ``"same"`` / ``"valid"``.
+        Negative values crop. Padding applies to the input after input dilation. Default 0.
+      kernel_dilation: int or one per axis. Default 1.
+      input_dilation: int or one per axis (zeros inserted between input elements). Default 1.
+      groups: number of channel groups. Default 1.
+      flip: if true, a true convolution (kernel reversed) instead of cross-correlation.
+      stream: ``None``, a ``jax.Device`` or a platform name.
+      precision: passed to ``lax``.
+      preferred_element_type: accumulation and output dtype.
+
+    Returns:
+      ``(N, *spatial_out, C_out)``, per axis
+      ``floor(((S - 1) * input_dilation + 1 + lo + hi - kernel_dilation * (K - 1) - 1) / stride) + 1``.
+
+    Raises:
+      ValueError: on wrong shapes or arguments, or an empty output.
+      TypeError: on non-integer arguments or non-floating arrays.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 5, 5, 2))
+      >>> w = jnp.ones((3, 3, 3, 2))
+      >>> convnn.conv_general(x, w, padding=((1, 0), (2, 1)), input_dilation=2).shape
+      (1, 10, 8, 3)
+    """
+    return _conv(
+        "conv_general",
+        input,
+        weight,
+        n=None,
+        stride=stride,
+        padding=padding,
+        kernel_dilation=kernel_dilation,
+        input_dilation=input_dilation,
+        groups=groups,
+        flip=flip,
+        stream=stream,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )

@@ -1,0 +1,72 @@
+"""The ``"xla"`` strategy: one ``lax.conv_general_dilated`` call."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax import lax
+
+from convnn.lowering._spec import ConvSpec
+
+
+def dimension_numbers(n: int) -> lax.ConvDimensionNumbers:
+    """Channels-last input and output, weight ``(O, *kernel, I)``, for ``n`` spatial axes."""
+    spatial = tuple(range(1, n + 1))
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, n + 1, *spatial), rhs_spec=(0, n + 1, *spatial), out_spec=(0, n + 1, *spatial)
+    )
+
+
+def _lax_conv(x, w, spec: ConvSpec, *, input_dilation=None, padding=None):
+    n = spec.ndim
+    if spec.flip:
+        w = lax.rev(w, tuple(range(1, n + 1)))
+    return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=spec.stride,
+        padding=spec.padding if padding is None else padding,
+        lhs_dilation=spec.input_dilation if input_dilation is None else input_dilation,
+        rhs_dilation=spec.kernel_dilation,
+        dimension_numbers=dimension_numbers(n),
+        feature_group_count=spec.groups,
+        precision=spec.precision,
+        preferred_element_type=spec.preferred_element_type,
+    )
+
+
+def dilate_and_pad(x, spec: ConvSpec):
+    """Materialises the input dilation and padding of ``spec`` with one ``lax.pad``."""
+    config = [(0, 0, 0)]
+    config += [(lo, hi, d - 1) for (lo, hi), d in zip(spec.padding, spec.input_dilation)]
+    config += [(0, 0, 0)]
+    return lax.pad(x, lax.full((), 0, x.dtype), config)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _input_dilated_conv(x, w, spec):
+    return _lax_conv(x, w, spec)
+
+
+@_input_dilated_conv.defjvp
+def _input_dilated_conv_jvp(spec, primals, tangents):
+    # Autodiff of an input-dilated convolution with respect to the weight emits a convolution
+    # with input dilation whose operands XLA's CPU algebraic simplifier may swap into an invalid
+    # program, aborting the process. The weight tangent therefore goes through the explicitly
+    # dilated input, whose transpose needs no input dilation.
+    x, w = primals
+    dx, dw = tangents
+    out = _input_dilated_conv(x, w, spec)
+    zero = (0,) * spec.ndim
+    t_w = _lax_conv(dilate_and_pad(x, spec), dw, spec, input_dilation=(1,) * spec.ndim,
+                    padding=tuple(zip(zero, zero)))
+    t_x = _input_dilated_conv(dx, w, spec)
+    return out, t_x + t_w
+
+
+def conv_xla(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+    """Computes the convolution with a single ``lax.conv_general_dilated`` call."""
+    if all(d == 1 for d in spec.input_dilation):
+        return _lax_conv(x, w, spec)
+    return _input_dilated_conv(x, w, spec)
