@@ -6,6 +6,9 @@
 """
 
 from convnn.functional import (
+    avg_pool1d,
+    avg_pool2d,
+    avg_pool3d,
     conv1d,
     conv2d,
     conv3d,
@@ -13,6 +16,9 @@ from convnn.functional import (
     conv_transpose1d,
     conv_transpose2d,
     conv_transpose3d,
+    max_pool1d,
+    max_pool2d,
+    max_pool3d,
 )
 
 __version__ = "0.1.0"
@@ -25,4 +31,10 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 
+from convnn import _pool
 from convnn._conv import conv as _conv
 
 __all__ = [
@@ -34,6 +35,12 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose3d",
     "conv_general",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
 ]
 
 IntOrTuple = Any  # int or a sequence of ints, one per spatial axis
@@ -436,4 +443,289 @@ def conv_general(
         stream=stream,
         precision=precision,
         preferred_element_type=preferred_element_type,
+    )
+
+
+def max_pool1d(
+    x: jax.typing.ArrayLike,
+    /,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    *,
+    ceil_mode: bool = False,
+    dilation: IntOrTuple = 1,
+) -> jax.Array:
+    """1-D max pooling over channels-last input, as ``mlx.nn.MaxPool1d``, plus PyTorch's options.
+
+    Args:
+      x: ``(N, W, C)``, or unbatched ``(W, C)``; a floating or integer dtype.
+      kernel_size: window size, int or 1-tuple.
+      stride: int or 1-tuple. Default ``None``: the kernel size (MLX and PyTorch).
+      padding: int or 1-tuple, added on both sides of each spatial axis with ``-inf`` (the dtype's
+        lowest value for integers); at most ``kernel_size // 2`` (PyTorch's rule; MLX accepts
+        more but then pools windows of padding only). Default 0.
+      ceil_mode: round the output size up, as PyTorch does; a window that would start in the
+        right padding is dropped. Default False.
+      dilation: window dilation, int or 1-tuple (PyTorch's meaning). Default 1.
+
+    Returns:
+      ``(N, W_out, C)`` (unbatched without ``N``), in ``x``'s dtype; per axis
+      ``floor((S + 2 * padding - dilation * (K - 1) - 1) / stride) + 1`` (``ceil`` with
+      ``ceil_mode``).
+
+    Raises:
+      ValueError: on a wrong rank, non-positive kernel, stride or dilation, negative or too
+        large padding, or a window larger than the padded input.
+      TypeError: on non-integer arguments, non-bool ``ceil_mode``, or a bool or complex input.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 7, 3))
+      >>> convnn.max_pool1d(x, 2).shape
+      (1, 3, 3)
+      >>> convnn.max_pool1d(x, 2, ceil_mode=True).shape
+      (1, 4, 3)
+    """
+    return _pool.max_pool(
+        "max_pool1d", 1, x, kernel_size, stride, padding, ceil_mode=ceil_mode,
+        dilation=dilation,
+    )
+
+
+def max_pool2d(
+    x: jax.typing.ArrayLike,
+    /,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    *,
+    ceil_mode: bool = False,
+    dilation: IntOrTuple = 1,
+) -> jax.Array:
+    """2-D max pooling over channels-last input, as ``mlx.nn.MaxPool2d``, plus PyTorch's options.
+
+    Args:
+      x: ``(N, H, W, C)``, or unbatched ``(H, W, C)``; a floating or integer dtype.
+      kernel_size: window size, int or 2-tuple.
+      stride: int or 2-tuple. Default ``None``: the kernel size (MLX and PyTorch).
+      padding: int or 2-tuple, added on both sides of each spatial axis with ``-inf`` (the dtype's
+        lowest value for integers); at most ``kernel_size // 2`` (PyTorch's rule; MLX accepts
+        more but then pools windows of padding only). Default 0.
+      ceil_mode: round the output size up, as PyTorch does; a window that would start in the
+        right padding is dropped. Default False.
+      dilation: window dilation, int or 2-tuple (PyTorch's meaning). Default 1.
+
+    Returns:
+      ``(N, H_out, W_out, C)`` (unbatched without ``N``), in ``x``'s dtype; per axis
+      ``floor((S + 2 * padding - dilation * (K - 1) - 1) / stride) + 1`` (``ceil`` with
+      ``ceil_mode``).
+
+    Raises:
+      ValueError: on a wrong rank, non-positive kernel, stride or dilation, negative or too
+        large padding, or a window larger than the padded input.
+      TypeError: on non-integer arguments, non-bool ``ceil_mode``, or a bool or complex input.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 7, 7, 3))
+      >>> convnn.max_pool2d(x, 2).shape
+      (1, 3, 3, 3)
+      >>> convnn.max_pool2d(x, 2, ceil_mode=True).shape
+      (1, 4, 4, 3)
+    """
+    return _pool.max_pool(
+        "max_pool2d", 2, x, kernel_size, stride, padding, ceil_mode=ceil_mode,
+        dilation=dilation,
+    )
+
+
+def max_pool3d(
+    x: jax.typing.ArrayLike,
+    /,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    *,
+    ceil_mode: bool = False,
+    dilation: IntOrTuple = 1,
+) -> jax.Array:
+    """3-D max pooling over channels-last input, as ``mlx.nn.MaxPool3d``, plus PyTorch's options.
+
+    Args:
+      x: ``(N, D, H, W, C)``, or unbatched ``(D, H, W, C)``; a floating or integer dtype.
+      kernel_size: window size, int or 3-tuple.
+      stride: int or 3-tuple. Default ``None``: the kernel size (MLX and PyTorch).
+      padding: int or 3-tuple, added on both sides of each spatial axis with ``-inf`` (the dtype's
+        lowest value for integers); at most ``kernel_size // 2`` (PyTorch's rule; MLX accepts
+        more but then pools windows of padding only). Default 0.
+      ceil_mode: round the output size up, as PyTorch does; a window that would start in the
+        right padding is dropped. Default False.
+      dilation: window dilation, int or 3-tuple (PyTorch's meaning). Default 1.
+
+    Returns:
+      ``(N, D_out, H_out, W_out, C)`` (unbatched without ``N``), in ``x``'s dtype; per axis
+      ``floor((S + 2 * padding - dilation * (K - 1) - 1) / stride) + 1`` (``ceil`` with
+      ``ceil_mode``).
+
+    Raises:
+      ValueError: on a wrong rank, non-positive kernel, stride or dilation, negative or too
+        large padding, or a window larger than the padded input.
+      TypeError: on non-integer arguments, non-bool ``ceil_mode``, or a bool or complex input.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 7, 7, 7, 3))
+      >>> convnn.max_pool3d(x, 2).shape
+      (1, 3, 3, 3, 3)
+      >>> convnn.max_pool3d(x, 2, ceil_mode=True).shape
+      (1, 4, 4, 4, 3)
+    """
+    return _pool.max_pool(
+        "max_pool3d", 3, x, kernel_size, stride, padding, ceil_mode=ceil_mode,
+        dilation=dilation,
+    )
+
+
+def avg_pool1d(
+    x: jax.typing.ArrayLike,
+    /,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    *,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> jax.Array:
+    """1-D average pooling, as ``mlx.nn.AvgPool1d``, plus PyTorch's options.
+
+    Args:
+      x: ``(N, W, C)``, or unbatched ``(W, C)``; a floating dtype (16-bit floats are summed in
+        float32).
+      kernel_size: window size, int or 1-tuple.
+      stride: int or 1-tuple. Default ``None``: the kernel size (MLX and PyTorch).
+      padding: int or 1-tuple of zeros added on both sides of each spatial axis; at most
+        ``kernel_size // 2`` (PyTorch's rule). Default 0.
+      ceil_mode: round the output size up, as PyTorch does; a window that would start in the
+        right padding is dropped. Default False.
+      count_include_pad: divide by the number of window positions inside the padded input (True,
+        MLX's and PyTorch's default) or inside the input only (False). Positions beyond the
+        padding that ``ceil_mode`` adds are never counted (PyTorch's rule). Default True.
+
+    Returns:
+      ``(N, W_out, C)`` (unbatched without ``N``), in ``x``'s dtype; sizes as for
+      max pooling without dilation.
+
+    Raises:
+      ValueError: on a wrong rank, non-positive kernel or stride, negative or too large padding,
+        or a window larger than the padded input.
+      TypeError: on non-integer arguments, non-bool flags, or a non-floating input.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 7, 3))
+      >>> convnn.avg_pool1d(x, 2).shape
+      (1, 3, 3)
+      >>> float(convnn.avg_pool1d(x, 3, 2, 1, count_include_pad=False).min())
+      1.0
+    """
+    return _pool.avg_pool(
+        "avg_pool1d", 1, x, kernel_size, stride, padding, ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+
+
+def avg_pool2d(
+    x: jax.typing.ArrayLike,
+    /,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    *,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> jax.Array:
+    """2-D average pooling, as ``mlx.nn.AvgPool2d``, plus PyTorch's options.
+
+    Args:
+      x: ``(N, H, W, C)``, or unbatched ``(H, W, C)``; a floating dtype (16-bit floats are
+        summed in float32).
+      kernel_size: window size, int or 2-tuple.
+      stride: int or 2-tuple. Default ``None``: the kernel size (MLX and PyTorch).
+      padding: int or 2-tuple of zeros added on both sides of each spatial axis; at most
+        ``kernel_size // 2`` (PyTorch's rule). Default 0.
+      ceil_mode: round the output size up, as PyTorch does; a window that would start in the
+        right padding is dropped. Default False.
+      count_include_pad: divide by the number of window positions inside the padded input (True,
+        MLX's and PyTorch's default) or inside the input only (False). Positions beyond the
+        padding that ``ceil_mode`` adds are never counted (PyTorch's rule). Default True.
+
+    Returns:
+      ``(N, H_out, W_out, C)`` (unbatched without ``N``), in ``x``'s dtype; sizes as for
+      max pooling without dilation.
+
+    Raises:
+      ValueError: on a wrong rank, non-positive kernel or stride, negative or too large padding,
+        or a window larger than the padded input.
+      TypeError: on non-integer arguments, non-bool flags, or a non-floating input.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 7, 7, 3))
+      >>> convnn.avg_pool2d(x, 2).shape
+      (1, 3, 3, 3)
+      >>> float(convnn.avg_pool2d(x, 3, 2, 1, count_include_pad=False).min())
+      1.0
+    """
+    return _pool.avg_pool(
+        "avg_pool2d", 2, x, kernel_size, stride, padding, ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+    )
+
+
+def avg_pool3d(
+    x: jax.typing.ArrayLike,
+    /,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    *,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> jax.Array:
+    """3-D average pooling, as ``mlx.nn.AvgPool3d``, plus PyTorch's options.
+
+    Args:
+      x: ``(N, D, H, W, C)``, or unbatched ``(D, H, W, C)``; a floating dtype (16-bit floats
+        are summed in float32).
+      kernel_size: window size, int or 3-tuple.
+      stride: int or 3-tuple. Default ``None``: the kernel size (MLX and PyTorch).
+      padding: int or 3-tuple of zeros added on both sides of each spatial axis; at most
+        ``kernel_size // 2`` (PyTorch's rule). Default 0.
+      ceil_mode: round the output size up, as PyTorch does; a window that would start in the
+        right padding is dropped. Default False.
+      count_include_pad: divide by the number of window positions inside the padded input (True,
+        MLX's and PyTorch's default) or inside the input only (False). Positions beyond the
+        padding that ``ceil_mode`` adds are never counted (PyTorch's rule). Default True.
+
+    Returns:
+      ``(N, D_out, H_out, W_out, C)`` (unbatched without ``N``), in ``x``'s dtype; sizes as for
+      max pooling without dilation.
+
+    Raises:
+      ValueError: on a wrong rank, non-positive kernel or stride, negative or too large padding,
+        or a window larger than the padded input.
+      TypeError: on non-integer arguments, non-bool flags, or a non-floating input.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x = jnp.ones((1, 7, 7, 7, 3))
+      >>> convnn.avg_pool3d(x, 2).shape
+      (1, 3, 3, 3, 3)
+      >>> float(convnn.avg_pool3d(x, 3, 2, 1, count_include_pad=False).min())
+      1.0
+    """
+    return _pool.avg_pool(
+        "avg_pool3d", 3, x, kernel_size, stride, padding, ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
     )

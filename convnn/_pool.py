@@ -1,0 +1,175 @@
+"""The private pooling implementation behind ``convnn.functional.max_pool*d`` / ``avg_pool*d``.
+
+Inputs are channels-last, ``(N, *spatial, C)`` or unbatched ``(*spatial, C)``. Defaults follow
+MLX (stride = kernel size; max pools pad with ``-inf``; average pools count padded zeros), and
+``ceil_mode`` / ``count_include_pad`` / ``dilation`` have PyTorch's meaning:
+
+* output size per axis ``floor_or_ceil((S + 2p - d*(k-1) - 1) / s) + 1``; with ``ceil_mode`` the
+  last window is dropped when it would start at or after ``S + p`` (inside the right padding),
+  so every window starts inside the input or the left padding (PyTorch's rule);
+* the average divides by the number of window positions inside the padded input ``[-p, S + p)``
+  (``count_include_pad=True``) or inside the input ``[0, S)`` (``False``); positions that only
+  ``ceil_mode`` adds beyond ``S + p`` are never counted (PyTorch's rule).
+
+Both reduce with one ``lax.reduce_window``; the divisor of the average is a trace-time NumPy
+constant (it depends only on shapes), so it costs one division.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from convnn import _args
+
+__all__ = ["max_pool", "avg_pool"]
+
+_SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
+
+
+def _check_bool(value: Any, name: str, fn: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"[{fn}] {name} must be a bool, got {value!r} of type {type(value).__name__}."
+        )
+    return bool(value)
+
+
+def _as_array(x: Any, fn: str, *, allow_int: bool) -> jax.Array:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        x = np.asarray(x)
+        dtype = x.dtype
+    if np.dtype(dtype).kind == "O":
+        raise TypeError(f"[{fn}] input must be a numeric array, got dtype object.")
+    if not (allow_int and jnp.issubdtype(dtype, jnp.integer)):
+        if allow_int and not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"[{fn}] input must have a floating or integer dtype, got {np.dtype(dtype).name}."
+            )
+        _args.check_float_dtype(dtype, "input", fn)
+    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+def pool_args(
+    fn: str,
+    n: int,
+    kernel_size: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    ceil_mode: Any,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], bool]:
+    """Validates the shape-independent arguments; returns ``(kernel, stride, padding, dilation,
+    ceil_mode)`` as tuples of ``n`` ints and a bool. Also used by the pooling modules."""
+    kernel = _args.normalize_tuple(kernel_size, n, "kernel_size", fn, minimum=1)
+    stride = kernel if stride is None else _args.normalize_tuple(stride, n, "stride", fn, minimum=1)
+    if isinstance(padding, str):
+        raise TypeError(
+            f"[{fn}] padding must be an int or a sequence of {n} ints, got {padding!r}."
+        )
+    padding = _args.normalize_tuple(padding, n, "padding", fn, minimum=0)
+    dilation = _args.normalize_tuple(dilation, n, "dilation", fn, minimum=1)
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        raise ValueError(
+            f"[{fn}] padding must be at most half the kernel size on every axis (padding <= "
+            f"kernel_size // 2, as PyTorch requires: a window must never lie in the padding "
+            f"only), got padding={padding} and kernel_size={kernel}."
+        )
+    ceil_mode = _check_bool(ceil_mode, "ceil_mode", fn)
+    return kernel, stride, padding, dilation, ceil_mode
+
+
+def _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode):
+    """Checks the input's rank and sizes; returns the per-axis output sizes and high paddings."""
+    if x.ndim not in (n + 1, n + 2):
+        raise ValueError(
+            f"[{fn}] input must have shape (N, *spatial{_SPATIAL[n]}, C) or unbatched "
+            f"(*spatial, C) with {n} spatial axes; got input shape {tuple(x.shape)}."
+        )
+    spatial = tuple(x.shape[-n - 1 : -1])
+    outs, highs = [], []
+    for size, k, s, p, d in zip(spatial, kernel, stride, padding, dilation):
+        eff = d * (k - 1) + 1
+        span = size + 2 * p - eff
+        if size == 0 or span < 0:
+            raise ValueError(
+                f"[{fn}] the (dilated) window of size {eff} is larger than the padded input of "
+                f"size {size + 2 * p} (kernel_size={kernel}, dilation={dilation}, "
+                f"padding={padding}); got input shape {tuple(x.shape)}."
+            )
+        if ceil_mode:
+            out = -(-span // s) + 1
+            if (out - 1) * s >= size + p:  # the last window would start in the right padding
+                out -= 1
+        else:
+            out = span // s + 1
+        outs.append(out)
+        highs.append(max(p, (out - 1) * s + eff - size - p))
+    return spatial, tuple(outs), tuple(highs)
+
+
+def _window(x, n, values):
+    """Per-dimension window parameters for a (batched or unbatched) channels-last input."""
+    lead = x.ndim - n - 1
+    return (1,) * lead + tuple(values) + (1,)
+
+
+def max_pool(
+    fn: str, n: int, x: Any, kernel_size: Any, stride: Any, padding: Any, *, ceil_mode: Any,
+    dilation: Any,
+) -> jax.Array:
+    """Max pooling; padded positions hold the dtype's lowest value (``-inf`` for floats)."""
+    kernel, stride, padding, dilation, ceil_mode = pool_args(
+        fn, n, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    x = _as_array(x, fn, allow_int=True)
+    _, _, highs = _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        init = jnp.array(-jnp.inf, x.dtype)
+    else:
+        init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+    lead = x.ndim - n - 1
+    pads = ((0, 0),) * lead + tuple(zip(padding, highs)) + ((0, 0),)
+    return lax.reduce_window(
+        x, init, lax.max, _window(x, n, kernel), _window(x, n, stride), pads,
+        window_dilation=_window(x, n, dilation),
+    )
+
+
+def _counts(size, k, s, p, out, include_pad):
+    starts = np.arange(out) * s - p
+    if include_pad:
+        return np.minimum(starts + k, size + p) - starts
+    return np.minimum(starts + k, size) - np.maximum(starts, 0)
+
+
+def avg_pool(
+    fn: str, n: int, x: Any, kernel_size: Any, stride: Any, padding: Any, *, ceil_mode: Any,
+    count_include_pad: Any,
+) -> jax.Array:
+    """Average pooling; the divisor follows PyTorch's ``count_include_pad`` rule."""
+    kernel, stride, padding, _, ceil_mode = pool_args(
+        fn, n, kernel_size, stride, padding, 1, ceil_mode
+    )
+    include_pad = _check_bool(count_include_pad, "count_include_pad", fn)
+    x = _as_array(x, fn, allow_int=False)
+    spatial, outs, highs = _geometry(fn, x, n, kernel, stride, padding, (1,) * n, ceil_mode)
+    dtype = x.dtype
+    acc = jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype  # sum 16-bit floats in float32
+    lead = x.ndim - n - 1
+    pads = ((0, 0),) * lead + tuple(zip(padding, highs)) + ((0, 0),)
+    total = lax.reduce_window(
+        x.astype(acc), jnp.array(0, acc), lax.add, _window(x, n, kernel), _window(x, n, stride),
+        pads,
+    )
+    count = np.ones((), np.float64)
+    for axis, (size, k, s, p, out) in enumerate(zip(spatial, kernel, stride, padding, outs)):
+        shape = [1] * n
+        shape[axis] = out
+        count = count * _counts(size, k, s, p, out, include_pad).reshape(shape)
+    return (total / jnp.asarray(count[..., None], acc)).astype(dtype)
