@@ -26,12 +26,12 @@ from jax import lax
 
 from convnn import _args
 
-__all__ = ["max_pool", "avg_pool"]
+__all__ = ["max_pool", "avg_pool", "pool_args", "check_bool"]
 
 _SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
 
 
-def _check_bool(value: Any, name: str, fn: str) -> bool:
+def check_bool(value: Any, name: str, fn: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(
             f"[{fn}] {name} must be a bool, got {value!r} of type {type(value).__name__}."
@@ -80,7 +80,7 @@ def pool_args(
             f"kernel_size // 2, as PyTorch requires: a window must never lie in the padding "
             f"only), got padding={padding} and kernel_size={kernel}."
         )
-    ceil_mode = _check_bool(ceil_mode, "ceil_mode", fn)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode", fn)
     return kernel, stride, padding, dilation, ceil_mode
 
 
@@ -156,7 +156,7 @@ def avg_pool(
     kernel, stride, padding, _, ceil_mode = pool_args(
         fn, n, kernel_size, stride, padding, 1, ceil_mode
     )
-    include_pad = _check_bool(count_include_pad, "count_include_pad", fn)
+    include_pad = check_bool(count_include_pad, "count_include_pad", fn)
     x = _as_array(x, fn, allow_int=False)
     spatial, outs, highs = _geometry(fn, x, n, kernel, stride, padding, (1,) * n, ceil_mode)
     dtype = x.dtype

@@ -1,0 +1,180 @@
+"""The private implementation of :class:`convnn.layers.Upsample` (MLX's ``mlx.nn.Upsample``).
+
+Channels-last input ``(N, *spatial, C)`` with any number of spatial axes. The output size per axis
+is ``int(scale * S)``. Sampling positions and weights are computed in NumPy at trace time (they
+depend only on shapes) with MLX's formulas, in float32 exactly as MLX computes them (float64 for
+float64 inputs), and applied one axis at a time with ``jnp.take``:
+
+* ``nearest``: integer scales repeat every element (``jnp.repeat``); otherwise, when enlarging,
+  the source index is ``round((i + 0.5) * S / M - 0.5)`` (round half to even), when shrinking
+  ``floor(i * S / M)``;
+* ``linear``: ``align_corners=True`` maps ``i`` to ``i * (S - 1) / (M - 1)``; otherwise to
+  ``i / scale - ((M - 1) / scale - S + 1) / 2`` (the half-pixel rule); positions are clamped to
+  ``[0, S - 1]`` and the two neighbours are mixed linearly;
+* ``cubic``: the same positions, unclamped, with Keys' cubic kernel at ``a = -0.75`` (MLX's and
+  PyTorch's non-antialiased bicubic) over the four neighbours; indices outside the input are
+  clamped to the border (edge replication).
+
+MLX's cubic and align-corners linear paths sum over all ``2**d`` / ``4**d`` corner products;
+applying the same per-axis weights separably is mathematically identical and differs from MLX
+only by float rounding. MLX's ``antialias`` option is not implemented.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convnn import _args
+
+__all__ = ["MODES", "check_args", "upsample"]
+
+MODES = ("nearest", "linear", "cubic")
+
+
+def check_args(fn: str, scale_factor: Any, mode: Any, align_corners: Any):
+    """Validates the constructor arguments; returns ``scale_factor`` as a float or floats."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"[{fn}] mode must be one of {MODES}, got {mode!r}.")
+    if not isinstance(align_corners, (bool, np.bool_)):
+        raise TypeError(
+            f"[{fn}] align_corners must be a bool, got {align_corners!r} of type "
+            f"{type(align_corners).__name__}."
+        )
+
+    def as_scale(v):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(
+                f"[{fn}] scale_factor must be a positive number or a sequence of positive "
+                f"numbers (one per spatial axis), got {scale_factor!r}."
+            )
+        v = float(v)
+        if not (v > 0 and np.isfinite(v)):
+            raise ValueError(f"[{fn}] scale_factor must be positive and finite, got {scale_factor!r}.")
+        return v
+
+    if isinstance(scale_factor, (Sequence, np.ndarray)) and not isinstance(scale_factor, str):
+        if len(scale_factor) == 0:
+            raise ValueError(f"[{fn}] scale_factor must not be empty, got {scale_factor!r}.")
+        return tuple(as_scale(v) for v in scale_factor), mode, bool(align_corners)
+    return as_scale(scale_factor), mode, bool(align_corners)
+
+
+def _shape(ndim: int, axis: int, size: int) -> tuple[int, ...]:
+    shape = [1] * ndim
+    shape[axis] = size
+    return tuple(shape)
+
+
+def _scaled_positions(n, m, scale, align_corners, ft):
+    idx = np.arange(m, dtype=ft)
+    if align_corners:
+        return idx * ft((n - 1) / max(m - 1, 1))
+    step = 1 / scale
+    start = ((m - 1) * step - n + 1) / 2
+    return idx * ft(step) - ft(start)
+
+
+def _nearest_taps(n, m, ft):
+    idx = np.arange(m, dtype=ft)
+    if m > n:
+        idx = np.round((idx + ft(0.5)) * ft(n / m) - ft(0.5))
+    else:
+        idx = idx * ft(n / m)
+    return [(np.clip(idx.astype(np.int64), 0, n - 1), None)]
+
+
+def _linear_taps(n, m, scale, align_corners, ft):
+    pos = np.clip(_scaled_positions(n, m, scale, align_corners, ft), ft(0), ft(n - 1))
+    lo, hi = np.floor(pos), np.ceil(pos)
+    w = pos - lo
+    return [(lo.astype(np.int64), ft(1) - w), (hi.astype(np.int64), w)]
+
+
+def _cubic_taps(n, m, scale, align_corners, ft):
+    a = ft(-0.75)
+    pos = _scaled_positions(n, m, scale, align_corners, ft)
+    l1 = np.floor(pos)
+    r1 = np.floor(pos + ft(1))
+    l2, r2 = l1 - ft(1), r1 + ft(1)
+
+    def near(grid):  # |t| <= 1
+        t = np.abs(pos - grid)
+        return ((a + ft(2)) * t - (a + ft(3))) * t * t + ft(1)
+
+    def far(grid):  # 1 < |t| < 2
+        t = np.abs(pos - grid)
+        return (((t - ft(5)) * t + ft(8)) * t - ft(4)) * a
+
+    taps = [(l1, near(l1)), (r1, near(r1)), (l2, far(l2)), (r2, far(r2))]
+    return [(np.clip(i, 0, n - 1).astype(np.int64), w) for i, w in taps]
+
+
+def upsample(fn: str, x: Any, scale_factor: Any, mode: str, align_corners: bool) -> jax.Array:
+    """Upsamples ``x`` (``(N, *spatial, C)``) by ``scale_factor`` with MLX's ``mode``."""
+    scale_factor, mode, align_corners = check_args(fn, scale_factor, mode, align_corners)
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        x = np.asarray(x)
+        dtype = x.dtype
+    if mode == "nearest":
+        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            raise TypeError(
+                f"[{fn}] input must have a floating or integer dtype, got {np.dtype(dtype).name}."
+            )
+    else:
+        _args.check_float_dtype(dtype, "input", fn)
+    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    dims = x.ndim - 2
+    if dims < 1:
+        raise ValueError(
+            f"[{fn}] input must have shape (N, *spatial, C) with at least one spatial axis; "
+            f"got input shape {tuple(x.shape)}."
+        )
+    if isinstance(scale_factor, tuple):
+        if len(scale_factor) != dims:
+            raise ValueError(
+                f"[{fn}] scale_factor must give one scale per spatial axis ({dims}), got "
+                f"scale_factor={scale_factor} for input shape {tuple(x.shape)}."
+            )
+        scales = scale_factor
+    else:
+        scales = (scale_factor,) * dims
+    spatial = x.shape[1:-1]
+    out_sizes = tuple(int(s * n) for s, n in zip(scales, spatial))
+    if any(m < 1 for m in out_sizes) or any(n < 1 for n in spatial):
+        raise ValueError(
+            f"[{fn}] the output would have spatial size {out_sizes} (int(scale * size) below 1); "
+            f"got scale_factor={scale_factor} and input shape {tuple(x.shape)}."
+        )
+
+    if mode == "nearest" and all(s == int(s) for s in scales):
+        for axis, s in enumerate(scales):
+            x = jnp.repeat(x, int(s), axis=axis + 1)
+        return x
+
+    ft = np.float64 if jnp.dtype(dtype) == jnp.float64 else np.float32
+    if mode != "nearest":
+        compute = jnp.float64 if ft is np.float64 else jnp.float32
+        x = x.astype(compute)
+    out = x
+    for axis, (n, m, s) in enumerate(zip(spatial, out_sizes, scales)):
+        if mode == "nearest":
+            taps = _nearest_taps(n, m, ft)
+        elif mode == "linear":
+            taps = _linear_taps(n, m, s, align_corners, ft)
+        else:
+            taps = _cubic_taps(n, m, s, align_corners, ft)
+        total = None
+        for index, weight in taps:
+            sample = jnp.take(out, index, axis=axis + 1)
+            if weight is not None:
+                sample = sample * jnp.asarray(weight.reshape(_shape(out.ndim, axis + 1, m)), out.dtype)
+            total = sample if total is None else total + sample
+        out = total
+    return out.astype(dtype)
