@@ -172,4 +172,5 @@ def avg_pool(
         shape = [1] * n
         shape[axis] = out
         count = count * _counts(size, k, s, p, out, include_pad).reshape(shape)
-    return (total / jnp.asarray(count[..., None], acc)).astype(dtype)
+    count = count.reshape((1,) * lead + count.shape + (1,))  # full rank: no rank promotion
+    return (total / jnp.asarray(count, acc)).astype(dtype)

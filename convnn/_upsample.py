@@ -18,6 +18,12 @@ float64 inputs), and applied one axis at a time with ``jnp.take``:
 MLX's cubic and align-corners linear paths sum over all ``2**d`` / ``4**d`` corner products;
 applying the same per-axis weights separably is mathematically identical and differs from MLX
 only by float rounding. MLX's ``antialias`` option is not implemented.
+
+One deliberate difference: MLX (0.32) takes the cubic right neighbour as ``floor(pos + 1)``;
+when ``pos`` lies just below an integer ``k`` and ``pos + 1`` rounds up to ``k + 1`` in float32,
+it skips sample ``k`` and returns a wrong value (e.g. 17 samples, ``scale_factor=2.5``,
+``align_corners=True``, output 41 of a ramp 0..16 is ~0 instead of 16). Here the neighbours are
+``floor(pos) + (-1, 0, 1, 2)``.
 """
 
 from __future__ import annotations
@@ -100,8 +106,8 @@ def _cubic_taps(n, m, scale, align_corners, ft):
     a = ft(-0.75)
     pos = _scaled_positions(n, m, scale, align_corners, ft)
     l1 = np.floor(pos)
-    r1 = np.floor(pos + ft(1))
-    l2, r2 = l1 - ft(1), r1 + ft(1)
+    # MLX takes floor(pos + 1), which skips a neighbour when pos + 1 rounds up to an integer.
+    r1, l2, r2 = l1 + ft(1), l1 - ft(1), l1 + ft(2)
 
     def near(grid):  # |t| <= 1
         t = np.abs(pos - grid)

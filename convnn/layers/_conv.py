@@ -76,6 +76,11 @@ def _display(value: Any, n: int, expand_int: bool) -> Any:
     return tuple(int(v) for v in items)
 
 
+def _expand(v: jax.Array, ndim: int) -> jax.Array:
+    """``v`` of shape ``(C,)`` as ``(1, ..., 1, C)``, so that adding it needs no rank promotion."""
+    return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
 def _as_input(x: Any, fn: str) -> jax.Array:
     x = x if isinstance(x, jax.Array) else jnp.asarray(x)
     _args.check_float_dtype(x.dtype, "input", fn)
@@ -248,7 +253,7 @@ class _Conv(_ConvBase):
             )
         conv = getattr(functional, f"conv{self._n}d")
         y = conv(x, w, self.stride, padding, self.dilation, self.groups, precision=self.precision)
-        return y if b is None else y + b
+        return y if b is None else y + _expand(b, y.ndim)
 
 
 class _ConvTranspose(_ConvBase):
@@ -287,7 +292,7 @@ class _ConvTranspose(_ConvBase):
             x, w, self.stride, self.padding, self.dilation, self.output_padding, self.groups,
             precision=self.precision,
         )
-        return y if b is None else y + b
+        return y if b is None else y + _expand(b, y.ndim)
 
 
 _CONV_ARGS = """

@@ -117,7 +117,9 @@ class GroupNorm(nnx.Module):
         y = y.astype(dtype)
         if self.weight is None:
             return y
-        return y * self.weight[...].astype(dtype) + self.bias[...].astype(dtype)
+        shape = (1,) * (y.ndim - 1) + (self.dims,)
+        weight = self.weight[...].astype(dtype).reshape(shape)
+        return y * weight + self.bias[...].astype(dtype).reshape(shape)
 
     def __repr__(self) -> str:
         return (
