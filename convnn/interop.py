@@ -1,0 +1,578 @@
+"""Weight interop: MLX weight files and PyTorch state dicts for Flax NNX models.
+
+Three functions move weights between an NNX model and the two other ecosystems:
+
+* :func:`save_mlx_weights` writes a ``.safetensors`` or ``.npz`` file that MLX's
+  ``Module.load_weights`` reads for the same architecture;
+* :func:`load_mlx_weights` reads a file written by MLX's ``Module.save_weights`` (or a mapping);
+* :func:`load_torch_state_dict` loads a PyTorch ``state_dict`` (torch tensors or NumPy arrays;
+  torch itself is never imported here).
+
+Keys are attribute paths joined with ``"."``, list indices as numbers (``blocks.1.conv2.weight``).
+Only ``nnx.Param`` and ``nnx.BatchStat`` variables take part (RNG state, caches and
+intermediates do not). A module that appears under several paths (a shared layer) has a key under
+each path, as in MLX and PyTorch.
+
+Flax's own layers are mapped to MLX's and PyTorch's names and layouts by type:
+
+===================  ==========================  ===========================  ======================
+NNX layer            NNX variable (layout)       MLX key (layout)             PyTorch key (layout)
+===================  ==========================  ===========================  ======================
+``nnx.Linear``       ``kernel (in, out)``        ``weight (out, in)``         ``weight (out, in)``
+``nnx.Conv``         ``kernel (*k, in/g, out)``  ``weight (out, *k, in/g)``   ``weight (out, in/g, *k)``
+``nnx.BatchNorm``    ``scale, bias, mean, var``  ``weight, bias,              ``weight, bias,
+                                                 running_mean, running_var``  running_mean, running_var``
+``nnx.LayerNorm``,   ``scale, bias``             ``weight, bias``             ``weight, bias``
+``nnx.GroupNorm``,
+``nnx.RMSNorm``
+``nnx.Embed``        ``embedding``               ``weight``                   ``weight``
+===================  ==========================  ===========================  ======================
+
+convnn's layers already use MLX's names and layouts: convolutions ``weight (out, *k, in/g)``,
+which PyTorch stores as ``(out, in/g, *k)``; transposed convolutions ``weight (out, *k, in/g)``,
+which PyTorch stores as ``(in, out/g, *k)``. Any other module's variables keep their attribute
+names and layouts. ``nnx.Sequential`` keeps its children in ``layers`` as MLX's ``nn.Sequential``
+does (``down.layers.0.weight``); PyTorch's ``nn.Sequential`` has no such level (``down.0.weight``).
+
+Loading validates every key, shape and value first and assigns afterwards, so a failed load
+leaves the model unchanged. Weight files are read without pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = ["LoadResult", "save_mlx_weights", "load_mlx_weights", "load_torch_state_dict"]
+
+_VARIABLE_TYPES = (nnx.Param, nnx.BatchStat)
+_SUFFIXES = (".safetensors", ".npz")
+
+
+class LoadResult(NamedTuple):
+    """What a load did not use: lists of keys, sorted.
+
+    Attributes:
+      missing_keys: keys the model has and the weights lack (left unchanged).
+      unexpected_keys: keys in the weights that the model does not have (ignored).
+      mismatched_keys: ``"key: expected shape (...), got (...)"`` for keys whose shape differs
+        (left unchanged).
+    """
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+    mismatched_keys: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts: how one variable's NNX value relates to MLX's and PyTorch's stored arrays.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Same:
+    """The same array everywhere."""
+
+    def mlx_shape(self, shape):
+        return tuple(shape)
+
+    def torch_shape(self, shape):
+        return tuple(shape)
+
+    def to_mlx(self, a):
+        return a
+
+    def from_mlx(self, a):
+        return a
+
+    def from_torch(self, a):
+        return a
+
+
+class _LinearKernel(_Same):
+    """``nnx.Linear.kernel`` ``(in, out)``; MLX and PyTorch ``(out, in)``."""
+
+    def mlx_shape(self, shape):
+        return tuple(shape[::-1])
+
+    torch_shape = mlx_shape
+
+    def to_mlx(self, a):
+        return a.T
+
+    from_mlx = from_torch = to_mlx
+
+
+class _FlaxConvKernel(_Same):
+    """``nnx.Conv.kernel`` ``(*k, in/g, out)``; MLX ``(out, *k, in/g)``; PyTorch ``(out, in/g, *k)``."""
+
+    def mlx_shape(self, shape):
+        return (shape[-1], *shape[:-1])
+
+    def torch_shape(self, shape):
+        return (shape[-1], shape[-2], *shape[:-2])
+
+    def to_mlx(self, a):
+        return np.moveaxis(a, -1, 0)
+
+    def from_mlx(self, a):
+        return np.moveaxis(a, 0, -1)
+
+    def from_torch(self, a):
+        n = a.ndim - 2
+        return a.transpose(*range(2, 2 + n), 1, 0)
+
+
+class _MlxConvWeight(_Same):
+    """convnn convolution ``weight`` ``(out, *k, in/g)``; PyTorch ``(out, in/g, *k)``."""
+
+    def torch_shape(self, shape):
+        return (shape[0], shape[-1], *shape[1:-1])
+
+    def from_torch(self, a):
+        return np.moveaxis(a, 1, -1)
+
+
+@dataclass(frozen=True)
+class _MlxConvTransposeWeight(_Same):
+    """convnn transposed convolution ``weight`` ``(out, *k, in/g)``; PyTorch ``(in, out/g, *k)``.
+
+    With ``G`` groups of ``Ig`` input and ``Og`` output channels, PyTorch's
+    ``w[g * Ig + i, o, *k]`` is MLX's ``w[g * Og + o, *k, i]``.
+    """
+
+    groups: int
+
+    def torch_shape(self, shape):
+        out, *k, in_g = shape
+        return (self.groups * in_g, out // self.groups, *k)
+
+    def from_torch(self, a):
+        in_, out_g, *k = a.shape
+        g = self.groups
+        n = len(k)
+        a = a.reshape(g, in_ // g, out_g, *k)  # (G, Ig, Og, *k)
+        a = a.transpose(0, 2, *range(3, 3 + n), 1)  # (G, Og, *k, Ig)
+        return a.reshape(g * out_g, *k, in_ // g)
+
+
+_SAME = _Same()
+
+
+def _flax_rules() -> list[tuple[type, dict[str, tuple[str, Any]]]]:
+    """Per Flax layer type: NNX attribute -> (MLX/PyTorch name, layout)."""
+    norm = {"scale": ("weight", _SAME), "bias": ("bias", _SAME)}
+    return [
+        (nnx.Linear, {"kernel": ("weight", _LinearKernel()), "bias": ("bias", _SAME)}),
+        (nnx.Conv, {"kernel": ("weight", _FlaxConvKernel()), "bias": ("bias", _SAME)}),
+        (
+            nnx.BatchNorm,
+            {
+                "scale": ("weight", _SAME),
+                "bias": ("bias", _SAME),
+                "mean": ("running_mean", _SAME),
+                "var": ("running_var", _SAME),
+            },
+        ),
+        (nnx.LayerNorm, norm),
+        (nnx.GroupNorm, norm),
+        (nnx.RMSNorm, norm),
+        (nnx.Embed, {"embedding": ("weight", _SAME)}),
+    ]
+
+
+def _convnn_conv_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    try:  # TEMP until convnn.layers lands
+        from convnn import layers
+    except ImportError:
+        return (), ()
+
+    conv = (layers.Conv1d, layers.Conv2d, layers.Conv3d)
+    transpose = (layers.ConvTranspose1d, layers.ConvTranspose2d, layers.ConvTranspose3d)
+    return conv, transpose
+
+
+def _rules_for(module: Any, path: str, fn: str) -> dict[str, tuple[str, Any]]:
+    if isinstance(module, nnx.ConvTranspose):
+        raise TypeError(
+            f"[{fn}] {path or 'the model'} is an nnx.ConvTranspose, whose kernel layout and "
+            "flipping have no MLX or PyTorch counterpart; use convnn.layers.ConvTranspose1d/2d/3d "
+            "(MLX's layout and PyTorch's semantics)."
+        )
+    conv, transpose = _convnn_conv_types()
+    if isinstance(module, transpose):
+        return {"weight": ("weight", _MlxConvTransposeWeight(int(module.groups)))}
+    if isinstance(module, conv):
+        return {"weight": ("weight", _MlxConvWeight())}
+    for cls, rules in _flax_rules():
+        if isinstance(module, cls):
+            return rules
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One variable under one path."""
+
+    mlx_key: str
+    torch_key: str
+    variable: Any
+    layout: Any
+    owner: Any  # the module holding the variable
+
+
+def _entries(model: Any, fn: str) -> list[_Entry]:
+    """Every ``Param``/``BatchStat`` of ``model`` under every path that reaches it."""
+    if nnx.graph.get_node_impl(model) is None:
+        raise TypeError(
+            f"[{fn}] model must be a Flax NNX module (or a graph of them), "
+            f"got {type(model).__name__}."
+        )
+    entries: list[_Entry] = []
+    on_path: set[int] = set()
+
+    def walk(node, mlx_path, torch_path):
+        impl = nnx.graph.get_node_impl(node)
+        if impl is None or id(node) in on_path:
+            return
+        on_path.add(id(node))
+        is_module = isinstance(node, nnx.Module)
+        rules = _rules_for(node, ".".join(mlx_path), fn) if is_module else {}
+        for key, child in impl.node_dict(node).items():
+            if isinstance(child, nnx.Variable):
+                if not isinstance(child, _VARIABLE_TYPES) or child.get_value() is None:
+                    continue
+                name, layout = rules.get(str(key), (str(key), _SAME))
+                entries.append(
+                    _Entry(
+                        ".".join((*mlx_path, name)),
+                        ".".join((*torch_path, name)),
+                        child,
+                        layout,
+                        node,
+                    )
+                )
+            elif nnx.graph.get_node_impl(child) is not None:
+                skip = isinstance(node, nnx.Sequential) and key == "layers"
+                walk(
+                    child,
+                    (*mlx_path, str(key)),
+                    torch_path if skip else (*torch_path, str(key)),
+                )
+        on_path.discard(id(node))
+
+    walk(model, (), ())
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_numpy(value: Any, key: str, fn: str) -> np.ndarray:
+    """A NumPy array from a NumPy/JAX/MLX array or a torch tensor (duck-typed)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        t = value.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:  # bfloat16 and other dtypes NumPy lacks: widen losslessly first.
+            return t.float().numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(
+            f"[{fn}] value for {key!r} cannot be converted to a NumPy array "
+            f"({type(value).__name__}: {e}); pass NumPy arrays (cast bfloat16 MLX arrays to "
+            "float32 first) or a file path."
+        ) from None
+    if arr.dtype.kind == "V" and arr.dtype.itemsize == 2:  # MLX writes bfloat16 to .npz as <V2.
+        arr = arr.view(jnp.bfloat16)
+    if arr.dtype.kind not in "biuf" and arr.dtype != jnp.bfloat16:
+        raise TypeError(
+            f"[{fn}] value for {key!r} must be a numeric array, got dtype {arr.dtype} "
+            f"of shape {arr.shape}."
+        )
+    return arr
+
+
+def _format_problems(fn, what, missing, unexpected, mismatched):
+    lines = [f"[{fn}] Error(s) loading {what}:"]
+    if missing:
+        lines.append(f"  Missing {len(missing)} key(s): " + ", ".join(missing) + ".")
+    if unexpected:
+        lines.append(f"  Unexpected {len(unexpected)} key(s): " + ", ".join(unexpected) + ".")
+    if mismatched:
+        lines.append(f"  Shape mismatch in {len(mismatched)} key(s):")
+        lines.extend(f"    {m}" for m in mismatched)
+    return "\n".join(lines)
+
+
+def _load(
+    entries: list[_Entry],
+    weights: Mapping[str, Any],
+    *,
+    torch: bool,
+    strict: bool,
+    fn: str,
+    what: str,
+    ignore: Callable[[str, set[str]], bool] = lambda key, expected: False,
+) -> LoadResult:
+    key_of = (lambda e: e.torch_key) if torch else (lambda e: e.mlx_key)
+    expected = {key_of(e) for e in entries}
+    unexpected = sorted(k for k in weights if k not in expected and not ignore(k, expected))
+    missing: list[str] = []
+    mismatched: list[str] = []
+    updates: dict[int, tuple[Any, Any, np.ndarray]] = {}  # id(variable) -> (variable, converted value)
+    for e in entries:
+        key = key_of(e)
+        if key not in weights:
+            missing.append(key)
+            continue
+        current = e.variable.get_value()
+        shape = tuple(current.shape)
+        want = e.layout.torch_shape(shape) if torch else e.layout.mlx_shape(shape)
+        arr = _to_numpy(weights[key], key, fn)
+        if tuple(arr.shape) != tuple(want):
+            layout = "PyTorch" if torch else "MLX"
+            mismatched.append(
+                f"{key}: expected shape {tuple(want)} ({layout} layout), got {tuple(arr.shape)}"
+            )
+            continue
+        if id(e.variable) in updates:  # shared: the first path wins, as it would in MLX
+            continue
+        arr = e.layout.from_torch(arr) if torch else e.layout.from_mlx(arr)
+        updates[id(e.variable)] = (e.variable, current, arr)
+    missing.sort()
+    if strict and (missing or unexpected or mismatched):
+        raise ValueError(_format_problems(fn, what, missing, unexpected, mismatched))
+    if mismatched:
+        warnings.warn(
+            _format_problems(fn, what, [], [], mismatched) + "\nThese variables were left unchanged.",
+            stacklevel=3,
+        )
+    new_values = []
+    for variable, current, arr in updates.values():
+        value = jnp.asarray(np.ascontiguousarray(arr), dtype=current.dtype)
+        sharding = getattr(current, "sharding", None)  # None for an abstract value without one
+        if sharding is not None:
+            value = jax.device_put(value, sharding)
+        new_values.append((variable, value))
+    for variable, value in new_values:
+        variable.set_value(value)
+    return LoadResult(missing, unexpected, mismatched)
+
+
+def _check_path(path: Any, fn: str) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"[{fn}] path must be a str or os.PathLike, got {type(path).__name__}.")
+    path = os.fspath(path)
+    if not path.endswith(_SUFFIXES):
+        raise ValueError(
+            f"[{fn}] unsupported file extension in {path!r}; use '.safetensors' or '.npz'."
+        )
+    return path
+
+
+def _read_weights(path: str) -> dict[str, np.ndarray]:
+    if path.endswith(".safetensors"):
+        import safetensors.numpy
+
+        try:
+            return dict(safetensors.numpy.load_file(path))
+        except TypeError:  # bfloat16 tensors: NumPy lacks the dtype; read through JAX.
+            import safetensors.flax
+
+            return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def load_mlx_weights(
+    model: Any,
+    path_or_mapping: str | os.PathLike | Mapping[str, Any] | Iterable[tuple[str, Any]],
+    *,
+    strict: bool = True,
+) -> LoadResult:
+    """Loads MLX weights (a file from ``mlx.nn.Module.save_weights``, or a mapping) into ``model``.
+
+    Keys and layouts are MLX's (see the module docstring): a model written the same way in MLX and
+    in NNX exchanges weights through this function and :func:`save_mlx_weights`. Values are cast
+    to each variable's dtype and placed with its sharding.
+
+    Args:
+      model: a Flax NNX module.
+      path_or_mapping: a ``.safetensors`` or ``.npz`` file (read without pickle), or a mapping
+        (or iterable of pairs, like MLX's ``load_weights``) from keys to arrays in MLX layout
+        (NumPy, JAX or float32 MLX arrays).
+      strict: if True (default), any missing, unexpected or mis-shaped key is an error and
+        nothing is loaded. If False, loads the keys that match, leaves the other variables
+        unchanged, and warns about shape mismatches.
+
+    Returns:
+      A :class:`LoadResult` with the keys that were not used (all empty after a strict load).
+
+    Raises:
+      ValueError: in strict mode, listing every missing, unexpected and mis-shaped key in one
+        message; or for a file extension other than ``.safetensors`` / ``.npz``.
+      TypeError: if ``model`` is not an NNX module or a value is not a numeric array.
+
+    Example:
+      >>> import os, tempfile
+      >>> from flax import nnx
+      >>> from convnn.interop import load_mlx_weights, save_mlx_weights
+      >>> a = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> b = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(1)))
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     save_mlx_weights(a, os.path.join(d, "model.safetensors"))
+      ...     result = load_mlx_weights(b, os.path.join(d, "model.safetensors"))
+      >>> bool((b.layers[0].kernel[...] == a.layers[0].kernel[...]).all())
+      True
+      >>> import numpy as np
+      >>> load_mlx_weights(b, {"layers.0.weight": np.zeros((2, 3))}, strict=False).missing_keys
+      ['layers.0.bias']
+    """
+    fn = "load_mlx_weights"
+    if isinstance(path_or_mapping, (str, os.PathLike)):
+        path = _check_path(path_or_mapping, fn)
+        weights = _read_weights(path)
+        what = f"MLX weights from {path!r}"
+    elif isinstance(path_or_mapping, Mapping):
+        weights, what = path_or_mapping, "MLX weights"
+    elif isinstance(path_or_mapping, Iterable):
+        weights, what = dict(path_or_mapping), "MLX weights"
+    else:
+        raise TypeError(
+            f"[{fn}] path_or_mapping must be a file path, a mapping or pairs of (key, array), "
+            f"got {type(path_or_mapping).__name__}."
+        )
+    return _load(_entries(model, fn), weights, torch=False, strict=strict, fn=fn, what=what)
+
+
+def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    # np.savez would reserve the names "file" and "allow_pickle"; write the zip directly.
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+
+
+def save_mlx_weights(model: Any, path: str | os.PathLike) -> None:
+    """Saves ``model``'s parameters in MLX's names and layouts, for ``mlx.nn.Module.load_weights``.
+
+    Args:
+      model: a Flax NNX module.
+      path: the file to write; its extension picks the format: ``.safetensors`` (with MLX's
+        ``{"format": "mlx"}`` metadata) or ``.npz``.
+
+    Raises:
+      ValueError: for an extension other than ``.safetensors`` / ``.npz``.
+      TypeError: if ``model`` is not an NNX module or contains a layer with no MLX counterpart
+        (``nnx.ConvTranspose``).
+
+    Example:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> from flax import nnx
+      >>> from convnn.interop import save_mlx_weights
+      >>> model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     save_mlx_weights(model, os.path.join(d, "model.npz"))
+      ...     with np.load(os.path.join(d, "model.npz")) as f:
+      ...         print(sorted((k, f[k].shape) for k in f.files))
+      [('layers.0.bias', (2,)), ('layers.0.weight', (2, 3))]
+    """
+    fn = "save_mlx_weights"
+    path = _check_path(path, fn)
+    arrays: dict[str, np.ndarray] = {}
+    for e in _entries(model, fn):
+        arrays[e.mlx_key] = np.ascontiguousarray(e.layout.to_mlx(np.asarray(e.variable.get_value())))
+    if path.endswith(".safetensors"):
+        import safetensors.numpy
+
+        safetensors.numpy.save_file(arrays, path, metadata={"format": "mlx"})
+    else:
+        _write_npz(path, arrays)
+
+
+def load_torch_state_dict(
+    model: Any, state_dict: Mapping[str, Any], *, strict: bool = True
+) -> LoadResult:
+    """Loads a PyTorch ``state_dict`` into an NNX model with the same attribute names.
+
+    Keys are the model's attribute paths as PyTorch names them (``blocks.1.conv2.weight``;
+    ``nnx.Sequential`` children as ``down.0.weight``). Layouts are converted by layer type (see
+    the module docstring): convolutions ``(out, in/g, *k)`` to ``(out, *k, in/g)``, transposed
+    convolutions ``(in, out/g, *k)`` to ``(out, *k, in/g)`` group by group, ``nnx.Linear``
+    ``(out, in)`` to ``(in, out)``, ``nnx.Conv`` to ``(*k, in/g, out)``; BatchNorm's
+    ``num_batches_tracked`` is ignored. Values are cast to each variable's dtype and placed with
+    its sharding. Torch tensors are read through ``.detach().cpu().numpy()``; torch is not
+    imported.
+
+    Inputs of the ported model are channels-last (NHWC) where PyTorch's are NCHW, and a
+    ``flatten`` before a linear head must follow the same order on both sides.
+
+    Args:
+      model: a Flax NNX module.
+      state_dict: a mapping from keys to torch tensors or NumPy arrays (or an object with a
+        ``state_dict()`` method, such as a ``torch.nn.Module``).
+      strict: if True (default), any missing, unexpected or mis-shaped key is an error and
+        nothing is loaded. If False, loads the keys that match, leaves the other variables
+        unchanged, and warns about shape mismatches.
+
+    Returns:
+      A :class:`LoadResult` with the keys that were not used (all empty after a strict load).
+
+    Raises:
+      ValueError: in strict mode, listing every missing, unexpected and mis-shaped key in one
+        message.
+      TypeError: if ``model`` is not an NNX module, ``state_dict`` is not a mapping, or a value
+        is not a numeric array.
+
+    Example:
+      >>> import numpy as np
+      >>> from flax import nnx
+      >>> from convnn.interop import load_torch_state_dict
+      >>> model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> w = np.arange(6, dtype=np.float32).reshape(2, 3)  # PyTorch (out, in)
+      >>> load_torch_state_dict(model, {"0.weight": w, "0.bias": np.zeros(2)})
+      LoadResult(missing_keys=[], unexpected_keys=[], mismatched_keys=[])
+      >>> model.layers[0].kernel.shape
+      (3, 2)
+    """
+    fn = "load_torch_state_dict"
+    if not isinstance(state_dict, Mapping) and callable(getattr(state_dict, "state_dict", None)):
+        state_dict = state_dict.state_dict()
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"[{fn}] state_dict must be a mapping from keys to tensors, "
+            f"got {type(state_dict).__name__}."
+        )
+    entries = _entries(model, fn)
+    bn_prefixes = {
+        e.torch_key.rsplit(".", 1)[0] if "." in e.torch_key else ""
+        for e in entries
+        if isinstance(e.owner, nnx.BatchNorm)
+    }
+
+    def ignore(key: str, expected: set[str]) -> bool:
+        prefix, _, name = key.rpartition(".")
+        return name == "num_batches_tracked" and prefix in bn_prefixes
+
+    return _load(
+        entries, state_dict, torch=True, strict=strict, fn=fn, what="PyTorch state_dict",
+        ignore=ignore,
+    )
