@@ -28,6 +28,7 @@ it skips sample ``k`` and returns a wrong value (e.g. 17 samples, ``scale_factor
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -61,7 +62,9 @@ def check_args(fn: str, scale_factor: Any, mode: Any, align_corners: Any):
             )
         v = float(v)
         if not (v > 0 and np.isfinite(v)):
-            raise ValueError(f"[{fn}] scale_factor must be positive and finite, got {scale_factor!r}.")
+            raise ValueError(
+                f"[{fn}] scale_factor must be positive and finite, got {scale_factor!r}."
+            )
         return v
 
     if isinstance(scale_factor, (Sequence, np.ndarray)) and not isinstance(scale_factor, str):
@@ -159,6 +162,14 @@ def upsample(fn: str, x: Any, scale_factor: Any, mode: str, align_corners: bool)
             f"got scale_factor={scale_factor} and input shape {tuple(x.shape)}."
         )
 
+    return _resample(x, scales, out_sizes, mode, align_corners)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _resample(x, scales, out_sizes, mode, align_corners):
+    """One compiled program per shape and configuration (eager calls dispatch it once)."""
+    dtype = x.dtype
+    spatial = x.shape[1:-1]
     if mode == "nearest" and all(s == int(s) for s in scales):
         for axis, s in enumerate(scales):
             x = jnp.repeat(x, int(s), axis=axis + 1)
@@ -178,9 +189,10 @@ def upsample(fn: str, x: Any, scale_factor: Any, mode: str, align_corners: bool)
             taps = _cubic_taps(n, m, s, align_corners, ft)
         total = None
         for index, weight in taps:
-            sample = jnp.take(out, index, axis=axis + 1)
+            sample = jnp.take(out, index, axis=axis + 1, mode="clip")
             if weight is not None:
-                sample = sample * jnp.asarray(weight.reshape(_shape(out.ndim, axis + 1, m)), out.dtype)
+                weight = weight.reshape(_shape(out.ndim, axis + 1, m))
+                sample = sample * jnp.asarray(weight, out.dtype)
             total = sample if total is None else total + sample
         out = total
     return out.astype(dtype)

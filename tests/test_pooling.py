@@ -190,7 +190,11 @@ def test_layers_against_mlx(kind, case):
         ("MaxPool1d", dict(ceil_mode=True, dilation=2), dict(ceil_mode=True, dilation=2)),
         ("MaxPool2d", dict(ceil_mode=True), dict(ceil_mode=True, dilation=1)),
         ("MaxPool3d", dict(), dict(ceil_mode=False, dilation=1)),
-        ("AvgPool1d", dict(count_include_pad=False), dict(ceil_mode=False, count_include_pad=False)),
+        (
+            "AvgPool1d",
+            dict(count_include_pad=False),
+            dict(ceil_mode=False, count_include_pad=False),
+        ),
         ("AvgPool2d", dict(ceil_mode=True), dict(ceil_mode=True, count_include_pad=True)),
         ("AvgPool3d", dict(), dict(ceil_mode=False, count_include_pad=True)),
     ],

@@ -111,7 +111,9 @@ class _ConvBase(nnx.Module):
         dilations = _args.normalize_tuple(dilation, n, "dilation", fn, minimum=1)
         bias = check_bool(bias, "bias", fn)
         if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-            raise ValueError(f"[{fn}] padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
+            raise ValueError(
+                f"[{fn}] padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}."
+            )
         if self._transposed:
             if padding_mode != "zeros":
                 raise ValueError(
@@ -375,7 +377,7 @@ class Conv1d(_Conv):
     __doc__ = _conv_doc(
         1,
         False,
-        """1-D convolution over channels-last ``(N, W, C_in)`` (or ``(W, C_in)``), as ``mlx.nn.Conv1d``.
+        """1-D convolution over channels-last ``(N, W, C_in)`` (or unbatched), as ``mlx.nn.Conv1d``.
 
     ``__call__(x)`` returns :func:`convnn.conv1d` of ``x`` with ``weight``, plus ``bias``.
 """,
@@ -417,7 +419,7 @@ class Conv3d(_Conv):
     __doc__ = _conv_doc(
         3,
         False,
-        """3-D convolution over channels-last ``(N, D, H, W, C_in)``, as ``mlx.nn.Conv3d``, with groups.
+        """3-D convolution over channels-last ``(N, D, H, W, C_in)``, as ``mlx.nn.Conv3d`` (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv3d` of ``x`` with ``weight``, plus ``bias``.
     The ``repr`` shows ``groups`` only when it is not 1 (MLX's ``Conv3d`` has none).
@@ -438,7 +440,7 @@ class ConvTranspose1d(_ConvTranspose):
     __doc__ = _conv_doc(
         1,
         True,
-        """1-D transposed convolution over ``(N, W, C_in)``, as ``mlx.nn.ConvTranspose1d``, with groups.
+        """1-D transposed convolution over ``(N, W, C_in)``, as MLX's ``ConvTranspose1d`` (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv_transpose1d` of ``x`` with ``weight``, plus
     ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
@@ -457,7 +459,7 @@ class ConvTranspose2d(_ConvTranspose):
     __doc__ = _conv_doc(
         2,
         True,
-        """2-D transposed convolution over ``(N, H, W, C_in)``, as ``mlx.nn.ConvTranspose2d``, with groups.
+        """2-D transposed convolution over ``(N, H, W, C_in)``, as MLX's ``ConvTranspose2d`` (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv_transpose2d` of ``x`` with ``weight``, plus
     ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
@@ -478,7 +480,7 @@ class ConvTranspose3d(_ConvTranspose):
     __doc__ = _conv_doc(
         3,
         True,
-        """3-D transposed convolution over ``(N, D, H, W, C_in)``, as ``mlx.nn.ConvTranspose3d``, with groups.
+        """3-D transposed convolution over ``(N, D, H, W, C_in)``, as MLX's ``ConvTranspose3d`` (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv_transpose3d` of ``x`` with ``weight``, plus
     ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
