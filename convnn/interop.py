@@ -52,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from convnn import layers
+
 __all__ = ["LoadResult", "save_mlx_weights", "load_mlx_weights", "load_torch_state_dict"]
 
 _VARIABLE_TYPES = (nnx.Param, nnx.BatchStat)
@@ -189,15 +191,8 @@ def _flax_rules() -> list[tuple[type, dict[str, tuple[str, Any]]]]:
     ]
 
 
-def _convnn_conv_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    try:  # TEMP until convnn.layers lands
-        from convnn import layers
-    except ImportError:
-        return (), ()
-
-    conv = (layers.Conv1d, layers.Conv2d, layers.Conv3d)
-    transpose = (layers.ConvTranspose1d, layers.ConvTranspose2d, layers.ConvTranspose3d)
-    return conv, transpose
+_CONVNN_CONV = (layers.Conv1d, layers.Conv2d, layers.Conv3d)
+_CONVNN_CONV_TRANSPOSE = (layers.ConvTranspose1d, layers.ConvTranspose2d, layers.ConvTranspose3d)
 
 
 def _rules_for(module: Any, path: str, fn: str) -> dict[str, tuple[str, Any]]:
@@ -207,10 +202,9 @@ def _rules_for(module: Any, path: str, fn: str) -> dict[str, tuple[str, Any]]:
             "flipping have no MLX or PyTorch counterpart; use convnn.layers.ConvTranspose1d/2d/3d "
             "(MLX's layout and PyTorch's semantics)."
         )
-    conv, transpose = _convnn_conv_types()
-    if isinstance(module, transpose):
+    if isinstance(module, _CONVNN_CONV_TRANSPOSE):
         return {"weight": ("weight", _MlxConvTransposeWeight(int(module.groups)))}
-    if isinstance(module, conv):
+    if isinstance(module, _CONVNN_CONV):
         return {"weight": ("weight", _MlxConvWeight())}
     for cls, rules in _flax_rules():
         if isinstance(module, cls):
