@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -102,27 +103,35 @@ class GroupNorm(nnx.Module):
             dtype = x.dtype if self.weight is None else _args.promote_float(
                 x.dtype, self.weight.dtype
             )
-        stats = _args.promote_float(dtype, jnp.float32)
-        g, shape = self.num_groups, x.shape
-        xs = x.astype(stats)
-        if self.pytorch_compatible:
-            xs = xs.reshape(shape[0], -1, g, self.dims // g)
-            axes = (1, 3)
-        else:
-            xs = xs.reshape(shape[0], -1, g)
-            axes = (1,)
-        mean = jnp.mean(xs, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(xs - mean), axis=axes, keepdims=True)
-        y = ((xs - mean) * jax.lax.rsqrt(var + jnp.asarray(self.eps, stats))).reshape(shape)
-        y = y.astype(dtype)
-        if self.weight is None:
-            return y
-        shape = (1,) * (y.ndim - 1) + (self.dims,)
-        weight = self.weight[...].astype(dtype).reshape(shape)
-        return y * weight + self.bias[...].astype(dtype).reshape(shape)
+        weight = None if self.weight is None else self.weight[...]
+        bias = None if self.bias is None else self.bias[...]
+        return _group_norm(
+            x, weight, bias, self.num_groups, self.eps, self.pytorch_compatible, jnp.dtype(dtype)
+        )
 
     def __repr__(self) -> str:
         return (
             f"GroupNorm({self.num_groups}, {self.dims}, eps={self.eps}, "
             f"affine={self.weight is not None}, pytorch_compatible={self.pytorch_compatible})"
         )
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _group_norm(x, weight, bias, groups, eps, pytorch_compatible, dtype):
+    """One compiled program per shape and configuration (eager calls dispatch it once)."""
+    stats = _args.promote_float(dtype, jnp.float32)  # statistics in at least float32
+    shape, dims = x.shape, x.shape[-1]
+    xs = x.astype(stats)
+    if pytorch_compatible:
+        xs = xs.reshape(shape[0], -1, groups, dims // groups)
+        axes = (1, 3)
+    else:
+        xs = xs.reshape(shape[0], -1, groups)  # channel c lands in group c % groups
+        axes = (1,)
+    mean = jnp.mean(xs, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(xs - mean), axis=axes, keepdims=True)
+    y = ((xs - mean) * jax.lax.rsqrt(var + jnp.asarray(eps, stats))).reshape(shape).astype(dtype)
+    if weight is None:
+        return y
+    full = (1,) * (y.ndim - 1) + (dims,)
+    return y * weight.astype(dtype).reshape(full) + bias.astype(dtype).reshape(full)
