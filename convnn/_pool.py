@@ -130,9 +130,9 @@ def max_pool(
     x = _as_array(x, fn, allow_int=True)
     _, _, highs = _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode)
     if jnp.issubdtype(x.dtype, jnp.floating):
-        init = jnp.array(-jnp.inf, x.dtype)
+        init = np.array(-np.inf, x.dtype)
     else:
-        init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+        init = np.array(np.iinfo(x.dtype).min, x.dtype)
     lead = x.ndim - n - 1
     pads = ((0, 0),) * lead + tuple(zip(padding, highs)) + ((0, 0),)
     return lax.reduce_window(
@@ -164,7 +164,7 @@ def avg_pool(
     lead = x.ndim - n - 1
     pads = ((0, 0),) * lead + tuple(zip(padding, highs)) + ((0, 0),)
     total = lax.reduce_window(
-        x.astype(acc), jnp.array(0, acc), lax.add, _window(x, n, kernel), _window(x, n, stride),
+        x.astype(acc), np.array(0, acc), lax.add, _window(x, n, kernel), _window(x, n, stride),
         pads,
     )
     count = np.ones((), np.float64)
