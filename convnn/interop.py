@@ -272,6 +272,19 @@ def _entries(model: Any, fn: str) -> list[_Entry]:
     return entries
 
 
+def _unique_keys(entries: list[_Entry], key_of: Callable[[_Entry], str], fn: str) -> set[str]:
+    """The entries' keys; two different variables under one key is an error."""
+    owner: dict[str, Any] = {}
+    for e in entries:
+        key = key_of(e)
+        if owner.setdefault(key, e.variable) is not e.variable:
+            raise ValueError(
+                f"[{fn}] two different variables of the model map to the key {key!r}; rename "
+                "one of them."
+            )
+    return set(owner)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -293,9 +306,13 @@ def _to_numpy(value: Any, key: str, fn: str) -> np.ndarray:
             f"({type(value).__name__}: {e}); pass NumPy arrays (cast bfloat16 MLX arrays to "
             "float32 first) or a file path."
         ) from None
-    if arr.dtype.kind == "V" and arr.dtype.itemsize == 2:  # MLX writes bfloat16 to .npz as <V2.
+    if arr.dtype == np.dtype("V2"):  # MLX writes bfloat16 to .npz as 2-byte void.
         arr = arr.view(jnp.bfloat16)
-    if arr.dtype.kind not in "biuf" and arr.dtype != jnp.bfloat16:
+    if not (
+        arr.dtype == np.bool_
+        or jnp.issubdtype(arr.dtype, jnp.integer)
+        or jnp.issubdtype(arr.dtype, jnp.floating)
+    ):
         raise TypeError(
             f"[{fn}] value for {key!r} must be a numeric array, got dtype {arr.dtype} "
             f"of shape {arr.shape}."
@@ -323,11 +340,11 @@ def _load(
     strict: bool,
     fn: str,
     what: str,
-    ignore: Callable[[str, set[str]], bool] = lambda key, expected: False,
+    ignore: Callable[[str], bool] = lambda key: False,
 ) -> LoadResult:
     key_of = (lambda e: e.torch_key) if torch else (lambda e: e.mlx_key)
-    expected = {key_of(e) for e in entries}
-    unexpected = sorted(k for k in weights if k not in expected and not ignore(k, expected))
+    expected = _unique_keys(entries, key_of, fn)
+    unexpected = sorted(k for k in weights if k not in expected and not ignore(k))
     missing: list[str] = []
     mismatched: list[str] = []
     updates: dict[int, tuple[Any, Any, np.ndarray]] = {}  # id(variable) -> (variable, converted value)
@@ -351,6 +368,7 @@ def _load(
         arr = e.layout.from_torch(arr) if torch else e.layout.from_mlx(arr)
         updates[id(e.variable)] = (e.variable, current, arr)
     missing.sort()
+    mismatched.sort()
     if strict and (missing or unexpected or mismatched):
         raise ValueError(_format_problems(fn, what, missing, unexpected, mismatched))
     if mismatched:
@@ -492,7 +510,9 @@ def save_mlx_weights(model: Any, path: str | os.PathLike) -> None:
     fn = "save_mlx_weights"
     path = _check_path(path, fn)
     arrays: dict[str, np.ndarray] = {}
-    for e in _entries(model, fn):
+    entries = _entries(model, fn)
+    _unique_keys(entries, lambda e: e.mlx_key, fn)
+    for e in entries:
         arrays[e.mlx_key] = np.ascontiguousarray(e.layout.to_mlx(np.asarray(e.variable.get_value())))
     if path.endswith(".safetensors"):
         import safetensors.numpy
@@ -562,7 +582,7 @@ def load_torch_state_dict(
         if isinstance(e.owner, nnx.BatchNorm)
     }
 
-    def ignore(key: str, expected: set[str]) -> bool:
+    def ignore(key: str) -> bool:
         prefix, _, name = key.rpartition(".")
         return name == "num_batches_tracked" and prefix in bn_prefixes
 

@@ -43,6 +43,25 @@ def _nhwc(x):
     return np.ascontiguousarray(np.moveaxis(x, 1, -1))
 
 
+def _build(make, seed=0):
+    """``make()`` with seeded NumPy values in every parameter and statistic.
+
+    The model is traced abstractly (``nnx.eval_shape``) and filled directly: JAX's eager random
+    initialisers compile per shape, which costs seconds per layer on a small CPU.
+    """
+    model = nnx.eval_shape(make)
+    rng = np.random.default_rng(seed)
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, (nnx.Param, nnx.BatchStat)):
+            sds = node.get_value()
+            if path[-1] == "var":
+                value = rng.uniform(0.5, 2.0, sds.shape)
+            else:
+                value = rng.uniform(-0.5, 0.5, sds.shape)
+            node.set_value(jnp.asarray(value, sds.dtype))
+    return model
+
+
 def _snapshot(model):
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     return {k: np.array(v.get_value()) for k, v in nnx.to_flat_state(state)}
@@ -89,9 +108,9 @@ def test_torch_conv_transpose_layer_matches_pytorch(case):
     tmod = getattr(tnn, f"ConvTranspose{n}d")(
         cin, cout, k, stride=stride, padding=padding, output_padding=output_padding,
         groups=groups).float()
-    model = getattr(layers, f"ConvTranspose{n}d")(
+    model = _build(lambda: getattr(layers, f"ConvTranspose{n}d")(
         cin, cout, k, stride=stride, padding=padding, output_padding=output_padding,
-        groups=groups, rngs=nnx.Rngs(0))
+        groups=groups, rngs=nnx.Rngs(0)))
     load_torch_state_dict(model, tmod.state_dict())
     x = np.random.default_rng(n).standard_normal((2, cin, *(4,) * n)).astype(F32)
     expected = tmod(torch.from_numpy(x)).detach().numpy()
@@ -115,12 +134,14 @@ def test_torch_conv_layers_match_pytorch(case, flavour):
     tmod = getattr(tnn, f"Conv{n}d")(cin, cout, k, stride=stride, padding=padding,
                                      dilation=dilation, groups=groups).float()
     if flavour == "convnn":
-        model = getattr(layers, f"Conv{n}d")(cin, cout, k, stride=stride, padding=padding,
-                                             dilation=dilation, groups=groups, rngs=nnx.Rngs(0))
+        model = _build(lambda: getattr(layers, f"Conv{n}d")(
+            cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups,
+            rngs=nnx.Rngs(0)))
     else:
         pads = padding if isinstance(padding, tuple) else (padding,) * n
-        model = nnx.Conv(cin, cout, k, strides=stride, padding=[(p, p) for p in pads],
-                         kernel_dilation=dilation, feature_group_count=groups, rngs=nnx.Rngs(0))
+        model = _build(lambda: nnx.Conv(
+            cin, cout, k, strides=stride, padding=[(p, p) for p in pads],
+            kernel_dilation=dilation, feature_group_count=groups, rngs=nnx.Rngs(0)))
     load_torch_state_dict(model, tmod.state_dict())
     x = np.random.default_rng(n).standard_normal((2, cin, *(6,) * n)).astype(F32)
     expected = tmod(torch.from_numpy(x)).detach().numpy()
@@ -128,7 +149,7 @@ def test_torch_conv_layers_match_pytorch(case, flavour):
 
 
 class TorchFlaxLayers(tnn.Module):
-    """PyTorch counterparts of the Flax layers with their own names: Embed, norms, Linear."""
+    """Flax layers with their own names (Embed, norms, Linear) and convnn's GroupNorm."""
 
     def __init__(self):
         super().__init__()
@@ -137,12 +158,14 @@ class TorchFlaxLayers(tnn.Module):
         self.gn = tnn.GroupNorm(2, 8)
         self.rms = tnn.RMSNorm(8, eps=1e-6)
         self.bn = tnn.BatchNorm1d(8)
+        self.gn_convnn = tnn.GroupNorm(4, 8)
         self.head = tnn.Linear(8, 5)
 
     def forward(self, ids):
         x = self.ln(self.embed(ids))  # (B, L, 8)
         x = self.gn(x.transpose(1, 2)).transpose(1, 2)
         x = self.bn(self.rms(x).transpose(1, 2)).transpose(1, 2)
+        x = self.gn_convnn(x.transpose(1, 2)).transpose(1, 2)
         return self.head(x)
 
 
@@ -153,10 +176,12 @@ class NnxFlaxLayers(nnx.Module):
         self.gn = nnx.GroupNorm(8, num_groups=2, epsilon=1e-5, rngs=rngs)
         self.rms = nnx.RMSNorm(8, epsilon=1e-6, rngs=rngs)
         self.bn = nnx.BatchNorm(8, use_running_average=True, rngs=rngs)
+        self.gn_convnn = layers.GroupNorm(4, 8, pytorch_compatible=True)
         self.head = nnx.Linear(8, 5, rngs=rngs)
 
     def __call__(self, ids):
-        return self.head(self.bn(self.rms(self.gn(self.ln(self.embed(ids))))))
+        x = self.bn(self.rms(self.gn(self.ln(self.embed(ids)))))
+        return self.head(self.gn_convnn(x))
 
 
 def test_torch_flax_layers_match_pytorch():
@@ -164,7 +189,7 @@ def test_torch_flax_layers_match_pytorch():
     _randomize_torch(tmod, 1)
     with torch.no_grad():
         tmod.rms.weight.uniform_(0.5, 1.5)
-    model = NnxFlaxLayers(nnx.Rngs(0))
+    model = _build(lambda: NnxFlaxLayers(nnx.Rngs(0)))
     assert load_torch_state_dict(model, tmod.state_dict()) == LoadResult([], [], [])
     ids = np.random.default_rng(0).integers(0, 10, (3, 7))
     expected = tmod(torch.from_numpy(ids)).detach().numpy()
@@ -251,7 +276,7 @@ def torch_net():
 
 
 def test_torch_cnn_port_gives_same_logits(torch_net):
-    model = NnxNet(nnx.Rngs(0))
+    model = _build(lambda: NnxNet(nnx.Rngs(0)))
     result = load_torch_state_dict(model, torch_net.state_dict())
     assert result == LoadResult([], [], [])
     x = np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(F32)
@@ -259,15 +284,15 @@ def test_torch_cnn_port_gives_same_logits(torch_net):
     logits = model(jnp.asarray(_nhwc(x)))
     assert logits.dtype == jnp.float32
     assert_close(logits, expected, F32)
-    # The running statistics matter: with default statistics the logits differ.
-    fresh = NnxNet(nnx.Rngs(0))
+    # The running statistics matter: with other statistics the logits differ.
+    fresh = _build(lambda: NnxNet(nnx.Rngs(0)))
     sd = {k: v for k, v in torch_net.state_dict().items() if "running" not in k}
     load_torch_state_dict(fresh, sd, strict=False)
     assert not np.allclose(np.asarray(fresh(jnp.asarray(_nhwc(x)))), expected, atol=1e-3)
 
 
 def test_torch_strict_lists_every_problem_and_loads_nothing(torch_net):
-    model = NnxNet(nnx.Rngs(0))
+    model = _build(lambda: NnxNet(nnx.Rngs(0)))
     before = _snapshot(model)
     sd = dict(torch_net.state_dict())
     del sd["blocks.1.conv2.weight"]
@@ -283,7 +308,7 @@ def test_torch_strict_lists_every_problem_and_loads_nothing(torch_net):
 
 
 def test_torch_non_strict_loads_what_matches(torch_net):
-    model = NnxNet(nnx.Rngs(0))
+    model = _build(lambda: NnxNet(nnx.Rngs(0)))
     before = _snapshot(model)
     sd = dict(torch_net.state_dict())
     del sd["stem.0.weight"]
@@ -308,12 +333,12 @@ def test_torch_num_batches_tracked_only_ignored_for_batch_norm(torch_net):
     assert "stem.1.num_batches_tracked" in sd
     sd["head.num_batches_tracked"] = torch.tensor(0)
     with pytest.raises(ValueError, match=r"Unexpected 1 key\(s\): head.num_batches_tracked\."):
-        load_torch_state_dict(NnxNet(nnx.Rngs(0)), sd)
+        load_torch_state_dict(_build(lambda: NnxNet(nnx.Rngs(0))), sd)
 
 
 def test_torch_accepts_numpy_module_and_casts_dtype(torch_net):
     x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 12, 12, 3)), jnp.float32)
-    a, b, c = NnxNet(nnx.Rngs(0)), NnxNet(nnx.Rngs(1)), NnxNet(nnx.Rngs(2))
+    a, b, c = (_build(lambda: NnxNet(nnx.Rngs(0)), seed) for seed in range(3))
     load_torch_state_dict(a, torch_net.state_dict())
     load_torch_state_dict(b, {k: v.double().numpy() for k, v in torch_net.state_dict().items()})
     load_torch_state_dict(c, torch_net)  # a module: its state_dict()
@@ -325,11 +350,11 @@ def test_torch_accepts_numpy_module_and_casts_dtype(torch_net):
 
 def test_torch_bfloat16_tensors_are_cast():
     lin = tnn.Linear(3, 2).to(torch.bfloat16)
-    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    model = _build(lambda: nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
     load_torch_state_dict(model, lin.state_dict())
     assert model.kernel[...].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(model.kernel[...]), lin.weight.detach().float().numpy().T)
-    model_bf16 = nnx.Linear(3, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    model_bf16 = _build(lambda: nnx.Linear(3, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
     load_torch_state_dict(model_bf16, lin.state_dict())
     assert model_bf16.kernel[...].dtype == jnp.bfloat16
 
@@ -399,7 +424,7 @@ def test_mlx_save_weights_loads_with_same_outputs(tmp_path, suffix, flavour):
     path = str(tmp_path / f"mlx{suffix}")
     net.save_weights(path)
     expected = np.asarray(net(mx.array(X_MLX)))
-    model = NnxMlxNet(flavour, nnx.Rngs(0))
+    model = _build(lambda: NnxMlxNet(flavour, nnx.Rngs(0)))
     assert load_mlx_weights(model, path) == LoadResult([], [], [])
     assert_close(model(jnp.asarray(X_MLX)), expected, F32)
 
@@ -407,11 +432,7 @@ def test_mlx_save_weights_loads_with_same_outputs(tmp_path, suffix, flavour):
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 @pytest.mark.parametrize("flavour", ["convnn", "flax"])
 def test_nnx_saved_weights_load_into_mlx_with_same_outputs(tmp_path, suffix, flavour):
-    model = NnxMlxNet(flavour, nnx.Rngs(3))
-    rng = np.random.default_rng(3)
-    bn = model.stem.layers[1]
-    bn.mean[...] = jnp.asarray(rng.normal(0, 0.5, 8), jnp.float32)
-    bn.var[...] = jnp.asarray(rng.uniform(0.5, 2, 8), jnp.float32)
+    model = _build(lambda: NnxMlxNet(flavour, nnx.Rngs(0)), 3)
     path = str(tmp_path / f"nnx{suffix}")
     save_mlx_weights(model, path)
     net = MlxNet()
@@ -423,14 +444,14 @@ def test_nnx_saved_weights_load_into_mlx_with_same_outputs(tmp_path, suffix, fla
 def test_mlx_keys_match_mlx_parameter_names():
     mlx_keys = {k for k, _ in tree_flatten(MlxNet().parameters())}
     for flavour in ("convnn", "flax"):
-        model = NnxMlxNet(flavour, nnx.Rngs(0))
+        model = _build(lambda: NnxMlxNet(flavour, nnx.Rngs(0)))
         weights = {k: np.asarray(v) for k, v in tree_flatten(MlxNet().parameters())}
         load_mlx_weights(model, weights)  # strict: the key sets agree
     assert "stem.layers.1.running_var" in mlx_keys and "blocks.1.weight" in mlx_keys
 
 
 def test_mlx_flax_layers_match_mlx():
-    """Embedding, LayerNorm, GroupNorm (PyTorch-compatible grouping), RMSNorm from MLX."""
+    """Embedding, LayerNorm, GroupNorm (both groupings), RMSNorm from MLX."""
 
     class M(mnn.Module):
         def __init__(self):
@@ -439,9 +460,10 @@ def test_mlx_flax_layers_match_mlx():
             self.ln = mnn.LayerNorm(8)
             self.gn = mnn.GroupNorm(2, 8, pytorch_compatible=True)
             self.rms = mnn.RMSNorm(8, eps=1e-6)
+            self.gn_mlx = mnn.GroupNorm(4, 8)  # interleaved groups: convnn.layers.GroupNorm
 
         def __call__(self, ids):
-            return self.rms(self.gn(self.ln(self.embed(ids))))
+            return self.gn_mlx(self.rms(self.gn(self.ln(self.embed(ids)))))
 
     class N(nnx.Module):
         def __init__(self, rngs):
@@ -449,16 +471,17 @@ def test_mlx_flax_layers_match_mlx():
             self.ln = nnx.LayerNorm(8, epsilon=1e-5, rngs=rngs)
             self.gn = nnx.GroupNorm(8, num_groups=2, epsilon=1e-5, rngs=rngs)
             self.rms = nnx.RMSNorm(8, epsilon=1e-6, rngs=rngs)
+            self.gn_mlx = layers.GroupNorm(4, 8)
 
         def __call__(self, ids):
-            return self.rms(self.gn(self.ln(self.embed(ids))))
+            return self.gn_mlx(self.rms(self.gn(self.ln(self.embed(ids)))))
 
     m = M()
     rng = np.random.default_rng(0)
     m.update({name: {k: mx.array(rng.uniform(0.5, 1.5, v.shape).astype(F32)) for k, v in p.items()}
               for name, p in m.parameters().items() if name != "embed"})
     ids = rng.integers(0, 10, (3, 5))
-    model = N(nnx.Rngs(0))
+    model = _build(lambda: N(nnx.Rngs(0)))
     load_mlx_weights(model, list(tree_flatten(m.parameters())))
     assert_close(model(jnp.asarray(ids)), np.asarray(m(mx.array(ids))), F32)
 
@@ -469,7 +492,7 @@ def test_mlx_flax_layers_match_mlx():
 
 
 def test_mlx_strict_lists_every_problem_and_loads_nothing():
-    model = NnxMlxNet("convnn", nnx.Rngs(0))
+    model = _build(lambda: NnxMlxNet("convnn", nnx.Rngs(0)))
     before = _snapshot(model)
     weights = {k: np.asarray(v) for k, v in tree_flatten(_random_mlx_net(1).parameters())}
     del weights["blocks.1.bias"]
@@ -485,7 +508,7 @@ def test_mlx_strict_lists_every_problem_and_loads_nothing():
 
 
 def test_mlx_non_strict_loads_what_matches():
-    model = NnxMlxNet("convnn", nnx.Rngs(0))
+    model = _build(lambda: NnxMlxNet("convnn", nnx.Rngs(0)))
     before = _snapshot(model)
     weights = {k: np.asarray(v) for k, v in tree_flatten(_random_mlx_net(1).parameters())}
     del weights["head.bias"]
@@ -501,9 +524,11 @@ def test_mlx_non_strict_loads_what_matches():
 @pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_round_trip(tmp_path, suffix, param_dtype):
     def make(seed):
-        return NnxNet(nnx.Rngs(seed)) if param_dtype == jnp.float32 else nnx.Sequential(
-            layers.Conv2d(3, 4, 3, groups=1, param_dtype=param_dtype, rngs=nnx.Rngs(seed)),
-            nnx.Linear(4, 2, param_dtype=param_dtype, rngs=nnx.Rngs(seed)))
+        if param_dtype == jnp.float32:
+            return _build(lambda: NnxNet(nnx.Rngs(0)), seed)
+        return _build(lambda: nnx.Sequential(
+            layers.Conv2d(3, 4, 3, param_dtype=param_dtype, rngs=nnx.Rngs(0)),
+            nnx.Linear(4, 2, param_dtype=param_dtype, rngs=nnx.Rngs(0))), seed)
 
     a, b = make(0), make(1)
     path = tmp_path / f"w{suffix}"
@@ -569,6 +594,11 @@ def test_npz_is_read_without_pickle(tmp_path):
         load_mlx_weights(nnx.Linear(1, 1, rngs=nnx.Rngs(0)), path)
 
 
+def _with_weight_attribute(linear):
+    linear.weight = nnx.Param(jnp.zeros((2, 3)))  # clashes with the kernel's MLX name
+    return linear
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -581,8 +611,11 @@ def test_npz_is_read_without_pickle(tmp_path):
          "'weight'"),
         (lambda m: load_torch_state_dict(nnx.ConvTranspose(2, 2, (3,), rngs=nnx.Rngs(0)), {}),
          TypeError, "nnx.ConvTranspose"),
+        (lambda m: load_mlx_weights(_with_weight_attribute(m), {}), ValueError,
+         "two different variables of the model map to the key 'weight'"),
     ],
-    ids=["save-ext", "load-ext", "load-type", "model-type", "sd-type", "value-type", "flax-tconv"],
+    ids=["save-ext", "load-ext", "load-type", "model-type", "sd-type", "value-type", "flax-tconv",
+         "key-clash"],
 )
 def test_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
