@@ -15,18 +15,14 @@ each path, as in MLX and PyTorch.
 
 Flax's own layers are mapped to MLX's and PyTorch's names and layouts by type:
 
-===================  ==========================  ===========================  ======================
-NNX layer            NNX variable (layout)       MLX key (layout)             PyTorch key (layout)
-===================  ==========================  ===========================  ======================
-``nnx.Linear``       ``kernel (in, out)``        ``weight (out, in)``         ``weight (out, in)``
-``nnx.Conv``         ``kernel (*k, in/g, out)``  ``weight (out, *k, in/g)``   ``weight (out, in/g, *k)``
-``nnx.BatchNorm``    ``scale, bias, mean, var``  ``weight, bias,              ``weight, bias,
-                                                 running_mean, running_var``  running_mean, running_var``
-``nnx.LayerNorm``,   ``scale, bias``             ``weight, bias``             ``weight, bias``
-``nnx.GroupNorm``,
-``nnx.RMSNorm``
-``nnx.Embed``        ``embedding``               ``weight``                   ``weight``
-===================  ==========================  ===========================  ======================
+* ``nnx.Linear``: ``kernel (in, out)`` is ``weight (out, in)`` in MLX and PyTorch;
+* ``nnx.Conv``: ``kernel (*k, in/g, out)`` is MLX's ``weight (out, *k, in/g)`` and PyTorch's
+  ``weight (out, in/g, *k)``;
+* ``nnx.BatchNorm``: ``scale``, ``bias``, ``mean``, ``var`` are ``weight``, ``bias``,
+  ``running_mean``, ``running_var`` (PyTorch's ``num_batches_tracked`` is ignored);
+* ``nnx.LayerNorm``, ``nnx.GroupNorm``, ``nnx.RMSNorm``: ``scale``, ``bias`` are ``weight``,
+  ``bias``;
+* ``nnx.Embed``: ``embedding`` is ``weight``.
 
 convnn's layers already use MLX's names and layouts: convolutions ``weight (out, *k, in/g)``,
 which PyTorch stores as ``(out, in/g, *k)``; transposed convolutions ``weight (out, *k, in/g)``,
@@ -114,7 +110,8 @@ class _LinearKernel(_Same):
 
 
 class _FlaxConvKernel(_Same):
-    """``nnx.Conv.kernel`` ``(*k, in/g, out)``; MLX ``(out, *k, in/g)``; PyTorch ``(out, in/g, *k)``."""
+    """``nnx.Conv.kernel`` ``(*k, in/g, out)``; MLX ``(out, *k, in/g)``; PyTorch
+    ``(out, in/g, *k)``."""
 
     def mlx_shape(self, shape):
         return (shape[-1], *shape[:-1])
@@ -347,7 +344,8 @@ def _load(
     unexpected = sorted(k for k in weights if k not in expected and not ignore(k))
     missing: list[str] = []
     mismatched: list[str] = []
-    updates: dict[int, tuple[Any, Any, np.ndarray]] = {}  # id(variable) -> (variable, converted value)
+    # id(variable) -> (variable, its current value, the new value in NNX layout)
+    updates: dict[int, tuple[Any, Any, np.ndarray]] = {}
     for e in entries:
         key = key_of(e)
         if key not in weights:
@@ -373,7 +371,8 @@ def _load(
         raise ValueError(_format_problems(fn, what, missing, unexpected, mismatched))
     if mismatched:
         warnings.warn(
-            _format_problems(fn, what, [], [], mismatched) + "\nThese variables were left unchanged.",
+            _format_problems(fn, what, [], [], mismatched)
+            + "\nThese variables were left unchanged.",
             stacklevel=3,
         )
     new_values = []
@@ -513,7 +512,8 @@ def save_mlx_weights(model: Any, path: str | os.PathLike) -> None:
     entries = _entries(model, fn)
     _unique_keys(entries, lambda e: e.mlx_key, fn)
     for e in entries:
-        arrays[e.mlx_key] = np.ascontiguousarray(e.layout.to_mlx(np.asarray(e.variable.get_value())))
+        value = np.asarray(e.variable.get_value())
+        arrays[e.mlx_key] = np.ascontiguousarray(e.layout.to_mlx(value))
     if path.endswith(".safetensors"):
         import safetensors.numpy
 

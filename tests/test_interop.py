@@ -12,9 +12,6 @@ The PyTorch modules are built in float32 explicitly (another test module changes
 dtype). BatchNorm statistics are set to random values first so that they matter.
 """
 
-import os
-import warnings
-
 import jax
 import jax.numpy as jnp
 import mlx.core as mx
@@ -27,7 +24,6 @@ import torch.nn.functional as F
 from flax import nnx
 from mlx.utils import tree_flatten
 
-import convnn
 from convnn import layers
 from convnn.interop import LoadResult, load_mlx_weights, load_torch_state_dict, save_mlx_weights
 from tolerances import assert_close
@@ -353,7 +349,8 @@ def test_torch_bfloat16_tensors_are_cast():
     model = _build(lambda: nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
     load_torch_state_dict(model, lin.state_dict())
     assert model.kernel[...].dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(model.kernel[...]), lin.weight.detach().float().numpy().T)
+    expected = lin.weight.detach().float().numpy().T
+    np.testing.assert_array_equal(np.asarray(model.kernel[...]), expected)
     model_bf16 = _build(lambda: nnx.Linear(3, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
     load_torch_state_dict(model_bf16, lin.state_dict())
     assert model_bf16.kernel[...].dtype == jnp.bfloat16
@@ -602,7 +599,8 @@ def _with_weight_attribute(linear):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda m: save_mlx_weights(m, "w.pt"), ValueError, r"\[save_mlx_weights\].*'\.safetensors'"),
+        (lambda m: save_mlx_weights(m, "w.pt"), ValueError,
+         r"\[save_mlx_weights\].*'\.safetensors'"),
         (lambda m: load_mlx_weights(m, "w.pkl"), ValueError, r"\[load_mlx_weights\].*'\.npz'"),
         (lambda m: load_mlx_weights(m, 3), TypeError, "path_or_mapping"),
         (lambda m: load_mlx_weights(object(), {}), TypeError, "Flax NNX module"),
