@@ -164,28 +164,25 @@ class _MlxConvTransposeWeight(_Same):
 
 
 _SAME = _Same()
-
-
-def _flax_rules() -> list[tuple[type, dict[str, tuple[str, Any]]]]:
-    """Per Flax layer type: NNX attribute -> (MLX/PyTorch name, layout)."""
-    norm = {"scale": ("weight", _SAME), "bias": ("bias", _SAME)}
-    return [
-        (nnx.Linear, {"kernel": ("weight", _LinearKernel()), "bias": ("bias", _SAME)}),
-        (nnx.Conv, {"kernel": ("weight", _FlaxConvKernel()), "bias": ("bias", _SAME)}),
-        (
-            nnx.BatchNorm,
-            {
-                "scale": ("weight", _SAME),
-                "bias": ("bias", _SAME),
-                "mean": ("running_mean", _SAME),
-                "var": ("running_var", _SAME),
-            },
-        ),
-        (nnx.LayerNorm, norm),
-        (nnx.GroupNorm, norm),
-        (nnx.RMSNorm, norm),
-        (nnx.Embed, {"embedding": ("weight", _SAME)}),
-    ]
+_NORM = {"scale": ("weight", _SAME), "bias": ("bias", _SAME)}
+# Per Flax layer type: NNX attribute -> (MLX and PyTorch name, layout).
+_FLAX_RULES: list[tuple[type, dict[str, tuple[str, Any]]]] = [
+    (nnx.Linear, {"kernel": ("weight", _LinearKernel()), "bias": ("bias", _SAME)}),
+    (nnx.Conv, {"kernel": ("weight", _FlaxConvKernel()), "bias": ("bias", _SAME)}),
+    (
+        nnx.BatchNorm,
+        {
+            "scale": ("weight", _SAME),
+            "bias": ("bias", _SAME),
+            "mean": ("running_mean", _SAME),
+            "var": ("running_var", _SAME),
+        },
+    ),
+    (nnx.LayerNorm, _NORM),
+    (nnx.GroupNorm, _NORM),
+    (nnx.RMSNorm, _NORM),
+    (nnx.Embed, {"embedding": ("weight", _SAME)}),
+]
 
 
 _CONVNN_CONV = (layers.Conv1d, layers.Conv2d, layers.Conv3d)
@@ -203,7 +200,7 @@ def _rules_for(module: Any, path: str, fn: str) -> dict[str, tuple[str, Any]]:
         return {"weight": ("weight", _MlxConvTransposeWeight(int(module.groups)))}
     if isinstance(module, _CONVNN_CONV):
         return {"weight": ("weight", _MlxConvWeight())}
-    for cls, rules in _flax_rules():
+    for cls, rules in _FLAX_RULES:
         if isinstance(module, cls):
             return rules
     return {}
