@@ -1,0 +1,277 @@
+"""The documentation is tested: guides' code runs, the site builds strictly, docstrings are complete.
+
+* Every fenced ```python block of every page under ``docs/`` runs, the blocks of one page in
+  sequence in one namespace, each page in a fresh Python process with JAX's default settings
+  (not this suite's strict ones: the guides show what a user sees). A block that cannot run
+  here (it needs a GPU, a Mac or a user's file) is marked with the line
+  ``<!-- docs-test: skip -->`` right above its fence.
+* ``mkdocs build --strict`` succeeds (broken links, missing pages and unresolved API references
+  fail it).
+* Every public function and class of ``convnn``, ``convnn.functional``, ``convnn.layers`` and
+  ``convnn.interop`` has a docstring with the Google-style sections the project promises
+  (Args, Returns, Raises, Example with doctests); pytest runs the doctests themselves
+  (``--doctest-modules``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+SKIP_MARK = "<!-- docs-test: skip -->"
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Code blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def code_blocks(text: str) -> list[tuple[int, str, bool]]:
+    """The fenced code blocks of a Markdown page: (first line number, code, runs) per python block.
+
+    ``runs`` is False for a block preceded by the skip mark. Blocks in other languages are not
+    returned; indentation common to the fence is removed (blocks inside lists or admonitions).
+    """
+    lines = text.splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, fence, info = m["indent"], m["fence"], m["info"].strip()
+        j = i + 1
+        while j < len(lines) and not (
+            lines[j].strip().startswith(fence) and lines[j].strip().strip(fence[0]) == ""
+        ):
+            j += 1
+        if info.split(" ")[0].split("{")[0] in ("python", "py", "python3"):
+            body = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip() for ln in lines[i + 1:j]]
+            prev = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), "")
+            blocks.append((i + 2, "\n".join(body) + "\n", prev != SKIP_MARK))
+        i = j + 1
+    return blocks
+
+
+def test_code_blocks_are_found():
+    page = (
+        "text\n```python\na = 1\n```\n\n<!-- docs-test: skip -->\n```python\nimport missing\n```\n"
+        "```bash\nls\n```\n- item\n\n    ```python\n    b = a + 1\n    ```\n"
+    )
+    assert code_blocks(page) == [(3, "a = 1\n", True), (8, "import missing\n", False),
+                                 (16, "b = a + 1\n", True)]
+
+
+PAGES = sorted(p for p in DOCS.rglob("*.md") if any(run for _, _, run in code_blocks(p.read_text())))
+
+# Runs the blocks of one page in one namespace; reports the failing block's line in the page.
+RUNNER = r"""
+import json, sys, traceback
+page, blocks = json.load(sys.stdin)
+namespace = {"__name__": "__main__"}
+for line, code in blocks:
+    try:
+        exec(compile(code, f"{page}:{line}", "exec"), namespace)
+    except BaseException:
+        print(f"--- the block at {page}:{line} failed:", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(1)
+"""
+
+
+def _user_env() -> dict[str, str]:
+    """The environment of a user's fresh process: no settings this suite made for itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_guide_code_runs(page, tmp_path):
+    rel = str(page.relative_to(ROOT))
+    blocks = [(line, code) for line, code, run in code_blocks(page.read_text()) if run]
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER], input=json.dumps([rel, blocks]), capture_output=True,
+        text=True, cwd=tmp_path, env=_user_env(), timeout=300,
+    )
+    assert proc.returncode == 0, f"{rel}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The site
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mkdocs_build_strict(tmp_path):
+    site = tmp_path / "site"
+    env = _user_env() | {"NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    for page in ("index.html", "api/functional/index.html", "guides/from-pytorch/index.html"):
+        assert (site / page).is_file(), page
+    # the API reference was rendered from the docstrings, doctests as code
+    functional = (site / "api/functional/index.html").read_text()
+    assert 'id="convnn.functional.conv_transpose2d"' in functional
+    assert "Raises" in functional and "&gt;&gt;&gt;" in functional
+
+
+# ---------------------------------------------------------------------------------------------
+# Docstrings
+# ---------------------------------------------------------------------------------------------
+
+MODULES = ["convnn", "convnn.functional", "convnn.layers", "convnn.interop"]
+
+
+def public_objects():
+    """(qualified name, object) for every public function and class of MODULES, once each."""
+    seen, out = set(), []
+    for mod_name in MODULES:
+        mod = importlib.import_module(mod_name)
+        names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
+        for name in names:
+            obj = getattr(mod, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or id(obj) in seen:
+                continue
+            if not getattr(obj, "__module__", "").startswith("convnn"):
+                continue  # re-exported from another package
+            seen.add(id(obj))
+            out.append((f"{mod_name}.{name}", obj))
+    return out
+
+
+SECTION = re.compile(r"^\s*(Args|Arguments|Attributes|Returns|Yields|Raises|Examples?):\s*$",
+                     re.MULTILINE)
+
+
+def sections(doc: str) -> dict[str, str]:
+    """The Google-style sections of a docstring, by title ("Example" and "Examples" alike)."""
+    doc = inspect.cleandoc(doc)
+    found = list(SECTION.finditer(doc))
+    out = {}
+    for m, nxt in zip(found, found[1:] + [None]):
+        title = "Example" if m[1].startswith("Example") else m[1]
+        title = "Args" if title == "Arguments" else title
+        out[title] = doc[m.end(): nxt.start() if nxt else len(doc)]
+    return out
+
+
+def _returns_none(fn) -> bool:
+    ann = inspect.signature(fn).return_annotation
+    return ann is None or ann == "None"
+
+
+def _parameters(obj) -> list[str]:
+    """The parameters a docstring's Args must name (not self, *args/**kwargs or the input)."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name for p in sig.parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def _is_record(cls) -> bool:
+    """NamedTuples and dataclasses: plain records, documented by Attributes."""
+    return issubclass(cls, tuple) and hasattr(cls, "_fields") or hasattr(cls, "__dataclass_fields__")
+
+
+def docstring_problems(name: str, obj) -> list[str]:
+    doc = inspect.getdoc(obj) if inspect.isclass(obj) else obj.__doc__
+    if not doc or not doc.strip():
+        return [f"{name}: no docstring"]
+    secs = sections(doc)
+    problems = []
+    record = inspect.isclass(obj) and _is_record(obj)
+    if record:
+        required = ["Attributes", "Example"]
+    elif inspect.isclass(obj):
+        required = ["Args", "Raises", "Example"]
+    else:
+        required = ["Args", "Raises", "Example"] + ([] if _returns_none(obj) else ["Returns"])
+    for title in required:
+        if title not in secs:
+            problems.append(f"{name}: no {title} section")
+    if "Example" in secs and ">>>" not in secs["Example"]:
+        problems.append(f"{name}: the Example section has no doctest (>>>)")
+    if "Args" in secs:
+        args = secs["Args"]
+        params = _parameters(obj) if not record else []
+        for p in params:
+            if not re.search(rf"^\s*{re.escape(p)}\b[^:\n]*:", args, re.MULTILINE):
+                problems.append(f"{name}: parameter {p!r} is not in Args")
+    return problems
+
+
+def test_docstring_checker_can_fail():
+    def documented(x, y=1):
+        """Summary.
+
+        Args:
+          x: ``(N, C)``.
+          y: default 1.
+
+        Returns:
+          ``(N, C)``.
+
+        Raises:
+          ValueError: never.
+
+        Example:
+          >>> documented(1)
+        """
+
+    def half(x, y=1):
+        """Summary.
+
+        Args:
+          x: ``(N, C)``.
+
+        Example:
+          documented(1)
+        """
+
+    assert docstring_problems("documented", documented) == []
+    assert docstring_problems("half", half) == [
+        "half: no Raises section", "half: no Returns section",
+        "half: the Example section has no doctest (>>>)", "half: parameter 'y' is not in Args",
+    ]
+
+
+def test_public_api_is_found():
+    names = {name for name, _ in public_objects()}
+    assert {"convnn.conv2d", "convnn.layers.Conv2d", "convnn.interop.load_torch_state_dict"} <= names
+    assert "convnn.functional.conv2d" not in names  # the same object as convnn.conv2d, once
+
+
+@pytest.mark.parametrize("name_obj", public_objects(), ids=lambda t: t[0])
+def test_docstring_sections(name_obj):
+    name, obj = name_obj
+    assert docstring_problems(name, obj) == []
+
+
+def test_every_public_name_is_in_the_api_reference():
+    """Each public module has a reference page, so nothing public is left out of the site."""
+    text = "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md"))
+    for mod_name in MODULES[1:]:
+        mod = importlib.import_module(mod_name)
+        for name in mod.__all__:
+            assert f"::: {mod_name}\n" in text or f"::: {mod_name}.{name}\n" in text, name
