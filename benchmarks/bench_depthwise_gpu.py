@@ -1,0 +1,554 @@
+"""Depthwise convolution on an NVIDIA GPU: convnn's Pallas kernels vs plain lax vs PyTorch.
+
+Sections (in this order; each is skipped once the time budget is spent, and the JSON is
+rewritten after each one):
+
+1. ``correctness``: the Pallas forward pass, input gradient and weight gradient against the
+   float64 NumPy reference (``tests/reference.py``) on a table of configurations (kernel sizes
+   1 to 9, odd and even, strides 1 and 2, symmetric and asymmetric padding, flip, channel tails,
+   float32 / bfloat16 / float16). Nothing is timed before this passes.
+2. ``sweep``: a few tilings of each kernel on one 7x7 and one 3x3 shape.
+3. ``timing``: per shape and dtype, forward and dx+dw (the backward pass alone) for convnn
+   (Pallas, default tiling), ``lax.conv_general_dilated`` and PyTorch
+   (``torch.nn.functional.conv2d``, ``groups=C``, channels_last, cuDNN autotuning on), with the
+   memory floor (bytes read + written at ``--bandwidth``) and the fraction of it reached.
+   The dx+dw floor counts the two passes as separate minimal computations (read g, write dx; read
+   x and g), as in the issue this answers: 4 tensors.
+4. ``convnext``: a ConvNeXt block (7x7 depthwise, LayerNorm, 1x1 conv to 4C, GELU, 1x1 conv
+   back, layer scale, residual) training step (loss, gradients, SGD update), with the depthwise
+   convolution computed by the Pallas kernels vs one ``lax.conv_general_dilated``.
+
+Usage::
+
+    python benchmarks/bench_depthwise_gpu.py --json depthwise_gpu.json [--budget 420]
+
+Times are medians over repetitions of the mean over a loop of asynchronous calls (JAX) or CUDA
+events (PyTorch); tensors are far larger than L2, so the loop does not measure the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+from convnn._lowering import _pallas  # noqa: E402
+from convnn._lowering._spec import ConvSpec  # noqa: E402
+
+START = time.perf_counter()
+RESULTS: dict = {"sections": {}}
+
+# (name, N, H, W, C, K, stride, dtype) -- the issue's shapes.
+SHAPES = [
+    ("56x56x96 7x7", 256, 56, 56, 96, 7, 1, "bfloat16"),
+    ("28x28x192 7x7", 256, 28, 28, 192, 7, 1, "bfloat16"),
+    ("56x56x144 3x3", 256, 56, 56, 144, 3, 1, "bfloat16"),
+    ("56x56x96 7x7", 256, 56, 56, 96, 7, 1, "float32"),
+    ("28x28x192 7x7", 256, 28, 28, 192, 7, 1, "float32"),
+    ("56x56x144 3x3", 256, 56, 56, 144, 3, 1, "float32"),
+    ("112x112x96 3x3 s2", 128, 112, 112, 96, 3, 2, "bfloat16"),
+]
+
+# (N, H, W, C, (KH, KW), (sh, sw), ((lo, hi), (lo, hi)), flip, dtype)
+CORRECTNESS = [
+    (2, 12, 11, 8, (3, 3), (1, 1), ((1, 1), (1, 1)), False, "float32"),
+    (2, 12, 11, 40, (3, 3), (2, 2), ((1, 1), (1, 1)), False, "float32"),
+    (3, 15, 13, 24, (7, 7), (1, 1), ((3, 3), (3, 3)), False, "float32"),
+    (2, 16, 14, 20, (7, 7), (2, 2), ((3, 2), (1, 3)), True, "float32"),
+    (2, 9, 10, 16, (2, 4), (1, 2), ((0, 1), (2, 1)), False, "float32"),
+    (2, 10, 9, 7, (5, 5), (2, 1), ((2, 2), (0, 0)), False, "float32"),
+    (1, 20, 19, 33, (9, 9), (1, 1), ((4, 4), (4, 4)), False, "float32"),
+    (2, 9, 9, 16, (1, 1), (2, 2), ((0, 0), (0, 0)), False, "float32"),
+    (2, 13, 12, 48, (6, 3), (2, 2), ((2, 3), (1, 1)), False, "float32"),
+    (4, 28, 28, 96, (7, 7), (1, 1), ((3, 3), (3, 3)), False, "bfloat16"),
+    (4, 17, 17, 72, (3, 3), (2, 2), ((1, 1), (1, 1)), False, "bfloat16"),
+    (3, 14, 14, 64, (4, 4), (1, 1), ((1, 2), (2, 1)), True, "float16"),
+    (2501, 5, 6, 8, (3, 3), (1, 1), ((1, 1), (1, 1)), False, "float16"),
+]
+
+TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
+
+
+PTX = {"dir": None, "label": "", "files": {}}
+
+
+def capture_ptx(directory):
+    """Saves the PTX of every Pallas/Triton kernel compiled from now on (newer jaxlibs only)."""
+    try:
+        from jax._src.pallas.triton import pallas_call_registration as reg
+    except ImportError:
+        return
+    inner = getattr(reg, "triton", None)
+    if inner is None or not hasattr(inner, "compile"):
+        return
+
+    class Proxy:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        @staticmethod
+        def compile(*args, **kwargs):
+            result = inner.compile(*args, **kwargs)
+            asm = getattr(result, "asm", None)
+            if PTX["label"] and isinstance(asm, (str, bytes)):
+                path = Path(directory) / f"k{len(PTX['files'])}.ptx"
+                path.write_bytes(asm if isinstance(asm, bytes) else asm.encode())
+                PTX["files"][str(path)] = PTX["label"]
+            return result
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    reg.triton = Proxy()
+    PTX["dir"] = directory
+
+
+def ptxas_report():
+    """Registers and spills per captured kernel (``ptxas -v``), where ptxas is installed."""
+    import shutil
+    import subprocess
+
+    ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
+    out = []
+    for path, label in PTX["files"].items():
+        try:
+            r = subprocess.run([ptxas, "-arch=sm_90", "-v", path, "-o", "/dev/null"],
+                               capture_output=True, text=True, timeout=120)
+            lines = [ln.strip() for ln in (r.stdout + r.stderr).splitlines()
+                     if "registers" in ln or "spill" in ln or "stack" in ln]
+            out.append(dict(label=label, ptxas=lines))
+            log("ptxas", label, lines)
+        except Exception as e:  # noqa: BLE001
+            out.append(dict(label=label, error=repr(e)[:300]))
+    return out
+
+
+def elapsed() -> float:
+    return time.perf_counter() - START
+
+
+def log(*args):
+    print(f"[{elapsed():6.1f}s]", *args, flush=True)
+
+
+def save(path):
+    RESULTS["elapsed_s"] = elapsed()
+    if path:
+        Path(path).write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+def make_spec(c, stride, padding, flip=False):
+    return ConvSpec(stride=tuple(stride), padding=tuple(tuple(p) for p in padding),
+                    kernel_dilation=(1, 1), input_dilation=(1, 1), groups=c, flip=flip)
+
+
+def lax_conv(x, w, spec):
+    wk = w[:, ::-1, ::-1, :] if spec.flip else w
+    return lax.conv_general_dilated(
+        x, wk, spec.stride, spec.padding, feature_group_count=spec.groups,
+        dimension_numbers=("NHWC", "OHWI", "NHWC"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. correctness
+# ---------------------------------------------------------------------------------------------
+
+
+def correctness():
+    from reference import conv_general_ref, conv_general_ref_vjp
+
+    rows, ok = [], True
+    for case in CORRECTNESS:
+        n, h, w_, c, k, s, pad, flip, dt = case
+        rng = np.random.default_rng(len(rows))
+        x = rng.standard_normal((n, h, w_, c))
+        w = rng.standard_normal((c, *k, 1))
+        kw = dict(stride=s, padding_lo=[p[0] for p in pad], padding_hi=[p[1] for p in pad],
+                  kernel_dilation=(1, 1), input_dilation=(1, 1), groups=c, flip=flip)
+        xd = np.asarray(jnp.asarray(x, dt).astype(jnp.float32), np.float64)  # rounded inputs
+        wd = np.asarray(jnp.asarray(w, dt).astype(jnp.float32), np.float64)
+        ref = conv_general_ref(xd, wd, **kw)
+        g = rng.standard_normal(ref.shape)
+        gd = np.asarray(jnp.asarray(g, dt).astype(jnp.float32), np.float64)
+        rdx, rdw = conv_general_ref_vjp(xd, wd, gd, **kw)
+        spec = make_spec(c, s, pad, flip)
+        assert _pallas.supports(spec, x.shape, jnp.dtype(dt), w.shape), case
+
+        @jax.jit
+        def run(x, w, g):
+            out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, None), x, w)
+            return (out, *vjp(g))
+
+        got = run(jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt))
+        errs = {}
+        for name, a, b in zip(("out", "dx", "dw"), got, (ref, rdx, rdw)):
+            a = np.asarray(a.astype(jnp.float32), np.float64)
+            errs[name] = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+            if a.shape != b.shape or not np.all(np.isfinite(a)):
+                errs[name] = float("inf")
+        passed = all(e <= TOLERANCE[dt] for e in errs.values())
+        ok &= passed
+        rows.append(dict(case=repr(case), rel_err=errs, passed=passed))
+        log("correct" if passed else "WRONG", case, {k_: f"{v:.1e}" for k_, v in errs.items()})
+    return dict(all_passed=ok, cases=rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def time_jax(fn, *args, iters=20, reps=7):
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / iters)
+    return statistics.median(times) * 1e3
+
+
+def time_torch(fn, iters=20, reps=7):
+    import torch
+
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / iters)
+    return statistics.median(times)
+
+
+def operands(n, h, w_, c, k, dt, stride, seed=0):
+    key = jax.random.PRNGKey(seed)
+    kx, kw, kg = jax.random.split(key, 3)
+    p = k // 2
+    ho = (h + 2 * p - k) // stride + 1
+    wo = (w_ + 2 * p - k) // stride + 1
+    x = jax.random.normal(kx, (n, h, w_, c), jnp.float32).astype(dt)
+    w = (jax.random.normal(kw, (c, k, k, 1), jnp.float32) / k).astype(dt)
+    g = jax.random.normal(kg, (n, ho, wo, c), jnp.float32).astype(dt)
+    spec = make_spec(c, (stride, stride), ((p, p), (p, p)))
+    return x, w, g, spec
+
+
+def pallas_fns(spec, x, w, tiling_c=None, tiling_w=None):
+    fwd = jax.jit(lambda x, w: _pallas.forward(x, w, spec, tiling=tiling_c, interpret=None))
+    dx = jax.jit(lambda g, w: _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c,
+                                                 interpret=None))
+    dw = jax.jit(lambda x, g: _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w,
+                                                  interpret=None))
+    bwd = jax.jit(lambda x, w, g: (
+        _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=None),
+        _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=None)))
+    return fwd, dx, dw, bwd
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. sweep
+# ---------------------------------------------------------------------------------------------
+
+
+SWEEP_SHAPES = {"56x56x96 7x7 bf16": (256, 56, 56, 96, 7, "bfloat16"),
+                "56x56x144 3x3 bf16": (256, 56, 56, 144, 3, "bfloat16")}
+TORCH = True
+CONVNEXT_SIZE = (256, 56, 96)
+
+
+def sweep(budget):
+    T = _pallas.Tiling
+    plans = [
+        ("56x56x96 7x7 bf16", SWEEP_SHAPES.get("56x56x96 7x7 bf16"),
+         [T(64, 32, 28, 8, 2), T(64, 32, 56, 8, 2), T(64, 32, 28, 8, 0), T(64, 32, 28, 8, 4),
+          T(64, 16, 28, 4, 2), T(64, 32, 28, 4, 2), T(32, 32, 28, 4, 2), T(64, 32, 14, 8, 2)],
+         [T(16, 32, 0, 8, 2, 3), T(16, 32, 0, 4, 2, 3), T(8, 32, 0, 4, 2, 2),
+          T(16, 32, 0, 8, 0, 3), T(32, 32, 0, 8, 2, 6), T(16, 16, 0, 4, 2, 2)]),
+        ("56x56x144 3x3 bf16", SWEEP_SHAPES.get("56x56x144 3x3 bf16"),
+         [T(64, 32, 56, 8, 2), T(64, 16, 56, 4, 2), T(64, 32, 28, 8, 2), T(64, 32, 56, 8, 0),
+          T(64, 32, 56, 8, 4), T(64, 16, 28, 4, 4), T(32, 32, 56, 4, 2)],
+         [T(32, 32, 0, 8, 2, 1), T(32, 16, 0, 4, 2, 1), T(16, 32, 0, 8, 2, 1),
+          T(32, 32, 0, 8, 4, 1), T(64, 32, 0, 8, 2, 2), T(32, 32, 28, 4, 2, 1)]),
+    ]
+    out = {}
+    for name, shape, corr, wgrad in plans:
+        if shape is None:
+            continue
+        n, h, w_, c, k, dt = shape
+        x, w, g, spec = operands(n, h, w_, c, k, dt, 1)
+        res = {"correlate": [], "weight_grad": []}
+        default_c = _pallas.default_tiling("correlate", n, (h, w_), c, x.dtype, (k, k))
+        default_w = _pallas.default_tiling("weight_grad", n, (h, w_), c, x.dtype, (k, k))
+        res["default"] = dict(correlate=dataclasses.asdict(default_c),
+                              weight_grad=dataclasses.asdict(default_w))
+        for t in corr:
+            if elapsed() > budget:
+                break
+            PTX["label"] = f"{name} correlate {t}"
+            try:
+                fwd = jax.jit(lambda x, w, t=t: _pallas.forward(x, w, spec, tiling=t,
+                                                                  interpret=None))
+                ms = time_jax(fwd, x, w, iters=10, reps=5)
+                res["correlate"].append(dict(tiling=dataclasses.asdict(t), fwd_ms=ms))
+                log(name, "fwd", t, f"{ms:.3f} ms")
+            except Exception as e:  # noqa: BLE001
+                res["correlate"].append(dict(tiling=dataclasses.asdict(t), error=repr(e)[:500]))
+                log(name, "fwd", t, "ERROR", repr(e)[:300])
+        for t in wgrad:
+            if elapsed() > budget:
+                break
+            PTX["label"] = f"{name} weight_grad {t}"
+            try:
+                dwf = jax.jit(lambda x, g, t=t: _pallas.weight_grad(
+                    x, g, w.shape, w.dtype, spec, tiling=t, interpret=None))
+                ms = time_jax(dwf, x, g, iters=10, reps=5)
+                res["weight_grad"].append(dict(tiling=dataclasses.asdict(t), dw_ms=ms))
+                log(name, "dw", t, f"{ms:.3f} ms")
+            except Exception as e:  # noqa: BLE001
+                res["weight_grad"].append(dict(tiling=dataclasses.asdict(t), error=repr(e)[:500]))
+                log(name, "dw", t, "ERROR", repr(e)[:300])
+        out[name] = res
+    PTX["label"] = ""
+    if PTX["files"]:
+        out["ptxas"] = ptxas_report()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. timing
+# ---------------------------------------------------------------------------------------------
+
+
+def timing(budget, bandwidth):
+    if TORCH:
+        import torch
+
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for name, n, h, w_, c, k, s, dt in SHAPES:
+        if elapsed() > budget:
+            log("budget spent; skipping", name, dt)
+            break
+        row = dict(shape=name, n=n, dtype=dt, kernel=k, stride=s)
+        try:
+            x, w, g, spec = operands(n, h, w_, c, k, dt, s)
+            item = jnp.dtype(dt).itemsize
+            tensor_in = n * h * w_ * c * item
+            tensor_out = g.size * item
+            wbytes = w.size * item
+            row["floor_fwd_ms"] = (tensor_in + tensor_out + wbytes) / bandwidth * 1e3
+            row["floor_bwd_ms"] = (2 * tensor_in + 2 * tensor_out + 2 * wbytes) / bandwidth * 1e3
+            fwd, _, _, bwd = pallas_fns(spec, x, w)
+            row["convnn_fwd_ms"] = time_jax(fwd, x, w)
+            row["convnn_bwd_ms"] = time_jax(bwd, x, w, g)
+            lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
+            lbwd = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: lax_conv(a, b, spec), x, w)[1](g))
+            row["lax_fwd_ms"] = time_jax(lfwd, x, w)
+            row["lax_bwd_ms"] = time_jax(lbwd, x, w, g)
+            # Same numbers from both: the custom_vjp path vs lax (bf16 tolerance).
+            o1, o2 = fwd(x, w), lfwd(x, w)
+            row["max_rel_diff_vs_lax"] = float(jnp.max(jnp.abs(o1.astype(jnp.float32) - o2.astype(jnp.float32)))
+                                           / jnp.max(jnp.abs(o2.astype(jnp.float32))))
+            del o1, o2
+            if not TORCH:
+                rows.append(row)
+                log(name, dt, row)
+                continue
+            tdt = getattr(torch, dt)
+            p = k // 2
+            cl = torch.channels_last
+            tx = torch.randn(n, c, h, w_, device="cuda", dtype=tdt).contiguous(memory_format=cl)
+            tx.requires_grad_(True)
+            tw = (torch.randn(c, 1, k, k, device="cuda", dtype=tdt) / k).requires_grad_(True)
+            tg = torch.randn(n, c, g.shape[1], g.shape[2], device="cuda", dtype=tdt)
+            tg = tg.contiguous(memory_format=cl)
+            conv = torch.nn.functional.conv2d
+            with torch.no_grad():
+                row["torch_fwd_ms"] = time_torch(lambda: conv(tx, tw, None, s, p, 1, c))
+            tout = conv(tx, tw, None, s, p, 1, c)
+            row["torch_bwd_ms"] = time_torch(
+                lambda: torch.autograd.grad(tout, (tx, tw), tg, retain_graph=True))
+            del tout, tx, tw, tg
+            for kind in ("fwd", "bwd"):
+                ours = row[f"convnn_{kind}_ms"]
+                row[f"speedup_{kind}_vs_lax"] = row[f"lax_{kind}_ms"] / ours
+                row[f"speedup_{kind}_vs_torch"] = row[f"torch_{kind}_ms"] / ours
+                row[f"floor_fraction_{kind}"] = row[f"floor_{kind}_ms"] / ours
+            log(name, dt, {k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in row.items()
+                           if k_.endswith(("ms", "lax", "torch")) or k_.startswith("floor_frac")})
+        except Exception as e:  # noqa: BLE001
+            row["error"] = repr(e)[:1000]
+            log(name, dt, "ERROR", traceback.format_exc()[-2000:])
+        rows.append(row)
+        jax.clear_caches()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. ConvNeXt block
+# ---------------------------------------------------------------------------------------------
+
+
+def convnext(n=256, size=56, c=96, dtype="bfloat16"):
+    dt = jnp.dtype(dtype)
+    key = jax.random.PRNGKey(0)
+    ks = jax.random.split(key, 6)
+    params = dict(
+        dw=jax.random.normal(ks[0], (c, 7, 7, 1), jnp.float32) / 7,
+        dw_b=jnp.zeros((c,), jnp.float32),
+        ln_s=jnp.ones((c,), jnp.float32), ln_b=jnp.zeros((c,), jnp.float32),
+        w1=jax.random.normal(ks[1], (c, 4 * c), jnp.float32) / math.sqrt(c),
+        b1=jnp.zeros((4 * c,), jnp.float32),
+        w2=jax.random.normal(ks[2], (4 * c, c), jnp.float32) / math.sqrt(4 * c),
+        b2=jnp.zeros((c,), jnp.float32),
+        gamma=jnp.full((c,), 0.1, jnp.float32),
+    )
+    x = jax.random.normal(ks[3], (n, size, size, c), jnp.float32).astype(dt)
+
+    spec = make_spec(c, (1, 1), ((3, 3), (3, 3)))
+    dwconv = {"xla": lambda x, w: lax_conv(x, w, spec),
+              "pallas": lambda x, w: _pallas.depthwise(x, w, spec, None)}
+
+    def block(p, x, strategy):
+        h = dwconv[strategy](x, p["dw"].astype(dt)) + p["dw_b"].astype(dt)
+        hf = h.astype(jnp.float32)
+        mu = hf.mean(-1, keepdims=True)
+        var = ((hf - mu) ** 2).mean(-1, keepdims=True)
+        h = ((hf - mu) * lax.rsqrt(var + 1e-6) * p["ln_s"] + p["ln_b"]).astype(dt)
+        h = jnp.dot(h, p["w1"].astype(dt)) + p["b1"].astype(dt)
+        h = jax.nn.gelu(h)
+        h = jnp.dot(h, p["w2"].astype(dt)) + p["b2"].astype(dt)
+        return x + (p["gamma"].astype(dt) * h)
+
+    def loss(p, x, strategy):
+        y = block(p, x, strategy).astype(jnp.float32)
+        return jnp.mean(y * y)
+
+    def step(p, x, strategy):
+        l, grads = jax.value_and_grad(loss)(p, x, strategy)
+        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l
+
+    out = {}
+    for name in ("xla", "pallas"):
+        f = jax.jit(step, static_argnums=2).lower(params, x, name).compile()
+        hlo = f.as_text()
+        out[f"{name}_uses_pallas_kernels"] = "convnn_depthwise" in hlo
+        out[f"{name}_step_ms"] = time_jax(f, params, x, iters=10, reps=7)
+        out[f"{name}_loss"] = float(f(params, x)[1])
+        log("convnext", name, out[f"{name}_step_ms"], out[f"{name}_uses_pallas_kernels"])
+    out["speedup"] = out["xla_step_ms"] / out["pallas_step_ms"]
+    return out
+
+
+def dry_run():
+    """Shrinks every table so that the script runs on a CPU in interpret mode."""
+    global SHAPES, CORRECTNESS, SWEEP_SHAPES, TORCH, CONVNEXT_SIZE
+    _pallas.INTERPRET = True
+    SHAPES = [("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"), ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16")]
+    CORRECTNESS = CORRECTNESS[:1] + CORRECTNESS[3:4]
+    SWEEP_SHAPES = {"56x56x96 7x7 bf16": (2, 8, 8, 8, 7, "bfloat16")}
+    TORCH = False
+    CONVNEXT_SIZE = (2, 8, 8)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="depthwise_gpu.json")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for all sections")
+    parser.add_argument("--bandwidth", type=float, default=3.0e12, help="bytes/s for the floor")
+    parser.add_argument("--sections", default="correctness,sweep,timing,convnext")
+    parser.add_argument("--sweep-budget", type=float, default=150.0)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="tiny shapes in Pallas interpret mode, no PyTorch (checks the script)")
+    parser.add_argument("--ptx-dir", default=None,
+                        help="save the PTX of the swept kernels here and report ptxas -v")
+    args = parser.parse_args()
+    if args.dry_run:
+        dry_run()
+    if args.ptx_dir:
+        capture_ptx(args.ptx_dir)
+    sections = args.sections.split(",")
+    dev = jax.devices()[0]
+    RESULTS["env"] = dict(jax=jax.__version__, device=getattr(dev, "device_kind", str(dev)),
+                          platform=dev.platform, python=platform.python_version())
+    try:
+        import torch
+
+        RESULTS["env"]["torch"] = torch.__version__
+    except ImportError:
+        pass
+    log(RESULTS["env"])
+    if "correctness" in sections:
+        RESULTS["sections"]["correctness"] = res = correctness()
+        save(args.json)
+        if not res["all_passed"]:
+            log("correctness FAILED: no timing")
+            return 1
+    if "sweep" in sections:
+        RESULTS["sections"]["sweep"] = sweep(elapsed() + args.sweep_budget)
+        save(args.json)
+    if "timing" in sections:
+        RESULTS["sections"]["timing"] = timing(args.budget - 60, args.bandwidth)
+        save(args.json)
+    if "convnext" in sections and elapsed() < args.budget:
+        try:
+            RESULTS["sections"]["convnext"] = convnext(*CONVNEXT_SIZE)
+        except Exception as e:  # noqa: BLE001
+            RESULTS["sections"]["convnext"] = dict(error=traceback.format_exc()[-2000:])
+            log("convnext ERROR", repr(e)[:500])
+        save(args.json)
+    print_tables()
+    return 0
+
+
+def print_tables():
+    rows = RESULTS["sections"].get("timing", [])
+    if rows:
+        print("\n| shape | dtype | fwd convnn / lax / torch / floor (ms) | floor % | "
+              "dx+dw convnn / lax / torch / floor (ms) | floor % |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            if "error" in r:
+                print(f"| {r['shape']} | {r['dtype']} | error | | | |")
+                continue
+            def f(kind):
+                return " / ".join(f"{r.get(f'{p}_{kind}_ms', float('nan')):.3f}"
+                                  for p in ("convnn", "lax", "torch", "floor"))
+
+            def frac(kind):
+                return 100 * r[f"floor_{kind}_ms"] / r[f"convnn_{kind}_ms"]
+
+            print(f"| {r['shape']} | {r['dtype']} | {f('fwd')} | {frac('fwd'):.0f}% | "
+                  f"{f('bwd')} | {frac('bwd'):.0f}% |")
+    cx = RESULTS["sections"].get("convnext")
+    if cx and "speedup" in cx:
+        print(f"\nConvNeXt block step: xla {cx['xla_step_ms']:.3f} ms, pallas "
+              f"{cx['pallas_step_ms']:.3f} ms, speedup {cx['speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,631 @@
+"""The ``"pallas"`` strategy: depthwise 2-D convolution kernels for NVIDIA GPUs.
+
+Depthwise convolutions (one input channel per group, channel multiplier 1) do a handful of
+multiply-adds per byte they move, so they are bound by memory bandwidth and by the arithmetic
+issue rate, not by matrix units. The kernels here are written with Pallas (Triton lowering) for
+channels-last ``(N, H, W, C)`` data and read each input once from device memory.
+
+**Forward and input gradient: one kernel.** A program owns a tile of ``block_w`` output columns by
+``block_c`` channels (channels are contiguous in memory, so loads are vectorised along them) and
+walks down ``rows`` output rows. Output row ``q`` reads input rows ``a*q + b + t`` for taps
+``t < T``; the program keeps ``ceil(T / a)`` output rows in flight as float32 accumulators and
+loads each input row once, with one (L1-cached) load per column tap, adding it into every output
+row that uses it. The input rows needed ``prefetch`` iterations ahead are loaded early and carried
+in registers, so that device memory is kept busy. Padding is handled by masked loads (the padded
+input is never built); indices are clamped so that no address leaves the array.
+
+* the forward pass is this kernel with ``a = stride`` and ``b = -padding_lo``;
+* the input gradient of a stride-1 convolution is a convolution of the cotangent with the flipped
+  kernel and complementary padding: the same kernel with ``a = 1``;
+* for stride 2 the input gradient splits into ``2 x 2`` phases (even/odd rows and columns); each
+  phase is a stride-1 convolution of the cotangent with a sub-kernel (every other tap) whose
+  output lands on every other row and column. The phases are one more grid axis of the same
+  kernel (sub-kernels are zero-padded to a common size).
+
+**Weight gradient: a second kernel, reduced deterministically.** A program owns a column and
+channel tile of a block of images and keeps one float32 accumulator tile per kernel tap; input
+rows are again loaded once and paired with the cotangent rows that use them (kept in a small
+rolling buffer). Each program writes its per-tap sums to a float32 buffer of partial sums, which
+a second pass (an XLA reduction) sums in a fixed order: no atomics, bitwise reproducible.
+
+Everything accumulates in float32, whatever the input dtype (float32, bfloat16, float16).
+
+The kernels also run in Pallas interpret mode (on the CPU), which is how the tests check them
+against the float64 reference; see :data:`INTERPRET`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from convnn._lowering._spec import ConvSpec
+
+__all__ = [
+    "AxisGeometry",
+    "Tiling",
+    "conv_pallas",
+    "depthwise",
+    "forward",
+    "input_grad",
+    "weight_grad",
+    "supports",
+    "default_tiling",
+    "INTERPRET",
+    "MAX_KERNEL",
+    "STRIDES",
+    "DTYPES",
+]
+
+#: Largest kernel size (per axis) the kernels are built for.
+MAX_KERNEL = 9
+#: Supported strides (per axis).
+STRIDES = (1, 2)
+#: Supported input dtypes (accumulation is always float32).
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+#: ``None``: run the kernels compiled for the GPU, and report every configuration unsupported on
+#: other backends. ``True``: run them in Pallas interpret mode on any backend (slow; for tests).
+INTERPRET: bool | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Static description of the work
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisGeometry:
+    """One spatial axis of a correlation ``out[m*q + p] = sum_t src[a*q + b + t] * w[t]``.
+
+    Per phase (a tuple entry per phase): the source offset ``b``, the output offset ``p`` and the
+    number of outputs ``count``. ``src_size`` and ``out_size`` are the array sizes along the axis.
+    """
+
+    taps: int
+    a: int
+    m: int
+    b: tuple[int, ...]
+    p: tuple[int, ...]
+    count: tuple[int, ...]
+    src_size: int
+    out_size: int
+
+    @property
+    def phases(self) -> int:
+        return len(self.b)
+
+    @property
+    def max_count(self) -> int:
+        return max(self.count)
+
+    @property
+    def live(self) -> int:
+        """Output rows in flight (accumulators) / cotangent rows kept (weight gradient)."""
+        return -(-self.taps // self.a)
+
+
+def forward_geometry(size: int, kernel: int, stride: int, lo: int, hi: int) -> AxisGeometry:
+    """The forward correlation along one axis."""
+    out = (size + lo + hi - kernel) // stride + 1
+    return AxisGeometry(kernel, stride, 1, (-lo,), (0,), (out,), size, out)
+
+
+def input_grad_geometry(size: int, kernel: int, stride: int, lo: int, hi: int):
+    """The input gradient along one axis, as ``stride`` phases of a stride-1 correlation.
+
+    Returns the geometry and, per phase, the kernel tap that each sub-kernel tap reads (``-1``:
+    a zero tap, padding the sub-kernels to a common size).
+    """
+    out = (size + lo + hi - kernel) // stride + 1
+    s = stride
+    jmax = -(-kernel // s)
+    bs, ps, counts, taps = [], [], [], []
+    for p in range(s):
+        k0 = (p + lo) % s
+        j = max(0, -(-(kernel - k0) // s))
+        d = (p + lo - k0) // s
+        bs.append(d - jmax + 1)
+        ps.append(p)
+        counts.append(max(0, -(-(size - p) // s)))
+        taps.append(tuple(-1 if t < jmax - j else k0 + s * (jmax - 1 - t) for t in range(jmax)))
+    return AxisGeometry(jmax, 1, s, tuple(bs), tuple(ps), tuple(counts), out, size), taps
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How a kernel is tiled (all sizes powers of two).
+
+    Attributes:
+      block_w: output columns per program.
+      block_c: channels per program.
+      rows: output rows per program (0: all).
+      num_warps: warps per program.
+      prefetch: loop iterations whose input rows are loaded ahead (0: none).
+      images: images per program (weight gradient only; 0: chosen from the grid size).
+    """
+
+    block_w: int
+    block_c: int
+    rows: int = 0
+    num_warps: int = 4
+    prefetch: int = 2
+    images: int = 1
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    return min(cap, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+#: Programs a launch aims for (a few per multiprocessor on an H100's 132).
+TARGET_PROGRAMS = 1024
+
+
+def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
+                   taps: tuple[int, int] = (3, 3), phases: int = 1) -> Tiling:
+    """The tiling used unless one is given: ``kind`` is ``"correlate"`` or ``"weight_grad"``.
+
+    Tiles hold about 8 (correlation) or 2 (weight gradient: one accumulator per tap) values per
+    thread; rows are split only when the grid would otherwise be small.
+    """
+    item = jnp.dtype(dtype).itemsize
+    block_c = _pow2_at_most(c, 32 if item <= 2 else 16)
+    if kind == "correlate":
+        block_w = _pow2_at_most(out_hw[1], 64)
+        per_thread = 8
+    else:
+        block_w = _pow2_at_most(out_hw[1], 16 if taps[0] * taps[1] > 25 else 32)
+        per_thread = 2 if taps[0] * taps[1] > 25 else 4
+    num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
+    programs = n * -(-out_hw[1] // block_w) * -(-c // block_c) * phases
+    if kind == "correlate":
+        tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
+        rows = -(-out_hw[0] // tiles)
+        return Tiling(block_w, block_c, rows, num_warps, prefetch=2)
+    per_image = programs
+    if per_image >= TARGET_PROGRAMS:
+        return Tiling(block_w, block_c, 0, num_warps, prefetch=2, images=max(1, per_image // TARGET_PROGRAMS))
+    tiles = max(1, min(-(-TARGET_PROGRAMS // per_image), out_hw[0] // max(8, 2 * taps[0])))
+    return Tiling(block_w, block_c, -(-out_hw[0] // tiles), num_warps, prefetch=2, images=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel helpers (shared by both kernels; all Python control flow is static)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pallas():
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    return pl, plgpu
+
+
+def _select(index, values: Sequence[int]):
+    """``values[index]`` for a traced int32 scalar index and a static tuple of ints."""
+    out = jnp.int32(values[-1])
+    for i in range(len(values) - 2, -1, -1):
+        out = jnp.where(index == i, jnp.int32(values[i]), out)
+    return out
+
+
+def _split(pid, sizes: Sequence[int]):
+    """Splits a flat program id into indices, the first size varying fastest."""
+    out = []
+    for size in sizes:
+        out.append(pid % size)
+        pid = pid // size
+    return out
+
+
+class _Tile:
+    """Index arithmetic of one program's (columns x channels) tile."""
+
+    def __init__(self, col0, c0, block_w: int, block_c: int, channels: int):
+        self.block_w, self.block_c = block_w, block_c
+        self.qx = col0 + jnp.arange(block_w, dtype=jnp.int32)
+        self.ch = c0 + jnp.arange(block_c, dtype=jnp.int32)
+        self.c_ok = None if channels % block_c == 0 else self.ch < channels
+        self.shape = (block_w, block_c)
+
+    def mask(self, row_ok, col_ok):
+        m = col_ok[:, None]
+        if row_ok is not None:
+            m = m & row_ok
+        if self.c_ok is not None:
+            m = m & self.c_ok[None, :]
+        return jnp.broadcast_to(m, self.shape)
+
+    def columns(self, a: int, b, size: int):
+        """(clamped source columns, validity) for source column ``a*qx + b``."""
+        cols = a * self.qx + b
+        return jnp.clip(cols, 0, size - 1), (cols >= 0) & (cols < size)
+
+    def load(self, plgpu, ref, n, row, size_h: int, cols, n_ok=None):
+        """A (block_w, block_c) float32 tile of ``ref[n, row, cols, ch]``, zero outside."""
+        cc, col_ok = cols
+        row_ok = (row >= 0) & (row < size_h)
+        if n_ok is not None:
+            row_ok = row_ok & n_ok
+        r = jnp.clip(row, 0, size_h - 1)
+        mask = self.mask(row_ok, col_ok)
+        zero = jnp.zeros((), ref.dtype)
+        return plgpu.load(ref.at[n, r, cc[:, None], self.ch[None, :]], mask=mask, other=zero)
+
+    def weight(self, plgpu, ref, phase, tap):
+        if self.c_ok is None:
+            return plgpu.load(ref.at[phase, tap, self.ch])
+        return plgpu.load(ref.at[phase, tap, self.ch], mask=self.c_ok, other=jnp.float32(0))
+
+
+def _f32(v):
+    return v.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Correlation kernel (forward pass and input gradient)
+# ---------------------------------------------------------------------------------------------
+
+
+def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeometry,
+                      n_images: int, channels: int, tiling: Tiling, grid_sizes):
+    pl, plgpu = _pallas()
+    bw, bc, th, depth = tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch
+    cb, ph, wt, rt, n = _split(pl.program_id(0), grid_sizes)
+    ph_h, ph_w = ph // gw.phases, ph % gw.phases
+    b_h, p_h, count_h = (_select(ph_h, v) for v in (gh.b, gh.p, gh.count))
+    b_w, p_w, count_w = (_select(ph_w, v) for v in (gw.b, gw.p, gw.count))
+    tile = _Tile(wt * bw, cb * bc, bw, bc, channels)
+    a, taps = gh.a, gh.taps
+    live = gh.live
+    cols = [tile.columns(gw.a, b_w + tw, gw.src_size) for tw in range(gw.taps)]
+    centre = gw.taps // 2
+    q0 = rt * th
+    # Taps (relative to the first output row that reads them) of the rows each iteration loads.
+    new_taps = list(range(max(taps - a, 0), taps))
+
+    def row_of(q, t):
+        return a * q + b_h + t
+
+    def load(row, tw):
+        return tile.load(plgpu, src_ref, n, row, gh.src_size, cols[tw])
+
+    def accumulate(accs, x_raw_by_tw, t, row):
+        """Adds input row ``row`` (tap ``t`` of output ``accs[0]``) into every output using it."""
+        accs = list(accs)
+        for tw in range(gw.taps):
+            x = x_raw_by_tw.get(tw)
+            x = _f32(load(row, tw) if x is None else x)
+            for j in range(t // a + 1):
+                wv = tile.weight(plgpu, w_ref, ph, (t - a * j) * gw.taps + tw)
+                accs[j] = accs[j] + x * wv[None, :]
+        return accs
+
+    zeros = jnp.zeros(tile.shape, jnp.float32)
+    accs = [zeros] * live
+    for t in range(max(taps - a, 0)):  # prologue: rows of the first window read before q0
+        accs = accumulate(accs, {}, t, row_of(q0, t))
+
+    def prefetch(q):
+        return tuple(load(row_of(q, t), centre) for t in new_taps)
+
+    queue = tuple(prefetch(q0 + k) for k in range(depth))
+    ocol = gw.m * tile.qx + p_w
+    ocol_ok = tile.qx < count_w
+
+    def body(i, carry):
+        accs, queue = carry
+        q = q0 + i
+        accs = list(accs)
+        if depth:
+            ready, queue = queue[0], queue[1:] + (prefetch(q + depth),)
+        for k, t in enumerate(new_taps):
+            pre = {centre: ready[k]} if depth else {}
+            accs = accumulate(accs, pre, t, row_of(q, t))
+        orow = gh.m * q + p_h
+        mask = tile.mask(q < count_h, ocol_ok)
+        plgpu.store(out_ref.at[n, orow, ocol[:, None], tile.ch[None, :]],
+                    accs[0].astype(out_ref.dtype), mask=mask)
+        return tuple(accs[1:]) + (zeros,), queue
+
+    lax.fori_loop(0, th, body, (tuple(accs), queue))
+
+
+def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Tiling | None,
+               interpret: bool):
+    """``out[n, mh*q+ph, mw*r+pw, c] = sum src[n, ah*q+bh+i, aw*r+bw+j, c] * wt[phase, i*Tw+j, c]``."""
+    pl, plgpu = _pallas()
+    n, _, _, c = src.shape
+    phases = gh.phases * gw.phases
+    if tiling is None:
+        tiling = default_tiling("correlate", n, (gh.max_count, gw.max_count), c, src.dtype,
+                                (gh.taps, gw.taps), phases)
+    rows = tiling.rows or gh.max_count
+    rows = min(rows, gh.max_count)
+    tiling = dataclasses.replace(tiling, rows=rows)
+    grid_sizes = (-(-c // tiling.block_c), phases, -(-gw.max_count // tiling.block_w),
+                  -(-gh.max_count // rows), n)
+    kernel = functools.partial(_correlate_kernel, gh=gh, gw=gw, n_images=n, channels=c,
+                               tiling=tiling, grid_sizes=grid_sizes)
+    out_shape = jax.ShapeDtypeStruct((n, gh.out_size, gw.out_size, c), out_dtype)
+    return pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(math.prod(grid_sizes),),
+        interpret=interpret,
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
+        name="convnn_depthwise_correlate",
+    )(src, wt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight-gradient kernel
+# ---------------------------------------------------------------------------------------------
+
+
+def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeometry,
+                        n_images: int, channels: int, tiling: Tiling, grid_sizes):
+    pl, plgpu = _pallas()
+    bw, bc, th, depth, per = (tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch,
+                              tiling.images)
+    cb, wt, rt, nb = _split(pl.program_id(0), grid_sizes)
+    part = (nb * grid_sizes[2] + rt) * grid_sizes[1] + wt
+    tile = _Tile(wt * bw, cb * bc, bw, bc, channels)
+    a, taps, live = gh.a, gh.taps, gh.live
+    b_h, count_h = gh.b[0], gh.count[0]
+    cols = [tile.columns(gw.a, gw.b[0] + tw, gw.src_size) for tw in range(gw.taps)]
+    gcols = (tile.qx, tile.qx < gw.count[0])
+    centre = gw.taps // 2
+    q0 = rt * th
+    us = list(range(min(a, taps)))  # rows loaded per iteration: a*q + b + u
+    zeros = jnp.zeros(tile.shape, jnp.float32)
+
+    def pair(accs, gbuf, row, u, n, n_ok, pre, skip):
+        """Adds input row ``a*q+b+u`` times the cotangent rows ``q - j`` (``gbuf[j]``)."""
+        accs = dict(accs)
+        for tw in range(gw.taps):
+            js = [j for j in range(skip, live) if u + a * j < taps]
+            if not js:
+                continue
+            x = pre.get(tw)
+            x = _f32(tile.load(plgpu, x_ref, n, row, gh.src_size, cols[tw], n_ok) if x is None else x)
+            for j in js:
+                key = (u + a * j, tw)
+                accs[key] = accs[key] + x * gbuf[j]
+        return accs
+
+    def image(i, accs):
+        n = nb * per + i
+        n_ok = n < n_images
+        n = jnp.minimum(n, n_images - 1)
+
+        def load_g(q):
+            return tile.load(plgpu, g_ref, n, q, count_h, gcols, n_ok)
+
+        def load_x(q):
+            return tuple(tile.load(plgpu, x_ref, n, a * q + b_h + u, gh.src_size, cols[centre], n_ok)
+                         for u in us)
+
+        def prefetch(q):
+            return (load_g(q), load_x(q))
+
+        def body(k, carry):
+            accs, gbuf, queue = carry
+            q = q0 + k
+            if depth:
+                (g_raw, x_raws), queue = queue[0], queue[1:] + (prefetch(q + depth),)
+            else:
+                g_raw, x_raws = load_g(q), None
+            gbuf = (_f32(g_raw),) + gbuf[:-1]
+            for idx, u in enumerate(us):
+                pre = {centre: x_raws[idx]} if depth else {}
+                accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, pre, 0)
+            return accs, gbuf, queue
+
+        queue = tuple(prefetch(q0 + k) for k in range(depth))
+        accs, gbuf, _ = lax.fori_loop(0, th, body, (accs, (zeros,) * live, queue))
+        for e in range(1, live):  # epilogue: rows after the tile, paired with its last rows
+            q = q0 + th - 1 + e
+            gbuf = (zeros,) + gbuf[:-1]
+            for u in us:
+                accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, {}, e)
+        return accs
+
+    keys = [(t, tw) for t in range(taps) for tw in range(gw.taps)]
+    accs = {key: zeros for key in keys}
+    accs = lax.fori_loop(0, per, image, accs)
+    for t, tw in keys:
+        total = jnp.sum(accs[(t, tw)], axis=0)
+        if tile.c_ok is None:
+            plgpu.store(part_ref.at[part, t * gw.taps + tw, tile.ch], total)
+        else:
+            plgpu.store(part_ref.at[part, t * gw.taps + tw, tile.ch], total, mask=tile.c_ok)
+
+
+def _weight_grad(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None,
+                 interpret: bool):
+    """Per-tap sums ``sum_{n,q,r} x[n, a*q+b+i, a*r+b+j, c] * g[n, q, r, c]``: (Th, Tw, C) f32."""
+    pl, plgpu = _pallas()
+    n, _, _, c = x.shape
+    if tiling is None:
+        tiling = default_tiling("weight_grad", n, (gh.count[0], gw.count[0]), c, x.dtype,
+                                (gh.taps, gw.taps))
+    rows = min(tiling.rows or gh.count[0], gh.count[0])
+    images = max(1, min(tiling.images or 1, n))
+    tiling = dataclasses.replace(tiling, rows=rows, images=images)
+    grid_sizes = (-(-c // tiling.block_c), -(-gw.count[0] // tiling.block_w),
+                  -(-gh.count[0] // rows), -(-n // images))
+    parts = grid_sizes[1] * grid_sizes[2] * grid_sizes[3]
+    kernel = functools.partial(_weight_grad_kernel, gh=gh, gw=gw, n_images=n, channels=c,
+                               tiling=tiling, grid_sizes=grid_sizes)
+    part = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((parts, gh.taps * gw.taps, c), jnp.float32),
+        grid=(math.prod(grid_sizes),),
+        interpret=interpret,
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
+        name="convnn_depthwise_weight_grad",
+    )(x, g)
+    return jnp.sum(part, axis=0).reshape(gh.taps, gw.taps, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# The three operations on a ConvSpec
+# ---------------------------------------------------------------------------------------------
+
+
+def _interpret(interpret: bool | None) -> bool:
+    if interpret is not None:
+        return interpret
+    return bool(INTERPRET)
+
+
+def _geometries(x_shape, w_shape, spec: ConvSpec):
+    return [forward_geometry(x_shape[1 + i], w_shape[1 + i], spec.stride[i], *spec.padding[i])
+            for i in range(2)]
+
+
+def _taps_first(w, flip: bool):
+    """(C, KH, KW, 1) weight -> (1, KH*KW, C) float32 correlation taps."""
+    w = w[..., 0].astype(jnp.float32)
+    if flip:
+        w = w[:, ::-1, ::-1]
+    c, kh, kw = w.shape
+    return jnp.transpose(w, (1, 2, 0)).reshape(1, kh * kw, c)
+
+
+def forward(x, w, spec: ConvSpec, *, tiling: Tiling | None = None,
+            interpret: bool | None = None) -> jax.Array:
+    """The depthwise convolution of ``spec`` (no custom gradient; see :func:`depthwise`)."""
+    gh, gw = _geometries(x.shape, w.shape, spec)
+    out_dtype = jnp.dtype(spec.preferred_element_type or x.dtype)
+    return _correlate(x, _taps_first(w, spec.flip), gh, gw, out_dtype, tiling,
+                      _interpret(interpret))
+
+
+def input_grad(g, w, x_shape, x_dtype, spec: ConvSpec, *, tiling: Tiling | None = None,
+               interpret: bool | None = None) -> jax.Array:
+    """The gradient with respect to the input of :func:`forward`, given the cotangent ``g``."""
+    (gh, taps_h), (gw, taps_w) = (
+        input_grad_geometry(x_shape[1 + i], w.shape[1 + i], spec.stride[i], *spec.padding[i])
+        for i in range(2))
+    kh, kw = w.shape[1], w.shape[2]
+    # Gather table: (phase, sub-kernel tap) -> flat kernel tap, or kh*kw for a zero tap.
+    table = np.full((gh.phases * gw.phases, gh.taps * gw.taps), kh * kw, np.int32)
+    for ph in range(gh.phases):
+        for pw in range(gw.phases):
+            for i, th in enumerate(taps_h[ph]):
+                for j, tw in enumerate(taps_w[pw]):
+                    if th >= 0 and tw >= 0:
+                        table[ph * gw.phases + pw, i * gw.taps + j] = th * kw + tw
+    taps = _taps_first(w, spec.flip)[0]
+    taps = jnp.concatenate([taps, jnp.zeros((1, taps.shape[1]), jnp.float32)], axis=0)
+    wt = taps[table]  # (phases, Th*Tw, C)
+    return _correlate(g, wt, gh, gw, jnp.dtype(x_dtype), tiling, _interpret(interpret))
+
+
+def weight_grad(x, g, w_shape, w_dtype, spec: ConvSpec, *, tiling: Tiling | None = None,
+                interpret: bool | None = None) -> jax.Array:
+    """The gradient with respect to the weight ``(C, KH, KW, 1)`` of :func:`forward`."""
+    gh, gw = _geometries(x.shape, w_shape, spec)
+    dw = _weight_grad(x, g, gh, gw, tiling, _interpret(interpret))  # (KH, KW, C)
+    dw = jnp.transpose(dw, (2, 0, 1))
+    if spec.flip:
+        dw = dw[:, ::-1, ::-1]
+    return dw[..., None].astype(w_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None):
+    """Depthwise 2-D convolution with the Pallas kernels for the value and both gradients.
+
+    Args:
+      x: ``(N, H, W, C)``.
+      w: ``(C, KH, KW, 1)``.
+      spec: a configuration for which :func:`supports` holds.
+      interpret: run in Pallas interpret mode (``None``: :data:`INTERPRET`).
+
+    Returns:
+      ``(N, H_out, W_out, C)`` in ``spec.preferred_element_type`` or ``x.dtype``.
+    """
+    return forward(x, w, spec, interpret=interpret)
+
+
+def _depthwise_fwd(x, w, spec, interpret):
+    return forward(x, w, spec, interpret=interpret), (x, w)
+
+
+def _depthwise_bwd(spec, interpret, res, g):
+    x, w = res
+    dx = input_grad(g, w, x.shape, x.dtype, spec, interpret=interpret)
+    dw = weight_grad(x, g, w.shape, w.dtype, spec, interpret=interpret)
+    return dx, dw
+
+
+depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The strategy
+# ---------------------------------------------------------------------------------------------
+
+
+def _on_gpu() -> bool:
+    try:
+        return jax.default_backend() in ("gpu", "cuda")
+    except RuntimeError:  # pragma: no cover
+        return False
+
+
+def supports(spec: ConvSpec, x_shape: Sequence[int], dtype: Any,
+             w_shape: Sequence[int] | None = None) -> bool:
+    """Whether the Pallas kernels compute this convolution (else the caller falls back).
+
+    Requires a 2-D depthwise convolution with channel multiplier 1 (``groups == C_in == C_out``),
+    kernel sizes up to :data:`MAX_KERNEL`, strides in :data:`STRIDES`, no kernel or input
+    dilation, a float32, bfloat16 or float16 input with no wider output requested than float32,
+    and an NVIDIA GPU as JAX's default backend (or :data:`INTERPRET` set).
+    """
+    if not (INTERPRET or _on_gpu()):
+        return False
+    if spec.ndim != 2 or len(x_shape) != 4:
+        return False
+    c = x_shape[-1]
+    if spec.groups != c or c < 1:
+        return False
+    if w_shape is not None:
+        if len(w_shape) != 4 or w_shape[0] != c or w_shape[-1] != 1:
+            return False
+        if any(k < 1 or k > MAX_KERNEL for k in w_shape[1:3]):
+            return False
+        padded = [x_shape[1 + i] + sum(spec.padding[i]) for i in range(2)]
+        if any(p < k for p, k in zip(padded, w_shape[1:3])):
+            return False
+    if any(s not in STRIDES for s in spec.stride):
+        return False
+    if any(d != 1 for d in spec.kernel_dilation) or any(d != 1 for d in spec.input_dilation):
+        return False
+    if any(lo < 0 or hi < 0 for lo, hi in spec.padding):
+        return False
+    if jnp.dtype(dtype) not in DTYPES:
+        return False
+    pet = spec.preferred_element_type
+    if pet is not None and jnp.dtype(pet) not in (jnp.dtype(dtype), jnp.dtype(jnp.float32)):
+        return False
+    return True
+
+
+def conv_pallas(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+    """The ``"pallas"`` strategy: :func:`depthwise` where :func:`supports` holds, else ``"xla"``."""
+    if not supports(spec, x.shape, x.dtype, w.shape) or w.dtype != x.dtype:
+        from convnn._lowering._xla import conv_xla
+
+        return conv_xla(x, w, spec)
+    return depthwise(x, w, spec, None)
