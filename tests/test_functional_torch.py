@@ -16,7 +16,6 @@ from cases import table
 from helpers import call_api, random_operands
 from tolerances import assert_close
 
-torch.set_default_dtype(torch.float64)
 
 CASES = table("conv", 10, seed=11) + table("general", 10, seed=12) + table("transpose", 10, seed=13)
 
