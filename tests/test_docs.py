@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -297,3 +298,55 @@ def test_every_public_name_is_in_the_api_reference():
             if mod_name == "convnn" and name in functional.__all__:
                 continue  # documented once, on the convnn.functional page
             assert f"::: {mod_name}\n" in text or f"::: {mod_name}.{name}\n" in text, name
+
+
+# ---------------------------------------------------------------------------------------------
+# README and figures
+# ---------------------------------------------------------------------------------------------
+
+
+def test_readme_links_exist():
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert "docs/guides/from-pytorch.md" in local
+    for link in local:
+        assert (ROOT / link).exists(), link
+
+
+def _figures_module():
+    spec = importlib.util.spec_from_file_location("docs_figures", DOCS / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,pad,dilation",
+    [(7, 3, 2, (0, 0), 1), (5, 3, 1, (1, 1), 1), (7, 3, 1, (0, 0), 2), (8, 3, 2, (0, 1), 1),
+     (6, 4, 3, (2, 1), 1), (9, 2, 2, (0, 0), 3)],
+)
+def test_figure_index_maps_follow_the_definition(size, kernel, stride, pad, dilation):
+    """The figures' connections (convnn's Jacobian) equal the index formula of the definition."""
+    figures = _figures_module()
+    figures.checked_conv1d(size, kernel, stride, pad, dilation)
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,padding,dilation,output_padding",
+    [(4, 3, 2, 1, 1, 1), (3, 4, 2, 1, 1, 0), (3, 3, 3, 2, 2, 1), (5, 2, 1, 0, 2, 1)],
+)
+def test_figure_transposed_index_maps_follow_the_definition(size, kernel, stride, padding,
+                                                            dilation, output_padding):
+    figures = _figures_module()
+    figures.checked_conv_transpose1d(size, kernel, stride, padding, dilation, output_padding)
+
+
+def test_figures_are_in_the_docs():
+    """Every figure the script draws exists and is shown on a page."""
+    pages = "\n".join(p.read_text() for p in DOCS.rglob("*.md"))
+    names = re.findall(r'"([\w-]+\.png)": figure_', (DOCS / "figures.py").read_text())
+    assert len(names) == 3
+    for name in names:
+        assert (DOCS / "img" / name).is_file(), name
+        assert f"img/{name})" in pages, name
