@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convnn import layers
+from convnn import _flax_compat, layers
 
 __all__ = ["LoadResult", "save_mlx_weights", "load_mlx_weights", "load_torch_state_dict"]
 
@@ -241,7 +241,7 @@ def _entries(model: Any, fn: str) -> list[_Entry]:
         rules = _rules_for(node, ".".join(mlx_path), fn) if is_module else {}
         for key, child in impl.node_dict(node).items():
             if isinstance(child, nnx.Variable):
-                if not isinstance(child, _VARIABLE_TYPES) or child.get_value() is None:
+                if not isinstance(child, _VARIABLE_TYPES) or _flax_compat.get_value(child) is None:
                     continue
                 name, layout = rules.get(str(key), (str(key), _SAME))
                 entries.append(
@@ -348,7 +348,7 @@ def _load(
         if key not in weights:
             missing.append(key)
             continue
-        current = e.variable.get_value()
+        current = _flax_compat.get_value(e.variable)
         shape = tuple(current.shape)
         want = e.layout.torch_shape(shape) if torch else e.layout.mlx_shape(shape)
         arr = _to_numpy(weights[key], key, fn)
@@ -380,7 +380,7 @@ def _load(
             value = jax.device_put(value, sharding)
         new_values.append((variable, value))
     for variable, value in new_values:
-        variable.set_value(value)
+        _flax_compat.set_value(variable, value)
     return LoadResult(missing, unexpected, mismatched)
 
 
@@ -509,7 +509,7 @@ def save_mlx_weights(model: Any, path: str | os.PathLike) -> None:
     entries = _entries(model, fn)
     _unique_keys(entries, lambda e: e.mlx_key, fn)
     for e in entries:
-        value = np.asarray(e.variable.get_value())
+        value = np.asarray(_flax_compat.get_value(e.variable))
         arrays[e.mlx_key] = np.ascontiguousarray(e.layout.to_mlx(value))
     if path.endswith(".safetensors"):
         import safetensors.numpy

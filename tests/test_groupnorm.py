@@ -17,6 +17,7 @@ import torch
 from flax import nnx
 
 import convnn.layers as L
+from convnn._flax_compat import get_value, set_value
 from tolerances import assert_close
 
 
@@ -48,8 +49,8 @@ def _operands(shape, seed):
 
 def _ours(groups, dims, w, b, **kwargs):
     gn = L.GroupNorm(groups, dims, **kwargs)
-    gn.weight[...] = jnp.asarray(w, gn.weight.dtype)
-    gn.bias[...] = jnp.asarray(b, gn.bias.dtype)
+    set_value(gn.weight, jnp.asarray(w, gn.weight.dtype))
+    set_value(gn.bias, jnp.asarray(b, gn.bias.dtype))
     return gn
 
 
@@ -90,8 +91,8 @@ def test_pytorch_compatible_against_torch_and_flax(shape, groups):
     assert_close(gn(x64), np.moveaxis(ref, 1, -1), np.float64, what="torch")
     f = nnx.GroupNorm(shape[-1], num_groups=groups, epsilon=1e-5, param_dtype=jnp.float64,
                       rngs=nnx.Rngs(0))
-    f.scale[...] = jnp.asarray(w, jnp.float64)
-    f.bias[...] = jnp.asarray(b, jnp.float64)
+    set_value(f.scale, jnp.asarray(w, jnp.float64))
+    set_value(f.bias, jnp.asarray(b, jnp.float64))
     # nnx.GroupNorm mixes float32 constants into float64 math: it needs standard promotion.
     with jax.numpy_dtype_promotion("standard"):
         flax_out = f(jnp.asarray(x64))
@@ -125,10 +126,10 @@ def test_eps_and_grad():
         return jnp.sum(model(x) ** 2)
 
     grads = nnx.grad(loss)(gn, x)
-    assert grads["weight"].shape == (4,) and grads["bias"].shape == (4,)
+    assert get_value(grads["weight"]).shape == (4,) and get_value(grads["bias"]).shape == (4,)
     # d/d bias of sum(y^2) is 2 * sum(y) per channel
     y = np.asarray(gn(x), np.float64)
-    assert_close(grads["bias"][...], 2 * y.reshape(-1, 4).sum(0), np.float32)
+    assert_close(get_value(grads["bias"]), 2 * y.reshape(-1, 4).sum(0), np.float32)
     np.testing.assert_array_equal(jax.jit(gn.__call__)(x).shape, x.shape)
 
 

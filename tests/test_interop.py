@@ -26,6 +26,7 @@ from mlx.utils import tree_flatten
 
 from convnn import layers
 from convnn.interop import LoadResult, load_mlx_weights, load_torch_state_dict, save_mlx_weights
+from convnn._flax_compat import List, get_value, set_value
 from tolerances import assert_close
 
 F32 = np.float32
@@ -49,18 +50,18 @@ def _build(make, seed=0):
     rng = np.random.default_rng(seed)
     for path, node in nnx.iter_graph(model):
         if isinstance(node, (nnx.Param, nnx.BatchStat)):
-            sds = node.get_value()
+            sds = get_value(node)
             if path[-1] == "var":
                 value = rng.uniform(0.5, 2.0, sds.shape)
             else:
                 value = rng.uniform(-0.5, 0.5, sds.shape)
-            node.set_value(jnp.asarray(value, sds.dtype))
+            set_value(node, jnp.asarray(value, sds.dtype))
     return model
 
 
 def _snapshot(model):
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-    return {k: np.array(v.get_value()) for k, v in nnx.to_flat_state(state)}
+    return {k: np.array(get_value(v)) for k, v in nnx.to_flat_state(state)}
 
 
 def _assert_same_state(a, b):
@@ -247,7 +248,7 @@ class NnxNet(nnx.Module):
             nnx.BatchNorm(8, use_running_average=True, rngs=rngs),
             nnx.relu,
         )
-        self.blocks = nnx.List([NnxBlock(8, 1, rngs), NnxBlock(8, 4, rngs)])
+        self.blocks = List([NnxBlock(8, 1, rngs), NnxBlock(8, 4, rngs)])
         self.pool = layers.MaxPool2d(2)
         self.up = layers.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, rngs=rngs)
         self.up_grouped = layers.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1,
@@ -386,7 +387,7 @@ class NnxMlxNet(nnx.Module):
                               rngs=rngs)
         self.stem = nnx.Sequential(conv_a, nnx.BatchNorm(8, use_running_average=True, rngs=rngs),
                                    nnx.relu)
-        self.blocks = nnx.List([conv_b, nnx.LayerNorm(8, epsilon=1e-5, rngs=rngs)])
+        self.blocks = List([conv_b, nnx.LayerNorm(8, epsilon=1e-5, rngs=rngs)])
         self.head = nnx.Linear(8, 5, rngs=rngs)
 
     def __call__(self, x):
@@ -533,7 +534,7 @@ def test_round_trip(tmp_path, suffix, param_dtype):
     load_mlx_weights(b, path)
     _assert_same_state(_snapshot(b), _snapshot(a))
     for _, v in nnx.to_flat_state(nnx.state(b, nnx.Param)):
-        assert v.get_value().dtype == param_dtype
+        assert get_value(v).dtype == param_dtype
     # MLX reads the file with the same dtypes.
     loaded = mx.load(str(path))
     assert all(v.dtype == getattr(mx, jnp.dtype(param_dtype).name) for v in loaded.values())
@@ -578,7 +579,7 @@ def test_sharding_is_kept():
     mesh = jax.sharding.Mesh(np.array(devices), ("d",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "d"))
     model = nnx.Linear(3, 2 * len(devices), rngs=nnx.Rngs(0))
-    model.kernel[...] = jax.device_put(model.kernel[...], sharding)
+    set_value(model.kernel, jax.device_put(model.kernel[...], sharding))
     w = np.ones((2 * len(devices), 3), F32)
     load_mlx_weights(model, {"weight": w, "bias": np.zeros(2 * len(devices), F32)})
     assert model.kernel[...].sharding == sharding

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import convnn
 import convnn.layers as L
+from convnn._flax_compat import get_value, optimizer_update, set_value
 from tolerances import assert_close
 
 def np_init(key, shape, dtype=jnp.float32):
@@ -87,7 +88,7 @@ def test_module_equals_functional(name, args, kwargs, x_shape):
     if kwargs.get("bias", True):
         assert layer.bias.shape == (c_out,)
         # a non-zero bias, so that adding it is checked
-        layer.bias[...] = jnp.asarray(np.arange(c_out, dtype=np.float32) / 7)
+        set_value(layer.bias, jnp.asarray(np.arange(c_out, dtype=np.float32) / 7))
     else:
         assert layer.bias is None
     x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
@@ -98,8 +99,8 @@ def test_module_equals_functional(name, args, kwargs, x_shape):
     out = layer(x)
     assert out.dtype == jnp.float32
     np.testing.assert_array_equal(out, expected)
-    # unbatched input
-    np.testing.assert_array_equal(layer(x[0]), out[0])
+    # unbatched input (XLA may lower a batch of one differently: compare at float32 tolerance)
+    assert_close(layer(x[0]), out[0], np.float32)
     # under nnx.jit (XLA may fuse differently: compare at float32 tolerance)
     assert_close(nnx.jit(lambda m, v: m(v))(layer, x), expected, np.float32)
 
@@ -121,9 +122,9 @@ def test_gradients_equal_functional(name, args, kwargs, x_shape):
     b = None if layer.bias is None else layer.bias[...]
     ref_value, (gw, gb) = jax.value_and_grad(ref_loss, argnums=(0, 1))(layer.weight[...], b)
     assert_close(value, ref_value, np.float32)
-    assert_close(grads["weight"][...], gw, np.float32)
+    assert_close(get_value(grads["weight"]), gw, np.float32)
     if b is not None:
-        assert_close(grads["bias"][...], gb, np.float32)
+        assert_close(get_value(grads["bias"]), gb, np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_padding_mode_equals_pad_then_functional(mode, name, padding, x_shape):
 def test_padding_mode_against_torch(mode, padding, stride):
     layer = L.Conv2d(3, 4, 3, stride=stride, padding=padding, padding_mode=mode,
                      param_dtype=jnp.float64, **FAST, rngs=nnx.Rngs(3))
-    layer.bias[...] = jnp.linspace(-1, 1, 4, dtype=jnp.float64)
+    set_value(layer.bias, jnp.linspace(-1, 1, 4, dtype=jnp.float64))
     x = np.random.default_rng(3).standard_normal((2, 6, 7, 3))
     t = torch.nn.Conv2d(3, 4, 3, stride=stride, padding=padding, padding_mode=mode).double()
     with torch.no_grad():
@@ -388,7 +389,7 @@ def test_training_with_optax_reduces_loss():
     @nnx.jit
     def step(m, opt, x, y):
         loss, grads = nnx.value_and_grad(loss_fn)(m, x, y)
-        opt.update(m, grads)
+        optimizer_update(opt, m, grads)
         return loss
 
     # optax mixes Python floats with its int32 step count: it needs standard promotion.

@@ -205,7 +205,8 @@ def test_module_equals_function(name, kwargs, fn_kwargs):
     layer = getattr(L, name)(3, 2, 1, **kwargs)
     fn = getattr(convnn, f"{name[:3].lower()}_pool{n}d")
     np.testing.assert_array_equal(layer(x), fn(x, 3, 2, 1, **fn_kwargs))
-    np.testing.assert_array_equal(jax.jit(layer.__call__)(x), layer(x))
+    # jax 0.5's XLA (the floor) fuses the eager and jitted programs differently: 1 ulp apart.
+    np.testing.assert_allclose(jax.jit(layer.__call__)(x), layer(x), rtol=1e-6, atol=0)
 
 
 def test_repr_extras():

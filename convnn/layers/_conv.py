@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convnn import _args, functional
+from convnn import _args, _flax_compat, functional
 from convnn._conv import _same_padding
 
 __all__ = [
@@ -164,7 +164,7 @@ class _ConvBase(nnx.Module):
         if bias:
             self.bias = nnx.Param(bias_init(rngs.params(), (out_channels,), self.param_dtype))
         else:
-            self.bias = nnx.data(None)
+            self.bias = _flax_compat.data(None)
 
     def _cast(self, x: jax.Array):
         """Casts input and parameters to the compute dtype (``dtype``, else MLX's promotion)."""

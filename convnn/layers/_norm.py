@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convnn import _args
+from convnn import _args, _flax_compat
 from convnn.layers._conv import check_bool, check_dtype
 
 __all__ = ["GroupNorm"]
@@ -87,8 +87,8 @@ class GroupNorm(nnx.Module):
             self.weight = nnx.Param(jnp.ones((self.dims,), self.param_dtype))
             self.bias = nnx.Param(jnp.zeros((self.dims,), self.param_dtype))
         else:
-            self.weight = nnx.data(None)
-            self.bias = nnx.data(None)
+            self.weight = _flax_compat.data(None)
+            self.bias = _flax_compat.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x if isinstance(x, jax.Array) else jnp.asarray(x)
