@@ -105,8 +105,10 @@ def conv1d(
       dilation: kernel dilation, int or 1-tuple. Default 1.
       groups: number of channel groups; must divide ``C_in`` and ``C_out``. Default 1.
       stream: ``None`` (JAX's placement), a ``jax.Device`` or a platform name like ``"cpu"``.
-      precision: passed to ``lax.conv_general_dilated``.
+        Default ``None``.
+      precision: passed to ``lax.conv_general_dilated``. Default ``None``.
       preferred_element_type: accumulation and output dtype (e.g. float32 for bfloat16 inputs).
+        Default ``None``: the promoted input dtype.
 
     Returns:
       ``(N, W_out, C_out)`` (unbatched in, unbatched out), with
@@ -154,8 +156,10 @@ def conv2d(
       dilation: kernel dilation, int or 2-tuple. Default 1.
       groups: number of channel groups; must divide ``C_in`` and ``C_out``. Default 1.
       stream: ``None`` (JAX's placement), a ``jax.Device`` or a platform name like ``"cpu"``.
-      precision: passed to ``lax.conv_general_dilated``.
+        Default ``None``.
+      precision: passed to ``lax.conv_general_dilated``. Default ``None``.
       preferred_element_type: accumulation and output dtype (e.g. float32 for bfloat16 inputs).
+        Default ``None``: the promoted input dtype.
 
     Returns:
       ``(N, H_out, W_out, C_out)``, per axis
@@ -205,8 +209,10 @@ def conv3d(
       dilation: kernel dilation, int or 3-tuple. Default 1.
       groups: number of channel groups; must divide ``C_in`` and ``C_out``. Default 1.
       stream: ``None`` (JAX's placement), a ``jax.Device`` or a platform name like ``"cpu"``.
-      precision: passed to ``lax.conv_general_dilated``.
+        Default ``None``.
+      precision: passed to ``lax.conv_general_dilated``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
+        Default ``None``: the promoted input dtype.
 
     Returns:
       ``(N, D_out, H_out, W_out, C_out)``.
@@ -258,8 +264,10 @@ def conv_transpose1d(
       output_padding: extra size on the high side, smaller than stride or dilation. Default 0.
       groups: number of channel groups. Default 1.
       stream: ``None``, a ``jax.Device`` or a platform name.
-      precision: passed to ``lax``.
+        Default ``None``.
+      precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
+        Default ``None``: the promoted input dtype.
 
     Returns:
       ``(N, W_out, C_out)`` with
@@ -307,8 +315,10 @@ def conv_transpose2d(
       output_padding: extra size on the high side, smaller than stride or dilation. Default 0.
       groups: number of channel groups. Default 1.
       stream: ``None``, a ``jax.Device`` or a platform name.
-      precision: passed to ``lax``.
+        Default ``None``.
+      precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
+        Default ``None``: the promoted input dtype.
 
     Returns:
       ``(N, H_out, W_out, C_out)``, per axis
@@ -356,8 +366,10 @@ def conv_transpose3d(
       output_padding: extra size on the high side, smaller than stride or dilation. Default 0.
       groups: number of channel groups. Default 1.
       stream: ``None``, a ``jax.Device`` or a platform name.
-      precision: passed to ``lax``.
+        Default ``None``.
+      precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
+        Default ``None``: the promoted input dtype.
 
     Returns:
       ``(N, D_out, H_out, W_out, C_out)``.
@@ -410,9 +422,12 @@ def conv_general(
       input_dilation: int or one per axis (zeros inserted between input elements). Default 1.
       groups: number of channel groups. Default 1.
       flip: if true, a true convolution (kernel reversed) instead of cross-correlation.
+        Default False.
       stream: ``None``, a ``jax.Device`` or a platform name.
-      precision: passed to ``lax``.
+        Default ``None``.
+      precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
+        Default ``None``: the promoted input dtype.
 
     Returns:
       ``(N, *spatial_out, C_out)``, per axis

@@ -232,13 +232,39 @@ def docstring_problems(name: str, obj) -> list[str]:
             problems.append(f"{name}: no {title} section")
     if "Example" in secs and ">>>" not in secs["Example"]:
         problems.append(f"{name}: the Example section has no doctest (>>>)")
-    if "Args" in secs:
-        args = secs["Args"]
-        params = _parameters(obj) if not record else []
-        for p in params:
-            if not re.search(rf"^\s*{re.escape(p)}\b[^:\n]*:", args, re.MULTILINE):
+    if "Args" in secs and not record:
+        entries = arg_entries(secs["Args"])
+        sig = inspect.signature(obj)
+        for p in _parameters(obj):
+            if p not in entries:
                 problems.append(f"{name}: parameter {p!r} is not in Args")
+                continue
+            default = sig.parameters[p].default
+            if default is not inspect.Parameter.empty and "default" not in entries[p].lower():
+                problems.append(f"{name}: Args does not give the default of {p!r}")
+            if p in ARRAY_ARGS and not re.search(r"\(\*?[A-Z]", entries[p]):
+                problems.append(f"{name}: Args does not give the shape of {p!r}")
     return problems
+
+
+ARRAY_ARGS = ("input", "weight", "x")  # array arguments whose Args entry must give a shape
+
+
+def arg_entries(args: str) -> dict[str, str]:
+    """Args section text -> {parameter name: its description, continuation lines joined}."""
+    lines = [ln for ln in args.splitlines() if ln.strip()]
+    if not lines:
+        return {}
+    base = min(len(ln) - len(ln.lstrip()) for ln in lines)
+    entries, current = {}, None
+    for ln in lines:
+        m = re.match(r"(\*{0,2}\w+)\b[^:]*:(.*)$", ln[base:])
+        if len(ln) - len(ln.lstrip()) == base and m:
+            current = m[1].lstrip("*")
+            entries[current] = m[2].strip()
+        elif current is not None:
+            entries[current] += " " + ln.strip()
+    return entries
 
 
 def test_docstring_checker_can_fail():
@@ -259,11 +285,13 @@ def test_docstring_checker_can_fail():
           >>> documented(1)
         """
 
-    def half(x, y=1):
+    def half(x, y=1, z=None):
         """Summary.
 
         Args:
-          x: ``(N, C)``.
+          x: an array
+            of any shape.
+          z: a value.
 
         Example:
           documented(1)
@@ -272,7 +300,10 @@ def test_docstring_checker_can_fail():
     assert docstring_problems("documented", documented) == []
     assert docstring_problems("half", half) == [
         "half: no Raises section", "half: no Returns section",
-        "half: the Example section has no doctest (>>>)", "half: parameter 'y' is not in Args",
+        "half: the Example section has no doctest (>>>)",
+        "half: Args does not give the shape of 'x'",
+        "half: parameter 'y' is not in Args",
+        "half: Args does not give the default of 'z'",
     ]
 
 
