@@ -46,6 +46,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 __all__ = [
     "NonFiniteLossError",
+    "UsageError",
     "Checkpoints",
     "add_common_args",
     "init_distributed",
@@ -69,6 +70,10 @@ __all__ = [
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss (or parameters); the run stops."""
+
+
+class UsageError(ValueError):
+    """Settings that cannot work (batch size vs devices, a resume with other settings)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ def make_mesh(data_parallel: bool | None = None) -> Mesh:
         data_parallel = len(devices) > 1
     if not data_parallel:
         if jax.process_count() > 1:
-            raise ValueError("--no-data-parallel cannot be combined with a multi-process run")
+            raise UsageError("--no-data-parallel cannot be combined with a multi-process run")
         devices = devices[:1]
     return Mesh(np.asarray(devices), ("data",))
 
@@ -347,8 +352,9 @@ class Checkpoints:
 
     def __init__(self, directory: Path, *, fresh: bool, max_to_keep: int = 3, kill_during_save: int | None = None):
         self.directory = Path(directory).absolute()
-        if fresh and self.directory.exists():
-            if is_main_process():
+        if fresh:
+            # Process 0 decides and clears; the others wait for it (whatever they see on disk).
+            if is_main_process() and self.directory.exists():
                 shutil.rmtree(self.directory)
             if jax.process_count() > 1:
                 from jax.experimental import multihost_utils
@@ -420,7 +426,7 @@ def steps_per_epoch(n_train: int, args: argparse.Namespace) -> int:
     """Full batches per epoch (the last partial batch is dropped: different samples each epoch)."""
     steps = n_train // args.batch_size
     if steps == 0:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({n_train} samples)")
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({n_train} samples)")
     if args.steps_per_epoch is not None:
         steps = min(steps, args.steps_per_epoch)
     return steps
@@ -463,9 +469,12 @@ def fit(
     n_dev = mesh.devices.size
     bs = args.batch_size
     if bs % n_dev:
-        raise ValueError(f"--batch-size {bs} must be divisible by the number of devices in the mesh ({n_dev})")
+        raise UsageError(
+            f"--batch-size {bs} must be divisible by the number of devices in the mesh ({n_dev}); "
+            "change it or pass --no-data-parallel"
+        )
     steps = steps_per_epoch(len(x_train), args)
-    config = dict(config, batch_size=bs, seed=args.seed, lr=args.lr, steps_per_epoch=steps)
+    config = dict(config, epochs=args.epochs, batch_size=bs, seed=args.seed, lr=args.lr, steps_per_epoch=steps)
     main = is_main_process()
 
     ckpt = Checkpoints(out / "checkpoints", fresh=not args.resume, kill_during_save=args.debug_kill_during_save)
@@ -478,9 +487,10 @@ def fit(
                 print(f"no checkpoint in {ckpt.directory}; starting from scratch")
             else:
                 if meta["config"] != config:
-                    raise ValueError(
-                        f"cannot resume: the checkpoint was written with {meta['config']}, "
-                        f"this run has {config}"
+                    changed = {k: (meta["config"].get(k), v) for k, v in config.items() if meta["config"].get(k) != v}
+                    raise UsageError(
+                        f"cannot resume from {ckpt.directory}: it was written with other settings "
+                        f"(setting: (checkpoint, now)) {changed}; use the same flags, or start afresh without --resume"
                     )
                 start, history = meta["epoch"], meta["history"]
                 print(f"resumed from the checkpoint of epoch {start} in {ckpt.directory}")

@@ -223,6 +223,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        return run(args)
+    except common.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except common.UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
         data = load_cifar10(args.data_dir)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -249,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "weight_decay": args.weight_decay,
         "bf16": args.bf16,
     }
-    try:
-        history = common.fit(model, optimizer, data=data, args=args, mesh=mesh, config=config, augment=augment)
-    except common.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    history = common.fit(model, optimizer, data=data, args=args, mesh=mesh, config=config, augment=augment)
 
     common.plot_history(history, args.out / "curves.png", title="convnn ResNet on CIFAR-10")
     wrong = common.plot_misclassified(

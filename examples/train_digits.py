@@ -124,6 +124,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except common.NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except common.UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     common.init_distributed(args)
     mesh = common.make_mesh(args.data_parallel)
     data = load_data()
@@ -138,19 +149,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{mesh.devices.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
             f"batch {args.batch_size} split {mesh.devices.size} ways; {steps} steps per epoch"
         )
-    try:
-        history = common.fit(
-            model,
-            optimizer,
-            data=data,
-            args=args,
-            mesh=mesh,
-            config={"example": "digits", "width": args.width, "max_shift": args.max_shift},
-            augment=(lambda x, rng: common.random_translate(x, rng, args.max_shift)) if args.max_shift else None,
-        )
-    except common.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    history = common.fit(
+        model,
+        optimizer,
+        data=data,
+        args=args,
+        mesh=mesh,
+        config={"example": "digits", "width": args.width, "max_shift": args.max_shift},
+        augment=(lambda x, rng: common.random_translate(x, rng, args.max_shift)) if args.max_shift else None,
+    )
 
     common.plot_history(history, args.out / "curves.png", title="convnn CNN on scikit-learn digits")
     wrong = common.plot_misclassified(
