@@ -78,19 +78,25 @@ def test_code_blocks_are_found():
 
 PAGES = sorted(p for p in DOCS.rglob("*.md") if any(run for _, _, run in code_blocks(p.read_text())))
 
-# Runs the blocks of one page in one namespace; reports the failing block's line in the page.
+# Runs pages one after the other in one process (imports are paid once), each page in a fresh
+# namespace and a fresh working directory, its blocks in sequence; prints one JSON line of
+# results: {page: None if it ran, else the traceback, naming the failing block's line}.
 RUNNER = r"""
-import json, sys, traceback
-page, blocks = json.load(sys.stdin)
-namespace = {"__name__": "__main__"}
-for line, code in blocks:
-    try:
-        exec(compile(code, f"{page}:{line}", "exec"), namespace)
-    except BaseException:
-        print(f"--- the block at {page}:{line} failed:", file=sys.stderr)
-        traceback.print_exc()
-        sys.exit(1)
+import json, os, sys, tempfile, traceback
+results = {}
+for page, blocks in json.load(sys.stdin):
+    os.chdir(tempfile.mkdtemp(prefix="docs-page-"))
+    namespace = {"__name__": "__main__"}
+    results[page] = None
+    for line, code in blocks:
+        try:
+            exec(compile(code, f"{page}:{line}", "exec"), namespace)
+        except BaseException:
+            results[page] = f"the block at {page}:{line} failed:\n" + traceback.format_exc()
+            break
+print("@@docs-results@@" + json.dumps(results))
 """
+RESULT_MARK = "@@docs-results@@"
 
 
 def _user_env() -> dict[str, str]:
@@ -102,33 +108,56 @@ def _user_env() -> dict[str, str]:
     return env
 
 
-def _run_page(page: Path, cwd: str) -> subprocess.CompletedProcess:
-    rel = str(page.relative_to(ROOT))
-    blocks = [(line, code) for line, code, run in code_blocks(page.read_text()) if run]
+def _run_pages(pages: list[Path], cwd: str) -> dict[Path, str | None]:
+    """Runs the pages in one process; returns {page: None or what went wrong}."""
+    payload = [
+        (str(p.relative_to(ROOT)), [(ln, code) for ln, code, run in code_blocks(p.read_text()) if run])
+        for p in pages
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER], input=json.dumps(payload), capture_output=True,
+        text=True, cwd=cwd, env=_user_env(), timeout=600,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        crash = f"the process ended with {proc.returncode}:\n{proc.stderr[-6000:]}"
+        return {p: crash for p in pages}
+    results = json.loads(lines[-1][len(RESULT_MARK):])
+    return {p: results[str(p.relative_to(ROOT))] for p in pages}
+
+
+def _build_site(site: Path) -> subprocess.CompletedProcess:
+    env = _user_env() | {"NO_MKDOCS_2_WARNING": "1"}
     return subprocess.run(
-        [sys.executable, "-c", RUNNER], input=json.dumps([rel, blocks]), capture_output=True,
-        text=True, cwd=cwd, env=_user_env(), timeout=300,
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
     )
 
 
 @pytest.fixture(scope="module")
-def page_runs(tmp_path_factory):
-    """Runs all pages at once, one process per page and core (most of a page's time is imports
-    and compilation in one thread); each test then reads its page's result."""
-    pool = ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1))
-    futures = {
-        page: pool.submit(_run_page, page, str(tmp_path_factory.mktemp(page.stem)))
-        for page in PAGES
-    }
-    yield futures
+def background(tmp_path_factory):
+    """Starts the site build and the pages at once, the pages split into one process per core
+    (balanced by their amount of code); each test then waits for its own result."""
+    n = max(1, min(os.cpu_count() or 1, len(PAGES)))
+    groups, loads = [[] for _ in range(n)], [0] * n
+    for page in sorted(PAGES, key=lambda p: -len(p.read_text())):
+        i = loads.index(min(loads))
+        groups[i].append(page)
+        loads[i] += len(page.read_text())
+    pool = ThreadPoolExecutor(max_workers=n + 1)
+    site = tmp_path_factory.mktemp("site") / "site"
+    jobs = {"site": (site, pool.submit(_build_site, site))}
+    for group in filter(None, groups):
+        future = pool.submit(_run_pages, group, str(tmp_path_factory.mktemp("pages")))
+        jobs.update({page: future for page in group})
+    yield jobs
     pool.shutdown(cancel_futures=True)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
-def test_guide_code_runs(page, page_runs):
-    proc = page_runs[page].result()
-    rel = page.relative_to(ROOT)
-    assert proc.returncode == 0, f"{rel}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+def test_guide_code_runs(page, background):
+    problem = background[page].result()[page]
+    assert problem is None, f"{page.relative_to(ROOT)}: {problem}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,13 +165,9 @@ def test_guide_code_runs(page, page_runs):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_mkdocs_build_strict(tmp_path):
-    site = tmp_path / "site"
-    env = _user_env() | {"NO_MKDOCS_2_WARNING": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
-    )
+def test_mkdocs_build_strict(background):
+    site, job = background["site"]
+    proc = job.result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     for page in ("index.html", "api/functional/index.html", "guides/from-pytorch/index.html"):
         assert (site / page).is_file(), page
