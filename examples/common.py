@@ -20,6 +20,7 @@ directory is removed the next time the checkpoint manager opens the folder.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -274,6 +275,15 @@ def random_translate(x: np.ndarray, rng: np.random.Generator, max_shift: int) ->
 # --------------------------------------------------------------------------------------------
 
 
+def optimizer_update(optimizer: nnx.Optimizer, model: nnx.Module, grads: Any) -> None:
+    """``optimizer.update(model, grads)``; Flax 0.10 (the newest for jax 0.5, which Apple's
+    jax-metal needs) spells it ``optimizer.update(grads)``."""
+    if "model" in inspect.signature(optimizer.update).parameters:
+        optimizer.update(model, grads)
+    else:
+        optimizer.update(grads)
+
+
 def make_classifier_steps() -> tuple[Callable, Callable]:
     """``train_step(model, optimizer, x, y) -> (loss, correct)`` and
     ``eval_step(model, x, y, mask) -> (loss_sum, correct, predictions)``, both under ``nnx.jit``.
@@ -291,7 +301,7 @@ def make_classifier_steps() -> tuple[Callable, Callable]:
             return loss, logits
 
         (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        optimizer.update(model, grads)
+        optimizer_update(optimizer, model, grads)
         correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
         return loss, correct
 

@@ -175,7 +175,7 @@ class ResNet(nnx.Module):
                 stride = 2 if stage > 0 and b == 0 else 1
                 stages.append(Block(cin, cout, stride, dtype=dtype, rngs=rngs))
                 cin = cout
-        self.blocks = nnx.List(stages)
+        self.blocks = nnx.List(stages) if hasattr(nnx, "List") else stages  # Flax 0.10: a plain list
         self.head = nnx.Linear(cin, 10, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
