@@ -20,6 +20,7 @@ from convnn.functional import (
     max_pool2d,
     max_pool3d,
 )
+from convnn._lowering import lowering
 from convnn._backend import BackendInfo, backend_info
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "avg_pool1d",
     "avg_pool2d",
     "avg_pool3d",
+    "lowering",
     "backend_info",
     "BackendInfo",
 ]

@@ -1,20 +1,24 @@
 """The one private general convolution behind every public convolution function.
 
 ``conv`` validates and canonicalises the arguments in Python (trace time), crops negative
-padding by slicing, and hands a :class:`~convnn.lowering.ConvSpec` with non-negative padding to
+padding by slicing, and hands a :class:`~convnn._lowering.ConvSpec` with non-negative padding to
 the lowering layer, which decides how the convolution is computed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import threading
+from collections import OrderedDict
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from convnn import _args
-from convnn.lowering import ConvSpec, dispatch
+from convnn import _lowering
+from convnn._lowering import ConvSpec
 
 __all__ = ["conv", "resolve_stream"]
 
@@ -116,17 +120,17 @@ def _same_padding(size: int, k_dil: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _crop(x: jax.Array, lows, highs, input_dilation, batched_offset: int):
-    """Removes negative padding by slicing; returns the input and non-negative padding.
+def _crop_geometry(shape, lows, highs, input_dilation, batched_offset: int):
+    """How to remove negative padding by slicing: ``(starts, stops, pads, empty)``.
 
     Padding applies to the input *after* dilation, so a crop of ``c`` dilated elements keeps the
     original elements from ``ceil(c / d)`` on and adds the leftover zeros back as padding.
-    Returns ``None`` for the input when no original element survives the crop.
+    ``empty`` is true when no original element survives the crop.
     """
     starts, stops, pads = [], [], []
     empty = False
     for axis, (lo, hi, d) in enumerate(zip(lows, highs, input_dilation)):
-        size = x.shape[batched_offset + axis]
+        size = shape[batched_offset + axis]
         dilated = (size - 1) * d + 1
         c_lo, c_hi = max(-lo, 0), max(-hi, 0)
         first = -(-c_lo // d)
@@ -139,14 +143,101 @@ def _crop(x: jax.Array, lows, highs, input_dilation, batched_offset: int):
         starts.append(first)
         stops.append(last + 1)
         pads.append((new_lo, new_hi))
-    if empty:
-        return None, tuple(pads)
-    if any(s != 0 for s in starts) or any(
-        e != x.shape[batched_offset + a] for a, e in enumerate(stops)
-    ):
-        index = (slice(None),) * batched_offset + tuple(slice(s, e) for s, e in zip(starts, stops))
-        x = x[index]
-    return x, tuple(pads)
+    return tuple(starts), tuple(stops), tuple(pads), empty
+
+
+class _Plan(NamedTuple):
+    """Everything static about one validated call (hashable: it keys the compiled callables)."""
+
+    dtype: Any  # compute dtype of both operands
+    unbatched: bool
+    crop: tuple | None  # (starts, stops) on the spatial axes, or None
+    spec: ConvSpec
+    strategy: str | None  # the lowering strategy; None when the output is all zeros
+    zeros_shape: tuple | None  # output shape when cropping leaves no input element
+
+
+def _execute(plan: _Plan, x: jax.Array, w: jax.Array) -> jax.Array:
+    """The traced part of a call: casts, crops and lowers (under jit or an outer trace)."""
+    x, w = x.astype(plan.dtype), w.astype(plan.dtype)
+    if plan.unbatched:
+        x = x[None]
+    if plan.zeros_shape is not None:
+        out = jnp.zeros(plan.zeros_shape, plan.spec.preferred_element_type or plan.dtype)
+    else:
+        if plan.crop is not None:
+            starts, stops = plan.crop
+            x = x[(slice(None), *(slice(a, b) for a, b in zip(starts, stops)))]
+        out = _lowering.run(plan.strategy, x, w, plan.spec)
+    return out[0] if plan.unbatched else out
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(plan: _Plan):
+    """One jitted callable per plan (bounded: least recently used plans are dropped)."""
+    return jax.jit(functools.partial(_execute, plan))
+
+
+class _EagerCache:
+    """Raw call arguments -> compiled callable, so repeated eager calls skip validation.
+
+    A key holds the operands' shapes and dtypes, every argument as passed (with the types of the
+    scalar ones, so ``True`` and ``1`` differ), and the lowering in force. Only calls whose
+    arguments validated get an entry. Bounded LRU; mutations take a lock.
+    """
+
+    def __init__(self, maxsize: int = 512):
+        self.maxsize = maxsize
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is not None:
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile
+                pass
+        return entry
+
+    def put(self, key, entry) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+        _compiled.cache_clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+EAGER_CACHE = _EagerCache()
+_Tracer = jax.core.Tracer
+_CONCRETE: set[type] = set()  # types of concrete (non-tracer) jax arrays seen so far
+
+
+def _is_concrete(value) -> bool:
+    if type(value) in _CONCRETE:
+        return True
+    if isinstance(value, jax.Array) and not isinstance(value, _Tracer):
+        _CONCRETE.add(type(value))
+        return True
+    return False
+
+
+def _placed(call, device):
+    """``call`` with its operands first moved to ``device`` (MLX's ``stream``), if any."""
+    if device is None:
+        return call
+
+    def placed(x, w):
+        return call(jax.device_put(x, device), jax.device_put(w, device))
+
+    return placed
 
 
 def conv(
@@ -171,6 +262,19 @@ def conv(
     ``output_padding`` not ``None`` marks a transposed convolution: then ``padding``,
     ``stride`` and ``kernel_dilation`` are those of the forward convolution being transposed.
     """
+    key = None
+    if type(input) in _CONCRETE and type(weight) in _CONCRETE:  # eager call: try the cache
+        key = (fn, n, input.shape, input.dtype, weight.shape, weight.dtype, stride, padding,
+               kernel_dilation, input_dilation, groups, flip, output_padding, stream, precision,
+               preferred_element_type, _lowering.current(), type(stride), type(padding),
+               type(kernel_dilation), type(input_dilation), type(groups), type(flip))
+        try:
+            entry = EAGER_CACHE.get(key)
+        except TypeError:  # unhashable arguments (lists): validate every time
+            key = entry = None
+        if entry is not None:
+            return entry(input, weight)
+
     transposed = output_padding is not None
     groups = _args.as_int(groups, "groups", fn, minimum=1)
     if not isinstance(flip, (bool, np.bool_)):
@@ -236,15 +340,9 @@ def conv(
     if preferred_element_type is not None:
         _args.check_float_dtype(preferred_element_type, "preferred_element_type", fn)
         preferred_element_type = jnp.dtype(preferred_element_type)
-    x, w = x.astype(dtype), w.astype(dtype)
-    if device is not None:
-        x, w = jax.device_put(x, device), jax.device_put(w, device)
-
     unbatched = x.ndim == n + 1
-    if unbatched:
-        x = x[None]
-    batch = x.shape[0]
-    x, pads = _crop(x, lows, highs, input_dilation, 1)
+    x_shape = (1, *x.shape) if unbatched else tuple(x.shape)
+    starts, stops, pads, empty = _crop_geometry(x_shape, lows, highs, input_dilation, 1)
     spec = ConvSpec(
         stride=stride,
         padding=pads,
@@ -255,20 +353,36 @@ def conv(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    if x is None:
-        out = _zeros_output(batch, w, spec, spatial, lows, highs)
+    crop = zeros_shape = strategy = None
+    if empty:
+        zeros_shape = _zeros_shape(x_shape[0], w.shape, spec, spatial, lows, highs)
     else:
-        out = dispatch(x, w, spec)
-    return out[0] if unbatched else out
+        if any(a != 0 for a in starts) or stops != x_shape[1:-1]:
+            crop = (starts, stops)
+        cropped = (x_shape[0], *(b - a for a, b in zip(starts, stops)), x_shape[-1])
+        strategy = _lowering.resolve(cropped, w.shape, dtype, spec, device)
+    plan = _Plan(dtype, unbatched, crop, spec, strategy, zeros_shape)
+
+    if _is_concrete(x) and _is_concrete(w):  # eager: one compiled callable per plan
+        try:
+            call = _placed(_compiled(plan), device)
+        except TypeError:  # an unhashable precision: run op by op
+            call = _placed(functools.partial(_execute, plan), device)
+        else:
+            if key is not None:
+                EAGER_CACHE.put(key, call)
+        return call(x, w)
+    if device is not None:
+        x, w = jax.device_put(x, device), jax.device_put(w, device)
+    return _execute(plan, x, w)
 
 
-def _zeros_output(batch: int, w, spec: ConvSpec, spatial, lows, highs) -> jax.Array:
-    """The output when cropping leaves no input element: every window sees only zeros."""
+def _zeros_shape(batch: int, w_shape, spec: ConvSpec, spatial, lows, highs) -> tuple:
+    """The output shape when cropping leaves no input element: every window sees only zeros."""
     out_spatial = []
     for s, lo, hi, d, kd, k, st in zip(
-        spatial, lows, highs, spec.input_dilation, spec.kernel_dilation, w.shape[1:-1], spec.stride
+        spatial, lows, highs, spec.input_dilation, spec.kernel_dilation, w_shape[1:-1], spec.stride
     ):
         length = (s - 1) * d + 1 + lo + hi
         out_spatial.append((length - ((k - 1) * kd + 1)) // st + 1)
-    dtype = spec.preferred_element_type or w.dtype
-    return jnp.zeros((batch, *out_spatial, w.shape[0]), dtype)
+    return (batch, *out_spatial, w_shape[0])

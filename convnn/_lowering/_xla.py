@@ -7,7 +7,7 @@ import functools
 import jax
 from jax import lax
 
-from convnn.lowering._spec import ConvSpec
+from convnn._lowering._spec import ConvSpec
 
 
 def dimension_numbers(n: int) -> lax.ConvDimensionNumbers:

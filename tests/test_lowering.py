@@ -1,0 +1,501 @@
+"""The lowering layer: every strategy against the float64 reference, convolution-free programs of
+the decomposed strategy, the ``"auto"`` policy's choices, the ``convnn.lowering`` context manager
+and the eager-call cache."""
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import convnn
+from cases import Case, table
+from convnn import _conv
+from convnn._lowering import _context
+from convnn._lowering import (
+    BACKENDS,
+    STRATEGIES,
+    ConvConfig,
+    ConvSpec,
+    Strategy,
+    choose,
+    conv_xla,
+    current,
+)
+from helpers import call_api, random_operands, reference, reference_vjp
+from tolerances import assert_close
+
+# The core tests' tables (tests/test_functional_reference.py), every other case.
+CORE = table("conv", 14, seed=1) + table("general", 14, seed=2) + table("transpose", 12, seed=3)
+CASES = CORE[::2]
+STRATEGY_NAMES = ["xla", "decomposed", "mixed"]
+
+
+def _jitted_value_and_grads(case, strategy):
+    @jax.jit
+    @convnn.lowering(strategy)
+    def f(x, w, g):
+        out, vjp = jax.vjp(lambda a, b: call_api(case, a, b), x, w)
+        return (out, *vjp(g))
+
+    return f
+
+
+def primitives(fn, *args):
+    """Names of every primitive in the jaxpr of ``fn(*args)``, sub-jaxprs included."""
+    names = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            names.append(eqn.primitive.name)
+            for value in eqn.params.values():
+                for v in value if isinstance(value, (tuple, list)) else (value,):
+                    if hasattr(v, "eqns"):  # a Jaxpr
+                        walk(v)
+                    elif hasattr(getattr(v, "jaxpr", None), "eqns"):  # a ClosedJaxpr
+                        walk(v.jaxpr)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Tier 1: values and gradients against the float64 reference
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_strategy_matches_reference_float64(case, strategy):
+    if strategy == "xla" and CASES.index(case) % 3:  # the core tests cover "xla" fully
+        pytest.skip("xla: every third case here")
+    x, w = random_operands(case, 11)
+    expected = reference(case, x, w)
+    g = np.random.default_rng(12).standard_normal(expected.shape)
+    out, dx, dw = _jitted_value_and_grads(case, strategy)(x, w, g)
+    rdx, rdw = reference_vjp(case, x, w, g)
+    assert out.dtype == dx.dtype == dw.dtype == jnp.float64
+    assert_close(out, expected, jnp.float64, what=f"out {case}")
+    assert_close(dx, rdx, jnp.float64, what=f"dx {case}")
+    assert_close(dw, rdw, jnp.float64, what=f"dw {case}")
+
+
+def _depthwise(n, multiplier, stride, dilation, padding, batch=2, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    kernel = tuple(int(k) for k in rng.integers(1, 4, n))
+    spatial = tuple(int(s) for s in rng.integers(4, 8, n))
+    return Case("conv", n, batch, c, c * multiplier, c, spatial, kernel, (stride,) * n,
+                padding, (padding,) * n, (padding,) * n, (dilation,) * n)
+
+
+# Depthwise cases with channel multipliers, strides and dilations (the multiply-add path).
+DEPTHWISE = [
+    _depthwise(1, 1, 1, 1, 1), _depthwise(2, 1, 2, 1, 1, seed=1), _depthwise(2, 2, 1, 2, 2, seed=2),
+    _depthwise(3, 1, 2, 1, 1, c=2, seed=3), _depthwise(2, 3, 3, 1, 0, batch=None, seed=4),
+]
+
+
+@pytest.mark.parametrize("strategy", ["decomposed", "mixed"])
+@pytest.mark.parametrize("case", DEPTHWISE, ids=str)
+def test_depthwise_matches_reference_float64(case, strategy):
+    x, w = random_operands(case, 13)
+    expected = reference(case, x, w)
+    g = np.random.default_rng(14).standard_normal(expected.shape)
+    out, dx, dw = _jitted_value_and_grads(case, strategy)(x, w, g)
+    rdx, rdw = reference_vjp(case, x, w, g)
+    assert_close(out, expected, jnp.float64, what=f"out {case}")
+    assert_close(dx, rdx, jnp.float64, what=f"dx {case}")
+    assert_close(dw, rdw, jnp.float64, what=f"dw {case}")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", CORE[3::17] + DEPTHWISE[1:3], ids=str)
+def test_decomposed_low_precision(case, dtype):
+    x, w = random_operands(case, 15)
+    xj, wj = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+    x64, w64 = np.asarray(xj, np.float64), np.asarray(wj, np.float64)  # the rounded inputs
+    expected = reference(case, x64, w64)
+    g = jnp.asarray(np.random.default_rng(16).standard_normal(expected.shape), dtype)
+    out, dx, dw = _jitted_value_and_grads(case, "decomposed")(xj, wj, g)
+    assert out.dtype == dx.dtype == dw.dtype == jnp.dtype(dtype)
+    rdx, rdw = reference_vjp(case, x64, w64, np.asarray(g, np.float64))
+    assert_close(out, expected, dtype, what=f"out {case}")
+    assert_close(dx, rdx, dtype, what=f"dx {case}")
+    assert_close(dw, rdw, dtype, what=f"dw {case}")
+
+
+@pytest.mark.parametrize("groups, c_out", [(1, 8), (2, 8), (8, 8), (8, 16)])
+@pytest.mark.parametrize("strategy", ["decomposed", "mixed"])
+def test_preferred_element_type_float32_from_bfloat16(strategy, groups, c_out):
+    rng = np.random.default_rng(17)
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, 8)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((c_out, 3, 3, 8 // groups)), jnp.bfloat16)
+    with convnn.lowering(strategy):
+        out = convnn.conv2d(x, w, padding=1, groups=groups, preferred_element_type=jnp.float32)
+    assert out.dtype == jnp.float32
+    from reference import conv_general_ref
+
+    ref = conv_general_ref(np.asarray(x, np.float64), np.asarray(w, np.float64), stride=(1, 1),
+                           padding_lo=(1, 1), padding_hi=(1, 1), kernel_dilation=(1, 1),
+                           input_dilation=(1, 1), groups=groups, flip=False)
+    assert_close(out, ref, jnp.float32)
+
+
+@pytest.mark.parametrize("strategy", ["decomposed", "mixed"])
+@pytest.mark.parametrize("case, order", [(CORE[2], 2), (DEPTHWISE[0], 2), (CORE[50], 1),
+                                         (CORE[101], 1), (DEPTHWISE[2], 1)], ids=str)
+def test_check_grads(case, order, strategy):
+    """Forward and reverse mode against finite differences (``mixed`` and the depthwise path are
+    custom_jvp rules; second order on the small cases)."""
+    x, w = random_operands(case, 18)
+    f = jax.jit(convnn.lowering(strategy)(lambda a, b: call_api(case, a, b)))
+    check_grads(f, (jnp.asarray(x), jnp.asarray(w)), order=order, modes=("fwd", "rev"),
+                atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decomposed strategy contains no convolution primitive, forward or backward
+# ---------------------------------------------------------------------------------------------
+
+# grouped, strided, dilated, transposed, 3-D, depthwise (with multiplier) and dense cases
+PROGRAM_CASES = [CORE[i] for i in (0, 5, 9, 20, 33, 45, 60, 70, 83, 100, 110, 119)] + DEPTHWISE
+
+
+def _programs(case, x, w):
+    """(what, fn, args) for the forward pass, both gradients, the backward pass alone, forward
+    mode and a second derivative."""
+    f = lambda a, b: call_api(case, a, b)  # noqa: E731
+    out = jax.eval_shape(f, x, w)
+    g = jnp.ones(out.shape, out.dtype)
+    loss = lambda a, b: jnp.sum(f(a, b) ** 2)  # noqa: E731
+    _, vjp = jax.vjp(f, x, w)
+    return [
+        ("forward", f, (x, w)),
+        ("grad x", jax.grad(loss, 0), (x, w)),
+        ("grad w", jax.grad(loss, 1), (x, w)),
+        ("vjp backward", vjp, (g,)),
+        ("jvp", lambda a, b: jax.jvp(f, (a, b), (a, b)), (x, w)),
+        ("grad of grad", jax.grad(lambda a, b: jnp.sum(jax.grad(loss, 1)(a, b) ** 2)), (x, w)),
+    ]
+
+
+@pytest.mark.parametrize("case", PROGRAM_CASES, ids=str)
+def test_decomposed_programs_have_no_convolution(case):
+    x, w = (jnp.asarray(a) for a in random_operands(case, 19))
+    with convnn.lowering("decomposed"):
+        for what, fn, args in _programs(case, x, w):
+            assert "conv_general_dilated" not in primitives(fn, *args), what
+    with convnn.lowering("xla"):  # the check itself can fail
+        assert "conv_general_dilated" in primitives(lambda a, b: call_api(case, a, b), x, w)
+
+
+@pytest.mark.parametrize("case", PROGRAM_CASES[::2], ids=str)
+def test_mixed_convolves_forward_only(case):
+    x, w = (jnp.asarray(a) for a in random_operands(case, 20))
+    with convnn.lowering("mixed"):
+        programs = _programs(case, x, w)
+        assert primitives(programs[0][1], x, w).count("conv_general_dilated") <= 1
+        _, vjp_fn, args = programs[3]
+        assert "conv_general_dilated" not in primitives(vjp_fn, *args)
+
+
+def test_decomposed_uses_no_strided_slice_forward():
+    case = _depthwise(2, 1, 2, 1, 1)
+    x, w = (jnp.asarray(a) for a in random_operands(case, 21))
+    with convnn.lowering("decomposed"):
+        jaxpr = jax.make_jaxpr(lambda a, b: call_api(case, a, b))(x, w)
+    strided = [e for e in jaxpr.jaxpr.eqns
+               if e.primitive.name == "slice" and e.params.get("strides") not in (None, (1,) * 4)]
+    assert not strided
+
+
+# ---------------------------------------------------------------------------------------------
+# The "auto" policy
+# ---------------------------------------------------------------------------------------------
+
+
+def _cfg(c_in, c_out, groups, kernel=(3, 3), stride=None, input_dilation=None, dtype="float32"):
+    n = len(kernel)
+    spec = ConvSpec(stride=stride or (1,) * n, padding=((1, 1),) * n, kernel_dilation=(1,) * n,
+                    input_dilation=input_dilation or (1,) * n, groups=groups, flip=False)
+    return ConvConfig((8, *(16,) * n, c_in), (c_out, *kernel, c_in // groups), jnp.dtype(dtype),
+                      spec)
+
+
+POLICY_TABLE = [
+    # (what, config, backend, expected)
+    ("dense 3x3", _cfg(64, 64, 1), "cpu", "xla"),
+    ("dense 1x1", _cfg(64, 256, 1, (1, 1)), "cpu", "xla"),
+    ("dense 3-D", _cfg(8, 8, 1, (3, 3, 3)), "cpu", "xla"),
+    ("depthwise 3x3", _cfg(64, 64, 64), "cpu", "decomposed"),
+    ("depthwise 7x7", _cfg(96, 96, 96, (7, 7)), "cpu", "decomposed"),
+    ("depthwise x2 multiplier", _cfg(32, 64, 32), "cpu", "decomposed"),
+    ("depthwise strided", _cfg(64, 64, 64, stride=(2, 2)), "cpu", "decomposed"),
+    ("depthwise transposed", _cfg(16, 16, 16, input_dilation=(2, 2)), "cpu", "decomposed"),
+    ("depthwise 1-D", _cfg(16, 16, 16, (5,)), "cpu", "decomposed"),
+    ("groups of 4 channels", _cfg(128, 128, 32), "cpu", "decomposed"),
+    ("groups of 8 channels", _cfg(256, 256, 32), "cpu", "mixed"),
+    ("2 groups of 32", _cfg(64, 64, 2), "cpu", "mixed"),
+    ("dense 3x3", _cfg(64, 64, 1), "cuda", "xla"),
+    ("dense 3x3 bf16", _cfg(64, 64, 1, dtype="bfloat16"), "cuda", "xla"),
+    ("groups of 4 channels", _cfg(128, 128, 32), "cuda", "xla"),
+    ("depthwise 3x3", _cfg(64, 64, 64), "tpu", "xla"),
+    ("depthwise 3x3", _cfg(64, 64, 64), "rocm", "xla"),
+    ("groups of 4 channels", _cfg(128, 128, 32), "tpu", "xla"),
+]
+
+
+@pytest.mark.parametrize("what, cfg, backend, expected", POLICY_TABLE,
+                         ids=[f"{b}-{w}" for w, _, b, _ in POLICY_TABLE])
+def test_policy_choices(what, cfg, backend, expected):
+    assert choose(cfg, "auto", backend) == expected
+
+
+def test_forced_strategy_ignores_policy_and_backend():
+    for name in STRATEGY_NAMES:
+        assert choose(_cfg(64, 64, 64), name, "cpu") == name
+        assert choose(_cfg(64, 64, 1), name, "tpu") == name
+
+
+def test_unsupported_strategy_falls_back_to_xla(monkeypatch):
+    monkeypatch.setitem(STRATEGIES, "never", Strategy("never", conv_xla, lambda cfg: False))
+    assert choose(_cfg(8, 8, 1), "never") == "xla"
+    x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((2, 3, 3, 2))
+    with convnn.lowering("never"):
+        assert "conv_general_dilated" in primitives(lambda a, b: convnn.conv2d(a, b), x, w)
+
+
+def test_every_backend_policy_returns_a_strategy():
+    for backend, policy in BACKENDS.items():
+        for cfg in (_cfg(64, 64, 1), _cfg(64, 64, 64), _cfg(128, 128, 32), _cfg(8, 8, 2, (3,))):
+            assert policy(cfg) in STRATEGIES, backend
+
+
+@pytest.mark.parametrize("backend, convolves", [("cpu", False), ("tpu", True)])
+def test_backend_option_applies_that_backends_policy(backend, convolves):
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((4, 3, 3, 1))
+    with convnn.lowering("auto", backend=backend):
+        prims = primitives(lambda a, b: convnn.conv2d(a, b, padding=1, groups=4), x, w)
+    assert ("conv_general_dilated" in prims) == convolves
+
+
+# ---------------------------------------------------------------------------------------------
+# convnn.lowering: context manager and decorator
+# ---------------------------------------------------------------------------------------------
+
+
+def test_default_is_auto():
+    assert tuple(current()) == ("auto", None)
+
+
+def test_nesting_restores_outer_state():
+    with convnn.lowering("xla"):
+        assert current().name == "xla"
+        with convnn.lowering("decomposed", backend="cuda") as inner:
+            assert tuple(current()) == ("decomposed", "cuda")
+            assert (inner.name, inner.backend) == ("decomposed", "cuda")
+        assert tuple(current()) == ("xla", None)
+    assert tuple(current()) == ("auto", None)
+
+
+def test_same_object_reentered():
+    low = convnn.lowering("mixed")
+    with low:
+        with convnn.lowering("xla"):
+            with low:
+                assert current().name == "mixed"
+            assert current().name == "xla"
+        assert current().name == "mixed"
+    assert current().name == "auto"
+
+
+def test_restores_on_exception():
+    with pytest.raises(RuntimeError):
+        with convnn.lowering("decomposed"):
+            raise RuntimeError("boom")
+    assert tuple(current()) == ("auto", None)
+
+
+def test_decorator_sets_state_per_call_and_restores():
+    seen = []
+
+    @convnn.lowering("decomposed", backend="tpu")
+    def f(depth):
+        seen.append(tuple(current()))
+        if depth:
+            with convnn.lowering("xla"):
+                f(depth - 1)
+            seen.append(tuple(current()))
+        return depth
+
+    assert f(1) == 1 and f.__name__ == "f"
+    assert seen == [("decomposed", "tpu")] * 3
+    assert tuple(current()) == ("auto", None)
+    with pytest.raises(ZeroDivisionError):
+        convnn.lowering("xla")(lambda: 1 / 0)()
+    assert tuple(current()) == ("auto", None)
+
+
+def test_threads_do_not_share_the_selection():
+    seen = {}
+
+    def worker():
+        seen["start"] = tuple(current())
+        with convnn.lowering("mixed"):
+            seen["inside"] = tuple(current())
+
+    with convnn.lowering("decomposed"):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert current().name == "decomposed"
+    assert seen == {"start": ("auto", None), "inside": ("mixed", None)}
+
+
+def test_unknown_names_raise_listing_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown strategy 'pallas'.*'auto'.*'xla'.*'decomposed'"):
+        convnn.lowering("pallas")
+    with pytest.raises(ValueError, match=r"unknown backend 'metal'.*'cpu'.*'cuda'"):
+        convnn.lowering("auto", backend="metal")
+    with pytest.raises(TypeError, match="name must be a string"):
+        convnn.lowering(None)
+    with pytest.raises(TypeError, match="backend must be None or a string"):
+        convnn.lowering("auto", backend=1)
+    assert tuple(current()) == ("auto", None)
+
+
+def test_jit_picks_the_strategy_at_trace_time():
+    x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((4, 3, 3, 1))
+    f = jax.jit(lambda a, b: convnn.conv2d(a, b, padding=1, groups=4))
+    with convnn.lowering("decomposed"):
+        assert "convolution" not in f.lower(x, w).as_text()
+    with convnn.lowering("xla"):
+        assert "convolution" in f.lower(x, w).as_text()
+
+
+def test_jitted_function_retraces_when_the_selection_changes(spy):
+    x, w = _operands()
+    f = jax.jit(lambda a, b: convnn.conv2d(a, b, padding=1))
+    with convnn.lowering("xla"):
+        expected = f(x, w)
+    with convnn.lowering("spy"):
+        out = f(x, w)
+    # JAX keys its jit caches on the selection where it can (jax.make_user_context).
+    assert len(spy) == (1 if _context.JIT_KEYED else 0)
+    assert _context.JIT_KEYED == hasattr(jax, "make_user_context")
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_public_name_is_the_context_manager():
+    import convnn._lowering as package
+
+    assert convnn.lowering is package.lowering
+    assert callable(convnn.lowering) and "lowering" in convnn.__all__
+
+
+# ---------------------------------------------------------------------------------------------
+# The eager-call cache
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """A strategy "spy" (XLA's) that counts how often it is traced."""
+    traces = []
+
+    def traced(x, w, spec):
+        traces.append(spec)
+        return conv_xla(x, w, spec)
+
+    monkeypatch.setitem(STRATEGIES, "spy", Strategy("spy", traced))
+    _conv.EAGER_CACHE.clear()
+    yield traces
+    _conv.EAGER_CACHE.clear()
+
+
+def _operands(shape=(2, 7, 7, 4), groups=1, seed=22):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal(shape), jnp.float32),
+            jnp.asarray(rng.standard_normal((4, 3, 3, shape[-1] // groups)), jnp.float32))
+
+
+def test_eager_calls_trace_once_per_configuration(spy):
+    x, w = _operands()
+    with convnn.lowering("spy"):
+        outs = [convnn.conv2d(x, w, padding=1) for _ in range(4)]
+        assert len(spy) == 1
+        convnn.conv2d(x, w, padding=2)
+        convnn.conv2d(x[:1], w, padding=1)
+        assert len(spy) == 3
+    with convnn.lowering("xla"):
+        expected = convnn.conv2d(x, w, padding=1)
+    for out in outs:
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_eager_cache_is_keyed_on_the_lowering(spy):
+    x, w = _operands()
+    with convnn.lowering("xla"):
+        convnn.conv2d(x, w, padding=1)
+    with convnn.lowering("spy"):
+        convnn.conv2d(x, w, padding=1)
+    assert len(spy) == 1
+    with convnn.lowering("spy", backend="cpu"):
+        convnn.conv2d(x, w, padding=1)
+    assert len(spy) == 2
+
+
+def test_traced_calls_bypass_the_cache(spy):
+    x, w = _operands()
+    with convnn.lowering("spy"):
+        jax.jit(lambda a, b: convnn.conv2d(a, b, padding=1))(x, w)
+        jax.grad(lambda a: jnp.sum(convnn.conv2d(a, w, padding=1)))(x)
+        jax.vmap(lambda a: convnn.conv2d(a, w, padding=1))(x)
+    assert len(_conv.EAGER_CACHE) == 0
+    assert len(spy) == 3
+
+
+def test_eager_cache_is_bounded(spy, monkeypatch):
+    monkeypatch.setattr(_conv.EAGER_CACHE, "maxsize", 3)
+    x, w = _operands()
+    with convnn.lowering("spy"):
+        for p in range(6):
+            convnn.conv2d(x, w, padding=p)
+            convnn.conv2d(x, w, padding=p)
+        assert len(_conv.EAGER_CACHE) == 3
+        convnn.conv2d(x, w, padding=5)  # most recent: still cached
+        assert len(spy) == 6
+        convnn.conv2d(x, w, padding=0)  # evicted: traced again (or its plan reused)
+        assert len(_conv.EAGER_CACHE) == 3
+
+
+def test_cached_configuration_still_rejects_bad_argument_types():
+    x, w = _operands()
+    convnn.conv2d(x, w, padding=1, groups=1)
+    convnn.conv2d(x, w, padding=1, groups=1)
+    with pytest.raises(TypeError, match="groups must be an int"):
+        convnn.conv2d(x, w, padding=1, groups=True)
+    convnn.conv_general(x, w, flip=True)
+    convnn.conv_general(x, w, flip=True)
+    with pytest.raises(TypeError, match="flip must be a bool"):
+        convnn.conv_general(x, w, flip=1)
+
+
+def test_unhashable_arguments_and_placement_work_eagerly():
+    x, w = _operands()
+    expected = convnn.conv2d(x, w, padding=(1, 1))
+    for _ in range(2):
+        np.testing.assert_array_equal(convnn.conv2d(x, w, padding=[1, 1]), expected)
+    device = jax.devices()[-1]
+    for _ in range(2):
+        out = convnn.conv2d(x, w, padding=1, stream=device)
+        assert out.devices() == {device}
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_numpy_operands_eagerly():
+    x, w = _operands()
+    np.testing.assert_allclose(convnn.conv2d(np.asarray(x), np.asarray(w), padding=1),
+                               convnn.conv2d(x, w, padding=1), rtol=1e-6)
