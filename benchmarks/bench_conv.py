@@ -70,8 +70,15 @@ class Shape:
         return 2.0 * batch * self.out_hw() ** 2 * self.c_out * self.k**2 * self.c_in / self.groups
 
 
-# Full-size layers (ImageNet resolution). The CPU table uses a subset at smaller spatial sizes.
+# Full-size layers (ImageNet resolution), depthwise first (a deadline cuts the tail). The CPU
+# table uses the same layers at smaller spatial sizes.
 GPU_SHAPES = [
+    Shape("mbv2-dw3x3-144@56", "depthwise", 56, 144, 144, 3, 1, 144),
+    Shape("mbv2-dw3x3s2-144@56", "depthwise", 56, 144, 144, 3, 2, 144),
+    Shape("mbv2-dw3x3-384@14", "depthwise", 14, 384, 384, 3, 1, 384),
+    Shape("convnext-dw7x7-96@56", "depthwise", 56, 96, 96, 7, 1, 96),
+    Shape("convnext-dw7x7-192@28", "depthwise", 28, 192, 192, 7, 1, 192),
+    Shape("convnext-dw7x7-384@14", "depthwise", 14, 384, 384, 7, 1, 384),
     Shape("r50-stem-7x7s2", "dense", 224, 3, 64, 7, 2),
     Shape("r50-1x1-64-256@56", "dense", 56, 64, 256, 1),
     Shape("r50-3x3-64@56", "dense", 56, 64, 64, 3),
@@ -83,12 +90,6 @@ GPU_SHAPES = [
     Shape("resnext-3x3g32-128@56", "grouped", 56, 128, 128, 3, 1, 32),
     Shape("resnext-3x3g32-256@28", "grouped", 28, 256, 256, 3, 1, 32),
     Shape("resnext-3x3g32-512@14", "grouped", 14, 512, 512, 3, 1, 32),
-    Shape("mbv2-dw3x3-144@56", "depthwise", 56, 144, 144, 3, 1, 144),
-    Shape("mbv2-dw3x3s2-144@56", "depthwise", 56, 144, 144, 3, 2, 144),
-    Shape("mbv2-dw3x3-384@14", "depthwise", 14, 384, 384, 3, 1, 384),
-    Shape("convnext-dw7x7-96@56", "depthwise", 56, 96, 96, 7, 1, 96),
-    Shape("convnext-dw7x7-192@28", "depthwise", 28, 192, 192, 7, 1, 192),
-    Shape("convnext-dw7x7-384@14", "depthwise", 14, 384, 384, 7, 1, 384),
 ]
 
 CPU_SHAPES = [
@@ -227,6 +228,8 @@ def torch_impls(s: Shape, x, w, ct, device: str):
         return {}
     _SYNC[torch.Tensor] = (lambda t: torch.cuda.synchronize()) if device == "cuda" else (
         lambda t: None)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned, as XLA autotunes its convolutions
     dtype = {jnp.dtype(jnp.float32): torch.float32, jnp.dtype(jnp.bfloat16): torch.bfloat16,
              jnp.dtype(jnp.float16): torch.float16}[jnp.dtype(x.dtype)]
 
@@ -281,7 +284,9 @@ def bench_shape(s: Shape, batch: int, dtype, args, device: str) -> list[dict]:
                     math.sqrt(s.k * s.k * s.c_in / s.groups), dtype)
     o = s.out_hw()
     ct = jnp.asarray(rng.standard_normal((n, o, o, s.c_out)), dtype)
-    fns = jax_impls(s, x, w, ct, args.strategies)
+    strategies = args.group_strategies if s.kind != "dense" and args.group_strategies else \
+        args.strategies
+    fns = jax_impls(s, x, w, ct, strategies)
     if not args.no_torch:
         fns.update(torch_impls(s, x, w, ct, device))
     if not args.no_mlx and device == "cpu":
@@ -411,6 +416,10 @@ def main(argv=None):
     p.add_argument("--dtypes", default=None, help="comma list (CPU: float32; GPU: bfloat16,float32)")
     p.add_argument("--strategies", default="auto",
                    help="convnn lowerings to time, comma list of 'auto' and strategy names")
+    p.add_argument("--group-strategies", default=None,
+                   help="strategies for grouped and depthwise shapes (default: --strategies)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no new shape after this many seconds (results so far are kept)")
     p.add_argument("--only", default=None, help="comma list of kinds or shape-name substrings")
     p.add_argument("--reps", type=int, default=7, help="samples per implementation")
     p.add_argument("--sample-s", type=float, default=None, help="target seconds per sample")
@@ -421,8 +430,9 @@ def main(argv=None):
     p.add_argument("--skip-overhead", action="store_true", help="skip the eager-overhead table")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<mode>.json)")
     args = p.parse_args(argv)
-    device = "cuda" if args.gpu else "cpu"
+    device = "cuda" if args.gpu and jax.default_backend() == "gpu" else "cpu"
     args.strategies = args.strategies.split(",")
+    args.group_strategies = args.group_strategies.split(",") if args.group_strategies else None
     batch = args.batch or (256 if args.gpu else 4)
     dtypes = (args.dtypes or ("bfloat16,float32" if args.gpu else "float32")).split(",")
     args.sample_s = args.sample_s or (0.05 if args.gpu else 0.1)
@@ -438,14 +448,32 @@ def main(argv=None):
     info = machine(device)
     print(json.dumps(info))
     t0 = time.time()
-    rows = []
-    impls = ["lax"] + [("convnn" if s == "auto" else f"convnn:{s}") for s in args.strategies]
-    impls += ["torch", "mlx"]
-    for dtype in dtypes:
-        for s in shapes:
+    rows, errors = [], []
+    out = Path(args.out) if args.out else RESULTS / f"{'gpu' if args.gpu else 'cpu'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(**extra):
+        doc = dict(machine=info, date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                   argv=sys.argv[1:], batch=batch, dtypes=dtypes, strategies=args.strategies,
+                   group_strategies=args.group_strategies, wall_s=time.time() - t0, rows=rows,
+                   errors=errors, **extra)
+        out.write_text(json.dumps(doc, indent=1))
+
+    names = args.strategies + (args.group_strategies or [])
+    impls = ["lax"] + list(dict.fromkeys(
+        "convnn" if s == "auto" else f"convnn:{s}" for s in names)) + ["torch", "mlx"]
+    for s in shapes:
+        for dtype in dtypes:
+            if args.deadline_s and time.time() - t0 > args.deadline_s:
+                errors.append(f"{s.name} {dtype}: skipped (deadline)")
+                continue
             t = time.time()
-            rows += bench_shape(s, batch, jnp.dtype(dtype), args, device)
+            try:
+                rows += bench_shape(s, batch, jnp.dtype(dtype), args, device)
+            except Exception as err:  # keep the other shapes' results
+                errors.append(f"{s.name} {dtype}: {type(err).__name__}: {err}"[:500])
             print(f"  {s.name} {dtype}: {time.time() - t:.1f}s", file=sys.stderr, flush=True)
+            save()
     print_table(rows, impls, f"medians in ms, and lax / impl (above 1: faster than lax); {info}")
     eager = [] if args.skip_overhead else bench_eager(args)
     if eager:
@@ -459,12 +487,9 @@ def main(argv=None):
     print("\ngeometric means of lax / convnn")
     for k, v in summ.items():
         print(f"  {k:50s} {v['geomean']:6.2f}  (min {v['min']:.2f}, max {v['max']:.2f}, n={v['n']})")
-    out = Path(args.out) if args.out else RESULTS / f"{'gpu' if args.gpu else 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = dict(machine=info, date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-               argv=sys.argv[1:], batch=batch, dtypes=dtypes, strategies=args.strategies,
-               wall_s=time.time() - t0, rows=rows, eager_overhead=eager, summary=summ)
-    out.write_text(json.dumps(doc, indent=1))
+    save(eager_overhead=eager, summary=summ)
+    for e in errors:
+        print("error:", e)
     print(f"\nwrote {out} ({time.time() - t0:.0f}s)")
 
 

@@ -216,7 +216,10 @@ class _EagerCache:
 
 
 EAGER_CACHE = _EagerCache()
-_Tracer = jax.core.Tracer
+try:
+    _Tracer = jax.core.Tracer
+except AttributeError:  # pragma: no cover - JAX versions that no longer export it there
+    from jax._src.core import Tracer as _Tracer
 _CONCRETE: set[type] = set()  # types of concrete (non-tracer) jax arrays seen so far
 
 
