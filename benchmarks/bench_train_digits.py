@@ -99,6 +99,7 @@ def main() -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)),
             "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()],
         },
