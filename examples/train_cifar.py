@@ -40,14 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-import common  # examples/common.py (shared training helpers)
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+from convnn.layers import Conv2d
 
-from convnn.layers import Conv2d  # noqa: E402
+import common  # examples/common.py: the shared training helpers
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]

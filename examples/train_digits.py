@@ -54,15 +54,15 @@ import sys
 
 import numpy as np
 
-import common  # examples/common.py (shared training helpers)
+import jax
+import optax
+from flax import nnx
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import jax  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from convnn.layers import Conv2d, MaxPool2d
 
-from convnn.layers import Conv2d, MaxPool2d  # noqa: E402
+import common  # examples/common.py: the shared training helpers
 
 
 class DigitsCNN(nnx.Module):
