@@ -128,6 +128,12 @@ class BackendInfo:
       jaxlib_version: the installed jaxlib version.
       device_kind: the device's ``device_kind`` (e.g. ``"cpu"``, ``"NVIDIA H100 80GB HBM3"``).
       device_count: how many devices of the platform JAX sees.
+
+    Example:
+      >>> import convnn
+      >>> info = convnn.backend_info()
+      >>> info.platform, info.apple, info.plugin_version
+      ('cpu', False, None)
     """
 
     platform: str
@@ -164,7 +170,7 @@ def backend_info(
     Args:
       device: the device to describe; ``None`` (default) describes JAX's default device.
       version_of: keyword-only; ``package name -> version or None`` (or a mapping), in place of
-        the installed packages' metadata. For tests; leave it ``None``.
+        the installed packages' metadata. For tests; default ``None`` (the metadata).
 
     Returns:
       A frozen :class:`BackendInfo`.

@@ -64,6 +64,16 @@ class LoadResult(NamedTuple):
       unexpected_keys: keys in the weights that the model does not have (ignored).
       mismatched_keys: ``"key: expected shape (...), got (...)"`` for keys whose shape differs
         (left unchanged).
+
+    Example:
+      >>> import numpy as np
+      >>> from flax import nnx
+      >>> from convnn.interop import load_torch_state_dict
+      >>> model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+      >>> missing, unexpected, mismatched = load_torch_state_dict(
+      ...     model, {"0.weight": np.zeros((2, 3)), "extra": np.zeros(1)}, strict=False)
+      >>> missing, unexpected, mismatched
+      (['0.bias'], ['extra'], [])
     """
 
     missing_keys: list[str]
