@@ -12,7 +12,7 @@ walks down ``rows`` output rows. Output row ``q`` reads input rows ``a*q + b + t
 loads each input row once, with one (L1-cached) load per column tap, adding it into every output
 row that uses it. The input rows needed ``prefetch`` iterations ahead are loaded early and carried
 in registers, so that device memory is kept busy. Padding is handled by masked loads (the padded
-input is never built); indices are clamped so that no address leaves the array.
+input is never built; a masked lane reads no memory).
 
 * the forward pass is this kernel with ``a = stride`` and ``b = -padding_lo``;
 * the input gradient of a stride-1 convolution is a convolution of the cotangent with the flipped
@@ -141,7 +141,7 @@ def input_grad_geometry(size: int, kernel: int, stride: int, lo: int, hi: int):
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """How a kernel is tiled (all sizes powers of two).
+    """How a kernel is tiled (sizes are powers of two).
 
     Attributes:
       block_w: output columns per program.
@@ -149,7 +149,13 @@ class Tiling:
       rows: output rows per program (0: all).
       num_warps: warps per program.
       prefetch: loop iterations whose input rows are loaded ahead (0: none).
-      images: images per program (weight gradient only; 0: chosen from the grid size).
+      images: images per program (weight gradient only).
+      vector: channels each thread holds side by side (0: as many as a 16-byte load allows).
+        Fewer channels per thread means fewer weight registers (``taps * vector``).
+      hold_weights: correlation only: load every tap's weights once, before the row loop, and
+        keep them in registers (else they are re-read from the L1 cache in every iteration).
+      unroll: unroll the row loop by the number of rows in flight, so that the rolling
+        accumulators / cotangent rows are renamed rather than moved.
     """
 
     block_w: int
@@ -158,6 +164,9 @@ class Tiling:
     num_warps: int = 4
     prefetch: int = 2
     images: int = 1
+    vector: int = 0
+    hold_weights: bool = True
+    unroll: bool = True
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -172,28 +181,32 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
                    taps: tuple[int, int] = (3, 3), phases: int = 1) -> Tiling:
     """The tiling used unless one is given: ``kind`` is ``"correlate"`` or ``"weight_grad"``.
 
-    Tiles hold about 8 (correlation) or 2 (weight gradient: one accumulator per tap) values per
-    thread; rows are split only when the grid would otherwise be small.
+    Large kernels hold one channel per thread (so that a thread keeps all its weights, or all
+    its per-tap weight-gradient sums, in registers) and several output columns; small kernels
+    are memory-bound and use 16-byte vector loads. Rows are split only when the grid would
+    otherwise be small.
     """
-    item = jnp.dtype(dtype).itemsize
-    block_c = _pow2_at_most(c, 32 if item <= 2 else 16)
+    ntaps = taps[0] * taps[1]
+    block_c = _pow2_at_most(c, 32)
     if kind == "correlate":
-        block_w = _pow2_at_most(out_hw[1], 64)
-        per_thread = 8
+        if ntaps <= 16:
+            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 64), 0, 8
+        else:
+            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 32), 1, 8
+        prefetch = 2
     else:
-        block_w = _pow2_at_most(out_hw[1], 16 if taps[0] * taps[1] > 25 else 32)
-        per_thread = 2 if taps[0] * taps[1] > 25 else 4
+        if ntaps <= 16:
+            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 32), 0, 4
+        else:
+            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 8), 1, 1
+        prefetch = 6
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
     programs = n * -(-out_hw[1] // block_w) * -(-c // block_c) * phases
-    if kind == "correlate":
-        tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
-        rows = -(-out_hw[0] // tiles)
-        return Tiling(block_w, block_c, rows, num_warps, prefetch=2)
-    per_image = programs
-    if per_image >= TARGET_PROGRAMS:
-        return Tiling(block_w, block_c, 0, num_warps, prefetch=2, images=max(1, per_image // TARGET_PROGRAMS))
-    tiles = max(1, min(-(-TARGET_PROGRAMS // per_image), out_hw[0] // max(8, 2 * taps[0])))
-    return Tiling(block_w, block_c, -(-out_hw[0] // tiles), num_warps, prefetch=2, images=1)
+    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, True, True)
+    if kind == "weight_grad" and programs >= 2 * TARGET_PROGRAMS:
+        return dataclasses.replace(base, images=programs // TARGET_PROGRAMS)
+    tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
+    return dataclasses.replace(base, rows=-(-out_hw[0] // tiles))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,43 +239,74 @@ def _split(pid, sizes: Sequence[int]):
 
 
 class _Tile:
-    """Index arithmetic of one program's (columns x channels) tile."""
+    """Index arithmetic of one program's tile of columns x channels.
 
-    def __init__(self, col0, c0, block_w: int, block_c: int, channels: int):
+    The tile is ``(block_w, block_c)``, or ``(block_c, block_w)`` when ``vector == 1``: with one
+    channel per thread, channels must be the tile's first axis so that the compiler lays
+    consecutive threads along them (coalesced loads: a warp reads one pixel's channels).
+    """
+
+    def __init__(self, col0, c0, block_w: int, block_c: int, channels: int, vector: int = 0):
         self.block_w, self.block_c = block_w, block_c
         self.qx = col0 + jnp.arange(block_w, dtype=jnp.int32)
-        self.ch = c0 + jnp.arange(block_c, dtype=jnp.int32)
+        i = jnp.arange(block_c, dtype=jnp.int32)
+        if vector and vector < block_c:
+            # The same channels, with groups of ``vector`` swapped pairwise: the compiler then
+            # proves contiguity of ``vector`` channels only, and gives each thread that many.
+            i = ((i // vector) ^ 1) * vector + i % vector
+        self.ch = c0 + i
         self.c_ok = None if channels % block_c == 0 else self.ch < channels
-        self.shape = (block_w, block_c)
+        self.channels_first = vector == 1
+        self.shape = (block_c, block_w) if self.channels_first else (block_w, block_c)
+        self.pixel_axis = 1 if self.channels_first else 0
+
+    def cvec(self, v):
+        """A per-channel vector, broadcastable against the tile."""
+        return v[:, None] if self.channels_first else v[None, :]
+
+    def wvec(self, v):
+        """A per-column vector, broadcastable against the tile."""
+        return v[None, :] if self.channels_first else v[:, None]
 
     def mask(self, row_ok, col_ok):
-        m = col_ok[:, None]
+        m = self.wvec(col_ok)
         if row_ok is not None:
             m = m & row_ok
         if self.c_ok is not None:
-            m = m & self.c_ok[None, :]
+            m = m & self.cvec(self.c_ok)
         return jnp.broadcast_to(m, self.shape)
 
     def columns(self, a: int, b, size: int):
-        """(clamped source columns, validity) for source column ``a*qx + b``."""
+        """(source columns, validity) for source column ``a*qx + b``.
+
+        Columns outside the array are masked, not clamped: a masked lane reads no memory, and
+        unclamped addresses of neighbouring taps differ by a constant, which the compiler folds
+        into the load instruction.
+        """
         cols = a * self.qx + b
-        return jnp.clip(cols, 0, size - 1), (cols >= 0) & (cols < size)
+        return cols, (cols >= 0) & (cols < size)
+
+    def at(self, ref, n, row, cols):
+        """``ref.at[n, row, cols, channels]`` laid out as the tile."""
+        return ref.at[n, row, self.wvec(cols), self.cvec(self.ch)]
 
     def load(self, plgpu, ref, n, row, size_h: int, cols, n_ok=None):
-        """A (block_w, block_c) float32 tile of ``ref[n, row, cols, ch]``, zero outside."""
+        """The tile of ``ref[n, row, cols, ch]`` (in ``ref.dtype``), zero outside."""
         cc, col_ok = cols
         row_ok = (row >= 0) & (row < size_h)
         if n_ok is not None:
             row_ok = row_ok & n_ok
-        r = jnp.clip(row, 0, size_h - 1)
         mask = self.mask(row_ok, col_ok)
         zero = jnp.zeros((), ref.dtype)
-        return plgpu.load(ref.at[n, r, cc[:, None], self.ch[None, :]], mask=mask, other=zero)
+        return plgpu.load(self.at(ref, n, row, cc), mask=mask, other=zero)
 
     def weight(self, plgpu, ref, phase, tap):
+        """The weights of one tap, broadcastable against the tile."""
         if self.c_ok is None:
-            return plgpu.load(ref.at[phase, tap, self.ch])
-        return plgpu.load(ref.at[phase, tap, self.ch], mask=self.c_ok, other=jnp.float32(0))
+            v = plgpu.load(ref.at[phase, tap, self.ch])
+        else:
+            v = plgpu.load(ref.at[phase, tap, self.ch], mask=self.c_ok, other=jnp.float32(0))
+        return self.cvec(v)
 
 
 def _f32(v):
@@ -282,14 +326,23 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     ph_h, ph_w = ph // gw.phases, ph % gw.phases
     b_h, p_h, count_h = (_select(ph_h, v) for v in (gh.b, gh.p, gh.count))
     b_w, p_w, count_w = (_select(ph_w, v) for v in (gw.b, gw.p, gw.count))
-    tile = _Tile(wt * bw, cb * bc, bw, bc, channels)
-    a, taps = gh.a, gh.taps
-    live = gh.live
+    tile = _Tile(wt * bw, cb * bc, bw, bc, channels, tiling.vector)
+    a, taps, live = gh.a, gh.taps, gh.live
+    unroll = live if tiling.unroll else 1
     cols = [tile.columns(gw.a, b_w + tw, gw.src_size) for tw in range(gw.taps)]
     centre = gw.taps // 2
     q0 = rt * th
+    q_end = jnp.minimum(count_h, q0 + th)
     # Taps (relative to the first output row that reads them) of the rows each iteration loads.
     new_taps = list(range(max(taps - a, 0), taps))
+
+    if tiling.hold_weights:
+        held = {(t, tw): tile.weight(plgpu, w_ref, ph, t * gw.taps + tw)
+                for t in range(taps) for tw in range(gw.taps)}
+        weight = held.__getitem__
+    else:
+        def weight(key):
+            return tile.weight(plgpu, w_ref, ph, key[0] * gw.taps + key[1])
 
     def row_of(q, t):
         return a * q + b_h + t
@@ -297,15 +350,13 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     def load(row, tw):
         return tile.load(plgpu, src_ref, n, row, gh.src_size, cols[tw])
 
-    def accumulate(accs, x_raw_by_tw, t, row):
+    def accumulate(accs, pre, t, row):
         """Adds input row ``row`` (tap ``t`` of output ``accs[0]``) into every output using it."""
         accs = list(accs)
         for tw in range(gw.taps):
-            x = x_raw_by_tw.get(tw)
-            x = _f32(load(row, tw) if x is None else x)
+            x = _f32(load(row, tw) if tw not in pre else pre[tw])
             for j in range(t // a + 1):
-                wv = tile.weight(plgpu, w_ref, ph, (t - a * j) * gw.taps + tw)
-                accs[j] = accs[j] + x * wv[None, :]
+                accs[j] = accs[j] + x * weight((t - a * j, tw))
         return accs
 
     zeros = jnp.zeros(tile.shape, jnp.float32)
@@ -321,21 +372,29 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     ocol_ok = tile.qx < count_w
 
     def body(i, carry):
-        accs, queue = carry
-        q = q0 + i
-        accs = list(accs)
-        if depth:
-            ready, queue = queue[0], queue[1:] + (prefetch(q + depth),)
-        for k, t in enumerate(new_taps):
-            pre = {centre: ready[k]} if depth else {}
-            accs = accumulate(accs, pre, t, row_of(q, t))
-        orow = gh.m * q + p_h
-        mask = tile.mask(q < count_h, ocol_ok)
-        plgpu.store(out_ref.at[n, orow, ocol[:, None], tile.ch[None, :]],
-                    accs[0].astype(out_ref.dtype), mask=mask)
-        return tuple(accs[1:]) + (zeros,), queue
+        accs, queue = list(carry[0]), carry[1]
+        for u in range(unroll):
+            q = q0 + i * unroll + u
+            if depth:
+                ready, queue = queue[0], queue[1:] + (prefetch(q + depth),)
+            for k, t in enumerate(new_taps):
+                pre = {centre: ready[k]} if depth else {}
+                accs = accumulate(accs, pre, t, row_of(q, t))
+            orow = gh.m * q + p_h
+            plgpu.store(tile.at(out_ref, n, orow, ocol), accs[0].astype(out_ref.dtype),
+                        mask=tile.mask(q < q_end, ocol_ok))
+            accs = accs[1:] + [zeros]
+        return tuple(accs), queue
 
-    lax.fori_loop(0, th, body, (tuple(accs), queue))
+    lax.fori_loop(0, -(-th // unroll), body, (tuple(accs), queue))
+
+
+def _rows(tiling: Tiling, count: int, live: int) -> int:
+    """Rows per program: all, or the tiling's, rounded up to a multiple of the unroll factor."""
+    rows = min(tiling.rows or count, count)
+    if tiling.unroll:
+        rows = -(-rows // live) * live
+    return rows
 
 
 def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Tiling | None,
@@ -347,8 +406,7 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
     if tiling is None:
         tiling = default_tiling("correlate", n, (gh.max_count, gw.max_count), c, src.dtype,
                                 (gh.taps, gw.taps), phases)
-    rows = tiling.rows or gh.max_count
-    rows = min(rows, gh.max_count)
+    rows = _rows(tiling, gh.max_count, gh.live)
     tiling = dataclasses.replace(tiling, rows=rows)
     grid_sizes = (-(-c // tiling.block_c), phases, -(-gw.max_count // tiling.block_w),
                   -(-gh.max_count // rows), n)
@@ -377,8 +435,9 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
                               tiling.images)
     cb, wt, rt, nb = _split(pl.program_id(0), grid_sizes)
     part = (nb * grid_sizes[2] + rt) * grid_sizes[1] + wt
-    tile = _Tile(wt * bw, cb * bc, bw, bc, channels)
+    tile = _Tile(wt * bw, cb * bc, bw, bc, channels, tiling.vector)
     a, taps, live = gh.a, gh.taps, gh.live
+    unroll = live if tiling.unroll else 1
     b_h, count_h = gh.b[0], gh.count[0]
     cols = [tile.columns(gw.a, gw.b[0] + tw, gw.src_size) for tw in range(gw.taps)]
     gcols = (tile.qx, tile.qx < gw.count[0])
@@ -418,22 +477,25 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
 
         def body(k, carry):
             accs, gbuf, queue = carry
-            q = q0 + k
-            if depth:
-                (g_raw, x_raws), queue = queue[0], queue[1:] + (prefetch(q + depth),)
-            else:
-                g_raw, x_raws = load_g(q), None
-            gbuf = (_f32(g_raw),) + gbuf[:-1]
-            for idx, u in enumerate(us):
-                pre = {centre: x_raws[idx]} if depth else {}
-                accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, pre, 0)
-            return accs, gbuf, queue
+            gbuf = list(gbuf)
+            for v in range(unroll):
+                q = q0 + k * unroll + v
+                if depth:
+                    (g_raw, x_raws), queue = queue[0], queue[1:] + (prefetch(q + depth),)
+                else:
+                    g_raw, x_raws = load_g(q), None
+                gbuf = [_f32(g_raw)] + gbuf[:-1]
+                for idx, u in enumerate(us):
+                    pre = {centre: x_raws[idx]} if depth else {}
+                    accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, pre, 0)
+            return accs, tuple(gbuf), queue
 
         queue = tuple(prefetch(q0 + k) for k in range(depth))
-        accs, gbuf, _ = lax.fori_loop(0, th, body, (accs, (zeros,) * live, queue))
+        accs, gbuf, _ = lax.fori_loop(0, th // unroll, body, (accs, (zeros,) * live, queue))
+        gbuf = list(gbuf)
         for e in range(1, live):  # epilogue: rows after the tile, paired with its last rows
             q = q0 + th - 1 + e
-            gbuf = (zeros,) + gbuf[:-1]
+            gbuf = [zeros] + gbuf[:-1]
             for u in us:
                 accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, {}, e)
         return accs
@@ -442,7 +504,7 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
     accs = {key: zeros for key in keys}
     accs = lax.fori_loop(0, per, image, accs)
     for t, tw in keys:
-        total = jnp.sum(accs[(t, tw)], axis=0)
+        total = jnp.sum(accs[(t, tw)], axis=tile.pixel_axis)
         if tile.c_ok is None:
             plgpu.store(part_ref.at[part, t * gw.taps + tw, tile.ch], total)
         else:
@@ -457,7 +519,7 @@ def _weight_grad(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None
     if tiling is None:
         tiling = default_tiling("weight_grad", n, (gh.count[0], gw.count[0]), c, x.dtype,
                                 (gh.taps, gw.taps))
-    rows = min(tiling.rows or gh.count[0], gh.count[0])
+    rows = _rows(tiling, gh.count[0], gh.live)
     images = max(1, min(tiling.images or 1, n))
     tiling = dataclasses.replace(tiling, rows=rows, images=images)
     grid_sizes = (-(-c // tiling.block_c), -(-gw.count[0] // tiling.block_w),

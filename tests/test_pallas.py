@@ -1,0 +1,216 @@
+"""The Pallas depthwise kernels (the ``"pallas"`` strategy), checked on the CPU.
+
+Tier 1 (pure Python): the index geometry of the input gradient's phase decomposition against a
+brute-force enumeration, and the ``supports`` predicate.
+Tier 2: the kernels themselves, run in Pallas interpret mode (the same kernel bodies that the GPU
+compiles: masked loads and stores, the rolling row loop, prefetching, tails), against the float64
+reference: the value and both gradients, on a table of configurations and tilings.
+Tier 3: the strategy behind the public API (``convnn.lowering("pallas")``), and the "auto" policy.
+
+The GPU itself is exercised by ``benchmarks/bench_depthwise_gpu.py``, whose first section runs a
+larger configuration table against the same reference before any timing.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import convnn
+from convnn._lowering import _pallas
+from convnn._lowering._spec import ConvSpec
+from reference import conv_general_ref, conv_general_ref_vjp
+from tolerances import assert_close
+
+T = _pallas.Tiling
+
+
+def make_spec(c, stride=(1, 1), padding=((1, 1), (1, 1)), flip=False, dilation=(1, 1),
+              input_dilation=(1, 1), groups=None, preferred=None):
+    return ConvSpec(stride=tuple(stride), padding=tuple(tuple(p) for p in padding),
+                    kernel_dilation=tuple(dilation), input_dilation=tuple(input_dilation),
+                    groups=c if groups is None else groups, flip=flip,
+                    preferred_element_type=preferred)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tier 1: geometry and the predicate
+# ---------------------------------------------------------------------------------------------
+
+
+GEOMETRY = [
+    (size, k, s, lo, hi)
+    for size, k, s in itertools.product((1, 2, 5, 8, 9), (1, 2, 3, 4, 7, 9), (1, 2))
+    for lo, hi in ((0, 0), (1, 0), (0, 2), (k // 2, (k - 1) // 2), (k - 1, k - 1), (k + 1, 0))
+    if size + lo + hi >= k
+]
+
+
+@pytest.mark.parametrize("size,k,s,lo,hi", GEOMETRY)
+def test_input_grad_phases_cover_every_term_once(size, k, s, lo, hi):
+    """dx[i] = sum over (o, t) with s*o + t - lo == i of g[o] * w[t]: the phases list each term once."""
+    out = (size + lo + hi - k) // s + 1
+    expected = sorted((i, o, t) for o in range(out) for t in range(k)
+                      if 0 <= s * o + t - lo < size for i in [s * o + t - lo])
+    geom, taps = _pallas.input_grad_geometry(size, k, s, lo, hi)
+    assert geom.src_size == out and geom.out_size == size and geom.a == 1 and geom.m == s
+    got = []
+    for phase in range(geom.phases):
+        for q in range(geom.count[phase]):
+            i = geom.m * q + geom.p[phase]
+            assert 0 <= i < size
+            for j in range(geom.taps):
+                o = geom.a * q + geom.b[phase] + j
+                if taps[phase][j] >= 0 and 0 <= o < out:
+                    got.append((i, o, taps[phase][j]))
+    assert sorted(got) == expected
+    # Every input position belongs to exactly one phase.
+    assert sum(geom.count) == size
+
+
+def test_forward_geometry_matches_the_definition():
+    for size, k, s, lo, hi in GEOMETRY:
+        g = _pallas.forward_geometry(size, k, s, lo, hi)
+        assert g.count == ((size + lo + hi - k) // s + 1,)
+        assert (g.a, g.b, g.m, g.p, g.taps, g.live) == (s, (-lo,), 1, (0,), k, -(-k // s))
+
+
+SUPPORTS = [
+    # (what, spec kwargs, x_shape, w_shape, dtype, expected)
+    ("depthwise 3x3", {}, (2, 8, 8, 4), (4, 3, 3, 1), jnp.float32, True),
+    ("depthwise 7x7 bf16", dict(padding=((3, 3), (3, 3))), (2, 8, 8, 4), (4, 7, 7, 1),
+     jnp.bfloat16, True),
+    ("9x9 asymmetric stride 2 f16", dict(stride=(2, 1), padding=((4, 0), (1, 3))),
+     (1, 9, 9, 8), (8, 9, 9, 1), jnp.float16, True),
+    ("bf16 into float32", dict(preferred=jnp.float32), (1, 8, 8, 4), (4, 3, 3, 1),
+     jnp.bfloat16, True),
+    ("kernel 11", dict(padding=((5, 5), (5, 5))), (1, 16, 16, 4), (4, 11, 11, 1), jnp.float32,
+     False),
+    ("stride 3", dict(stride=(3, 3)), (1, 8, 8, 4), (4, 3, 3, 1), jnp.float32, False),
+    ("kernel dilation", dict(dilation=(2, 2)), (1, 8, 8, 4), (4, 3, 3, 1), jnp.float32, False),
+    ("input dilation", dict(input_dilation=(2, 1)), (1, 8, 8, 4), (4, 3, 3, 1), jnp.float32,
+     False),
+    ("channel multiplier 2", {}, (1, 8, 8, 4), (8, 3, 3, 1), jnp.float32, False),
+    ("grouped, 2 channels per group", dict(groups=2), (1, 8, 8, 4), (4, 3, 3, 2),
+     jnp.float32, False),
+    ("dense", dict(groups=1), (1, 8, 8, 4), (4, 3, 3, 4), jnp.float32, False),
+    ("float64", {}, (1, 8, 8, 4), (4, 3, 3, 1), jnp.float64, False),
+    ("float32 into float16", dict(preferred=jnp.float16), (1, 8, 8, 4), (4, 3, 3, 1),
+     jnp.float32, False),
+    ("window larger than the padded input", dict(padding=((0, 0), (0, 0))), (1, 2, 8, 4),
+     (4, 3, 3, 1), jnp.float32, False),
+]
+
+
+@pytest.mark.parametrize("what,kw,x_shape,w_shape,dtype,expected", SUPPORTS,
+                         ids=[s[0] for s in SUPPORTS])
+def test_supports(monkeypatch, what, kw, x_shape, w_shape, dtype, expected):
+    monkeypatch.setattr(_pallas, "INTERPRET", True)
+    spec = make_spec(x_shape[-1], **kw)
+    assert _pallas.supports(spec, x_shape, jnp.dtype(dtype), w_shape) is expected
+
+
+def test_supports_needs_a_gpu_or_interpret_mode(monkeypatch):
+    monkeypatch.setattr(_pallas, "INTERPRET", None)
+    spec = make_spec(4)
+    assert jax.default_backend() == "cpu"
+    assert not _pallas.supports(spec, (1, 8, 8, 4), jnp.float32, (4, 3, 3, 1))
+
+
+def test_default_tiling_is_powers_of_two():
+    for kind, hw, c, k, dt in itertools.product(
+            ("correlate", "weight_grad"), ((56, 56), (7, 5), (112, 112)), (3, 96, 144),
+            (1, 3, 7), (jnp.bfloat16, jnp.float32)):
+        t = _pallas.default_tiling(kind, 256, hw, c, dt, (k, k))
+        for size in (t.block_w, t.block_c, t.num_warps):
+            assert size >= 1 and size & (size - 1) == 0, t
+        assert t.block_w <= max(1, 2 * hw[1]) and t.block_c <= max(1, 2 * c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tier 2: the kernels in interpret mode against the float64 reference
+# ---------------------------------------------------------------------------------------------
+
+# (name, x_shape, kernel, stride, padding, flip, dtype, correlate tiling, weight-grad tiling)
+KERNELS = [
+    # column, row and channel tiles with a channel tail (5 = 4 + 1), channel groups of 2
+    # swapped, weights re-read every iteration, no unrolling, prefetch 1.
+    ("3x3 tiles and tails", (2, 7, 6, 5), (3, 3), (1, 1), ((1, 1), (1, 1)), False, jnp.float32,
+     T(4, 4, 3, 1, 1, 1, 2, False, False), T(4, 4, 3, 1, 1, 1, 2, False, False)),
+    # 7x7 with one channel per thread (channels-first tiles), weights held in registers.
+    ("7x7 one channel per thread", (1, 9, 8, 4), (7, 7), (1, 1), ((3, 3), (3, 3)), False,
+     jnp.float32, T(8, 4, 0, 1, 2, 1, 1, True, False), T(8, 4, 0, 1, 2, 1, 1, True, False)),
+    # stride 2 (input gradient in 2 x 2 phases), asymmetric padding, flip, bfloat16, unrolled.
+    ("5x3 stride (2, 1) flip", (2, 8, 9, 6), (5, 3), (2, 1), ((2, 1), (0, 2)), True,
+     jnp.bfloat16, T(8, 4, 2, 1, 2, 1, 1, True, True), T(4, 8, 0, 1, 3, 1, 0, True, True)),
+    # even kernel, stride 2, float16; several images per weight-gradient program with a tail.
+    ("4x2 stride 2 even kernel", (5, 7, 7, 3), (4, 2), (2, 2), ((2, 1), (1, 0)), False,
+     jnp.float16, T(2, 2, 0, 1, 0, 1, 0, True, False), T(2, 4, 2, 1, 0, 2, 1, True, True)),
+    # 1x1 kernel, stride 2 (one of the two phases has no tap at all); default tilings.
+    ("1x1 stride 2", (2, 5, 6, 3), (1, 1), (2, 2), ((0, 0), (0, 0)), False, jnp.float32,
+     None, None),
+    # the default tilings of a 3x3 kernel (unrolled by 3, 16-byte vectors).
+    ("3x3 default tiling", (2, 6, 5, 8), (3, 3), (1, 1), ((1, 1), (1, 1)), False, jnp.float32,
+     None, None),
+]
+
+
+def _reference(x, w, g, stride, padding, flip):
+    kw = dict(stride=stride, padding_lo=[p[0] for p in padding],
+              padding_hi=[p[1] for p in padding], kernel_dilation=(1, 1),
+              input_dilation=(1, 1), groups=x.shape[-1], flip=flip)
+    return (conv_general_ref(x, w, **kw), *conv_general_ref_vjp(x, w, g, **kw))
+
+
+@pytest.mark.parametrize("name,x_shape,kernel,stride,padding,flip,dtype,tc,tw", KERNELS,
+                         ids=[k[0] for k in KERNELS])
+def test_kernels_match_the_reference(name, x_shape, kernel, stride, padding, flip, dtype, tc, tw):
+    c = x_shape[-1]
+    spec = make_spec(c, stride, padding, flip)
+    rng = np.random.default_rng(sum(x_shape) + sum(kernel))
+    x = jnp.asarray(rng.standard_normal(x_shape), dtype)
+    w = jnp.asarray(rng.standard_normal((c, *kernel, 1)), dtype)
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    out_shape = conv_general_ref(x64[:1], w64, stride=stride, padding_lo=[p[0] for p in padding],
+                                 padding_hi=[p[1] for p in padding], kernel_dilation=(1, 1),
+                                 input_dilation=(1, 1), groups=c, flip=flip).shape[1:]
+    g = jnp.asarray(rng.standard_normal((x_shape[0], *out_shape)), dtype)
+    ref, ref_dx, ref_dw = _reference(x64, w64, np.asarray(g, np.float64), stride, padding, flip)
+
+    @jax.jit
+    def run(x, w, g):
+        out = _pallas.forward(x, w, spec, tiling=tc, interpret=True)
+        dx = _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tc, interpret=True)
+        dw = _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tw, interpret=True)
+        return out, dx, dw
+
+    out, dx, dw = run(x, w, g)
+    assert out.dtype == dx.dtype == dw.dtype == dtype
+    assert_close(out, ref, dtype, what=f"{name}: value")
+    assert_close(dx, ref_dx, dtype, what=f"{name}: input gradient")
+    assert_close(dw, ref_dw, dtype, what=f"{name}: weight gradient")
+
+
+def test_custom_vjp_and_preferred_element_type():
+    """``depthwise`` differentiates through its own kernels; bfloat16 in, float32 out."""
+    c = 4
+    spec = make_spec(c, padding=((1, 0), (0, 1)), preferred=jnp.float32)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 6, 5, c)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((c, 2, 2, 1)), jnp.bfloat16)
+    g = jnp.asarray(rng.standard_normal((2, 6, 5, c)), jnp.float32)
+    out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, True), x, w)
+    dx, dw = vjp(g)
+    ref, ref_dx, ref_dw = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
+                                     np.asarray(g, np.float64), (1, 1), spec.padding, False)
+    assert out.dtype == jnp.float32 and dx.dtype == dw.dtype == jnp.bfloat16
+    assert_close(out, ref, jnp.float32, what="value (exact float32 accumulation of bf16 inputs)")
+    assert_close(dx, ref_dx, jnp.bfloat16, what="input gradient")
+    assert_close(dw, ref_dw, jnp.bfloat16, what="weight gradient")
+    jaxpr = str(jax.make_jaxpr(jax.grad(
+        lambda a, b: _pallas.depthwise(a, b, spec, True).sum(), argnums=(0, 1)))(x, w))
+    assert "conv_general_dilated" not in jaxpr and jaxpr.count("pallas_call") == 3
