@@ -127,17 +127,23 @@ def test_signatures_match_mlx(name, expected):
     assert str(plain) == expected
 
 
-def test_dense_and_grouped_conv2d_jit_to_exactly_one_convolution():
-    for groups in (1, 2):
-        x, w = ones(2, 8, 8, 4), ones(6, 3, 3, 4 // groups)
+@pytest.mark.parametrize("groups, strategy", [(1, "auto"), (1, "xla"), (2, "xla")])
+def test_dense_and_grouped_conv2d_jit_to_exactly_one_convolution(groups, strategy):
+    """Under the "xla" strategy (the CPU policy's choice for this small dense conv), a conv2d
+    compiles to the same single convolution as the hand-written lax call, with no transpose."""
+    x, w = ones(2, 8, 8, 4), ones(6, 3, 3, 4 // groups)
+    with convnn.lowering(strategy, backend="cpu"):
         hlo = jax.jit(lambda a, b: convnn.conv2d(a, b, 1, 1, 1, groups)).lower(x, w).as_text()
-        assert hlo.count("stablehlo.convolution") == 1
-        assert "transpose" not in hlo
-        plain = jax.jit(lambda a, b: lax.conv_general_dilated(
-            a, b, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NHWC", "OHWI", "NHWC"),
-            feature_group_count=groups)).lower(x, w).as_text()
-        body = lambda t: [line.split("=", 1)[1] for line in t.splitlines() if "stablehlo.convolution" in line]
-        assert body(hlo) == body(plain)
+    assert hlo.count("stablehlo.convolution") == 1
+    assert "transpose" not in hlo
+    plain = jax.jit(lambda a, b: lax.conv_general_dilated(
+        a, b, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NHWC", "OHWI", "NHWC"),
+        feature_group_count=groups)).lower(x, w).as_text()
+
+    def body(text):
+        return [line.split("=", 1)[1] for line in text.splitlines() if "stablehlo.convolution" in line]
+
+    assert body(hlo) == body(plain)
 
 
 def test_jit_matches_eager():
