@@ -141,7 +141,7 @@ _SYNC: dict = {}  # type -> function that waits for a value of that type
 
 
 def measure(fns: dict, reps: int, sample_s: float, budget_s: float) -> dict:
-    """Median seconds per call of each function, measured interleaved.
+    """``(median, min)`` seconds per call of each function, measured interleaved.
 
     Each function is warmed up (compiled) first; each sample runs ``n`` calls back to back, with
     ``n`` chosen so that a sample lasts about ``sample_s``; the order of the functions rotates
@@ -168,7 +168,7 @@ def measure(fns: dict, reps: int, sample_s: float, budget_s: float) -> dict:
                 fn()
             _sync(fn())
             samples[name].append((time.perf_counter() - t) / n)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,11 +297,11 @@ def bench_shape(s: Shape, batch: int, dtype, args, device: str) -> list[dict]:
         if pass_ == "eager" and args.no_eager:
             continue
         times = measure(group, args.reps, args.sample_s, args.budget_s)
-        for impl, t in times.items():
+        for impl, (t, t_min) in times.items():
             rows.append(dict(shape=s.name, kind=s.kind, dtype=jnp.dtype(dtype).name, batch=n,
                              hw=s.hw, c_in=s.c_in, c_out=s.c_out, k=s.k, stride=s.stride,
                              groups=s.groups, pass_=pass_, impl=impl, ms=t * 1e3,
-                             gflops=s.flops(n) / t / 1e9))
+                             ms_min=t_min * 1e3, gflops=s.flops(n) / t / 1e9))
     return rows
 
 
@@ -330,11 +330,13 @@ def bench_eager(args) -> list[dict]:
         jitted = jax.jit(plain)
         np.testing.assert_allclose(np.asarray(fn(x, w, **kw)), np.asarray(jitted(x, w)),
                                    rtol=1e-4, atol=1e-4)
+        # many short interleaved samples: a busy machine only ever adds time, so the minimum is
+        # the robust estimate of the call's own cost; the median is reported too
         times = measure({"lax jitted": lambda: jitted(x, w), "convnn eager": lambda: fn(x, w, **kw),
                          "lax eager": lambda: plain(x, w)},
-                        max(args.reps, 15), 0.02, 10.0)
-        for impl, t in times.items():
-            rows.append(dict(shape=name, impl=impl, us=t * 1e6))
+                        61, 0.005, 30.0)
+        for impl, (t, t_min) in times.items():
+            rows.append(dict(shape=name, impl=impl, us=t * 1e6, us_min=t_min * 1e6))
     return rows
 
 
@@ -353,16 +355,16 @@ def print_table(rows, impls, title):
         present = [i for i in impls if any((k[0], k[1], pass_, i) in by for k in keys)]
         if not present:
             continue
-        head = f"{'[' + pass_ + '] shape':34s} {'dtype':9s}" + "".join(f"{i:>16s}" for i in present)
-        head += "".join(f"{'lax/' + i:>18s}" for i in present if i != "lax")
+        head = f"{'[' + pass_ + '] shape':34s} {'dtype':9s}" + "".join(f"{i:>19s}" for i in present)
+        head += "".join(f"{'lax/' + i:>22s}" for i in present if i != "lax")
         print(head)
         for shape, dt in keys:
             if (shape, dt, pass_, "lax") not in by:
                 continue
             base = by[(shape, dt, pass_, "lax")]
             line = f"{shape:34s} {dt:9s}"
-            line += "".join(f"{by.get((shape, dt, pass_, i), float('nan')):16.3f}" for i in present)
-            line += "".join(f"{base / by.get((shape, dt, pass_, i), float('nan')):18.2f}"
+            line += "".join(f"{by.get((shape, dt, pass_, i), float('nan')):19.3f}" for i in present)
+            line += "".join(f"{base / by.get((shape, dt, pass_, i), float('nan')):22.2f}"
                             for i in present if i != "lax")
             print(line)
 
@@ -477,12 +479,13 @@ def main(argv=None):
     print_table(rows, impls, f"medians in ms, and lax / impl (above 1: faster than lax); {info}")
     eager = [] if args.skip_overhead else bench_eager(args)
     if eager:
-        print("\neager overhead (us per call)")
-        by = {(r["shape"], r["impl"]): r["us"] for r in eager}
+        print("\neager overhead (us per call: min / median of 61 interleaved samples)")
+        by = {(r["shape"], r["impl"]): (r["us_min"], r["us"]) for r in eager}
         for name, *_ in EAGER_SHAPES:
             jt, ce, le = (by[(name, i)] for i in ("lax jitted", "convnn eager", "lax eager"))
-            print(f"{name:40s} lax jitted {jt:8.1f}  convnn eager {ce:8.1f}  lax eager {le:8.1f}"
-                  f"  convnn eager / lax jitted {ce / jt:5.2f}")
+            print(f"{name:34s} lax jitted {jt[0]:6.1f} / {jt[1]:6.1f}  convnn eager {ce[0]:6.1f} / "
+                  f"{ce[1]:6.1f}  lax eager {le[0]:6.1f} / {le[1]:6.1f}  convnn eager / lax jitted "
+                  f"{ce[0] / jt[0]:5.2f} / {ce[1] / jt[1]:5.2f}")
     summ = summary(rows)
     print("\ngeometric means of lax / convnn")
     for k, v in summ.items():

@@ -227,7 +227,10 @@ def _cfg(c_in, c_out, groups, kernel=(3, 3), stride=None, input_dilation=None, d
 POLICY_TABLE = [
     # (what, config, backend, expected)
     ("dense 3x3", _cfg(64, 64, 1), "cpu", "xla"),
-    ("dense 1x1", _cfg(64, 256, 1, (1, 1)), "cpu", "xla"),
+    ("dense 7x7 stem", _cfg(3, 64, 1, (7, 7), stride=(2, 2)), "cpu", "xla"),
+    ("dense 3x3 wide", _cfg(256, 256, 1), "cpu", "decomposed"),
+    ("dense 3x3 wide transposed", _cfg(256, 256, 1, input_dilation=(2, 2)), "cpu", "xla"),
+    ("dense 1x1", _cfg(64, 256, 1, (1, 1)), "cpu", "decomposed"),
     ("dense 3-D", _cfg(8, 8, 1, (3, 3, 3)), "cpu", "xla"),
     ("depthwise 3x3", _cfg(64, 64, 64), "cpu", "decomposed"),
     ("depthwise 7x7", _cfg(96, 96, 96, (7, 7)), "cpu", "decomposed"),
@@ -241,6 +244,10 @@ POLICY_TABLE = [
     ("dense 3x3", _cfg(64, 64, 1), "cuda", "xla"),
     ("dense 3x3 bf16", _cfg(64, 64, 1, dtype="bfloat16"), "cuda", "xla"),
     ("groups of 4 channels", _cfg(128, 128, 32), "cuda", "xla"),
+    ("depthwise 3x3 float32", _cfg(144, 144, 144), "cuda", "xla"),
+    ("depthwise 7x7 float32", _cfg(96, 96, 96, (7, 7)), "cuda", "mixed"),
+    ("depthwise 7x7 bfloat16", _cfg(96, 96, 96, (7, 7), dtype="bfloat16"), "cuda", "xla"),
+    ("dense 7x7 float32", _cfg(3, 64, 1, (7, 7)), "cuda", "xla"),
     ("depthwise 3x3", _cfg(64, 64, 64), "tpu", "xla"),
     ("depthwise 3x3", _cfg(64, 64, 64), "rocm", "xla"),
     ("groups of 4 channels", _cfg(128, 128, 32), "tpu", "xla"),

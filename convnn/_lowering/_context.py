@@ -1,15 +1,15 @@
 """``convnn.lowering``: the context manager and decorator that selects how convolutions lower.
 
-The selection is held in a ``jax.make_user_context`` where JAX has it (0.6 and later): JAX then
-keys its jit caches on it, so a jitted function traced under one selection is traced again under
-another. On older JAX it is a :class:`contextvars.ContextVar`, and a jitted function keeps the
-strategy of its first trace. Either way it is per thread.
+The selection is per thread (a :class:`threading.local`, cheap to read on every eager call). Where
+JAX has ``jax.make_user_context`` it is mirrored into one, and JAX keys its jit caches on it, so a
+jitted function traced under one selection is traced again under another; on older JAX a jitted
+function keeps the strategy of its first trace.
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
+import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -32,34 +32,46 @@ _make_user_context = getattr(jax, "make_user_context", None)
 #: True when jit caches are keyed on the selection (a jitted function retraces when it changes).
 JIT_KEYED = _make_user_context is not None
 
-if JIT_KEYED:
-    _JAX_STATE = _make_user_context(default_value=None)
+class _Local(threading.local):
+    """This thread's selection (read on every eager call: a plain attribute, no ``getattr``
+    default, which costs an exception when unset) and its stack of restore tokens."""
 
-    def current() -> State:
-        """The lowering in force in this thread (``State("auto", None)`` by default)."""
-        return _JAX_STATE.value or _DEFAULT
+    state: State = _DEFAULT
+
+    def __init__(self):
+        self.tokens = []
+
+
+_LOCAL = _Local()
+
+
+def current() -> State:
+    """The lowering in force in this thread (``State("auto", None)`` by default)."""
+    return _LOCAL.state
+
+
+if JIT_KEYED:
+    # Mirrored into a JAX user context so that jit caches are keyed on it.
+    _JAX_STATE = _make_user_context(default_value=None)
 
     def _enter(state: State):
         ctx = _JAX_STATE(state)
         ctx.__enter__()
-        return ctx
+        previous, _LOCAL.state = current(), state
+        return ctx, previous
 
     def _exit(token) -> None:
-        token.__exit__(None, None, None)
+        ctx, _LOCAL.state = token
+        ctx.__exit__(None, None, None)
 
 else:  # pragma: no cover - JAX without user contexts
-    _STATE: contextvars.ContextVar[State] = contextvars.ContextVar("convnn_lowering",
-                                                                   default=_DEFAULT)
-
-    def current() -> State:
-        """The lowering in force in this thread (``State("auto", None)`` by default)."""
-        return _STATE.get()
 
     def _enter(state: State):
-        return _STATE.set(state)
+        previous, _LOCAL.state = current(), state
+        return previous
 
     def _exit(token) -> None:
-        _STATE.reset(token)
+        _LOCAL.state = token
 
 
 class Lowering:
@@ -70,11 +82,10 @@ class Lowering:
     on exceptions; blocks nest, and the innermost wins. Each thread has its own selection.
     """
 
-    __slots__ = ("_state", "_tokens")
+    __slots__ = ("_state",)
 
     def __init__(self, state: State):
         self._state = state
-        self._tokens: list = []
 
     @property
     def name(self) -> str:
@@ -85,11 +96,13 @@ class Lowering:
         return self._state.backend
 
     def __enter__(self) -> Lowering:
-        self._tokens.append(_enter(self._state))
+        # The restore tokens live on this thread's stack, so one object may be entered by
+        # several threads (and re-entered) at once.
+        _LOCAL.tokens.append(_enter(self._state))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _exit(self._tokens.pop())
+        _exit(_LOCAL.tokens.pop())
 
     def __call__(self, fn: Callable) -> Callable:
         state = self._state

@@ -20,6 +20,7 @@ import math
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from convnn._lowering._decomposed import conv_decomposed
 from convnn._lowering._mixed import conv_mixed
@@ -120,8 +121,12 @@ FALLBACK = "xla"
 # ---------------------------------------------------------------------------------------------
 
 #: CPU: grouped convolutions with at most this many input channels per group run decomposed
-#: forward too; wider groups keep XLA's forward pass (its matmul kernels win there).
+#: forward too; wider groups keep XLA's forward pass (its convolution kernels win there).
 CPU_DECOMPOSED_MAX_GROUP_CHANNELS = 4
+
+#: CPU: dense convolutions with at least this many input channels run decomposed (per-tap
+#: matmuls are then as fast forward, and faster backward, than XLA's convolution).
+CPU_DECOMPOSED_MIN_DENSE_CHANNELS = 256
 
 
 def policy_xla(cfg: ConvConfig) -> str:
@@ -130,22 +135,42 @@ def policy_xla(cfg: ConvConfig) -> str:
 
 
 def policy_cpu(cfg: ConvConfig) -> str:
-    """XLA CPU: dense on XLA; depthwise and narrow groups decomposed; other groups mixed.
+    """XLA CPU: depthwise, narrow groups, pointwise and wide dense convolutions decomposed.
 
-    XLA's CPU convolution runs feature groups through a slow generic loop: a depthwise 3x3
-    forward pass is 10-20x slower than the fused multiply-add, and the gradients of any grouped
-    convolution (``feature_group_count`` / ``batch_group_count``) are 10-100x slower than the
-    decomposed ones. Dense convolutions stay on XLA (its matmul-based kernels).
+    Measured on a 2-core x86 CPU (docs/performance.md): XLA's CPU convolution runs feature
+    groups through a slow generic loop (a depthwise 3x3 forward pass is 10-20x slower than the
+    fused multiply-add) and differentiates every grouped convolution 10-100x slower than the
+    decomposed form; for groups of more than a few channels its forward pass is still the
+    fastest, so those take "mixed". Dense convolutions: 1x1 kernels are one matmul (forward as
+    fast, backward 2-5x faster), and with 256 or more input channels the per-tap matmuls win
+    forward and backward; narrower dense convolutions and input-dilated (transposed) dense ones
+    stay on XLA.
     """
-    if cfg.groups == 1:
+    if cfg.groups > 1:
+        return "decomposed" if cfg.group_in <= CPU_DECOMPOSED_MAX_GROUP_CHANNELS else "mixed"
+    if cfg.input_dilated:
         return "xla"
-    if cfg.group_in <= CPU_DECOMPOSED_MAX_GROUP_CHANNELS:
+    pointwise = cfg.taps == 1
+    if pointwise or cfg.c_in >= CPU_DECOMPOSED_MIN_DENSE_CHANNELS:
         return "decomposed"
-    return "mixed"
+    return "xla"
+
+
+#: CUDA: depthwise float32 convolutions with at least this many kernel taps take "mixed".
+CUDA_MIXED_MIN_TAPS = 49
 
 
 def policy_cuda(cfg: ConvConfig) -> str:
-    """NVIDIA GPUs: cuDNN through XLA (measured on an H100; see docs/performance.md)."""
+    """NVIDIA GPUs: cuDNN through XLA, except the gradients of large float32 depthwise kernels.
+
+    Measured on an H100 (batch 256, docs/benchmarks.md): XLA matches or beats PyTorch on every
+    dense, grouped and depthwise layer forward, and the decomposed form loses everywhere but in
+    the float32 gradients of 7x7 depthwise convolutions, where cuDNN's are slow (forward +
+    backward 1.04x to 1.9x faster with "mixed": XLA forward, decomposed gradients).
+    """
+    if cfg.depthwise and cfg.taps >= CUDA_MIXED_MIN_TAPS and \
+            np.dtype(cfg.spec.preferred_element_type or cfg.dtype) == np.float32:
+        return "mixed"
     return "xla"
 
 
