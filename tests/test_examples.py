@@ -267,7 +267,12 @@ NEEDS = {
 
 @pytest.fixture(scope="module")
 def jobs(request, tmp_path_factory):
-    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    # Doctest items of the same session have no .module: compare with getattr.
+    selected = {
+        item.originalname
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+    }
     names = sorted({job for test in selected for job in NEEDS.get(test, [])}, key=list(JOBS).index)
     tmp = tmp_path_factory.mktemp("examples")
     global CACHE_DIR
