@@ -330,11 +330,14 @@ def bench_eager(args) -> list[dict]:
         jitted = jax.jit(plain)
         np.testing.assert_allclose(np.asarray(fn(x, w, **kw)), np.asarray(jitted(x, w)),
                                    rtol=1e-4, atol=1e-4)
-        # many short interleaved samples: a busy machine only ever adds time, so the minimum is
-        # the robust estimate of the call's own cost; the median is reported too
-        times = measure({"lax jitted": lambda: jitted(x, w), "convnn eager": lambda: fn(x, w, **kw),
-                         "lax eager": lambda: plain(x, w)},
-                        61, 0.005, 30.0)
+        # Many short interleaved samples; a busy machine only ever adds time, so the minimum is
+        # the robust estimate of a call's own cost (the median is reported too). "async": calls
+        # back to back, waiting for the last (dispatch throughput); "sync": waiting for each.
+        calls = {"lax jitted": lambda: jitted(x, w), "convnn eager": lambda: fn(x, w, **kw),
+                 "lax eager": lambda: plain(x, w)}
+        fns = dict(calls)
+        fns.update({f"{k} (sync)": (lambda c=c: c().block_until_ready()) for k, c in calls.items()})
+        times = measure(fns, 61, 0.005, 30.0)
         for impl, (t, t_min) in times.items():
             rows.append(dict(shape=name, impl=impl, us=t * 1e6, us_min=t_min * 1e6))
     return rows
@@ -481,11 +484,14 @@ def main(argv=None):
     if eager:
         print("\neager overhead (us per call: min / median of 61 interleaved samples)")
         by = {(r["shape"], r["impl"]): (r["us_min"], r["us"]) for r in eager}
-        for name, *_ in EAGER_SHAPES:
-            jt, ce, le = (by[(name, i)] for i in ("lax jitted", "convnn eager", "lax eager"))
-            print(f"{name:34s} lax jitted {jt[0]:6.1f} / {jt[1]:6.1f}  convnn eager {ce[0]:6.1f} / "
-                  f"{ce[1]:6.1f}  lax eager {le[0]:6.1f} / {le[1]:6.1f}  convnn eager / lax jitted "
-                  f"{ce[0] / jt[0]:5.2f} / {ce[1] / jt[1]:5.2f}")
+        for mode in ("", " (sync)"):
+            print("async: calls back to back" if not mode else "sync: each call waited for")
+            for name, *_ in EAGER_SHAPES:
+                jt, ce, le = (by[(name, i + mode)] for i in ("lax jitted", "convnn eager",
+                                                            "lax eager"))
+                print(f"  {name:34s} lax jitted {jt[0]:6.1f} / {jt[1]:6.1f}  convnn eager "
+                      f"{ce[0]:6.1f} / {ce[1]:6.1f}  lax eager {le[0]:6.1f} / {le[1]:6.1f}  "
+                      f"convnn eager / lax jitted {ce[0] / jt[0]:5.2f} / {ce[1] / jt[1]:5.2f}")
     summ = summary(rows)
     print("\ngeometric means of lax / convnn")
     for k, v in summ.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import sys
@@ -86,9 +87,25 @@ def ratios(doc: dict, pass_: str):
     return out
 
 
+def geomeans(doc: dict) -> str:
+    """Geometric means of lax / convnn ("auto" now) per kind, pass and dtype, as a Markdown table."""
+    groups: dict = {}
+    for pass_ in PASSES:
+        for row, times in table(doc, pass_):
+            key = (row["kind"], PASSES[pass_], SHORT.get(row["dtype"], row["dtype"]))
+            groups.setdefault(key, []).append(times["lax"] / times["convnn"])
+    lines = ["| kind | pass | dtype | layers | geometric mean lax / convnn | min | max |",
+             "|---|---|---|---|---|---|---|"]
+    for (kind, pass_, dtype), values in groups.items():
+        gm = math.exp(sum(map(math.log, values)) / len(values))
+        lines.append(f"| {kind} | {pass_} | {dtype} | {len(values)} | {gm:.2f} | "
+                     f"{min(values):.2f} | {max(values):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(doc: dict) -> str:
     """Medians (ms) and lax / impl ratios per pass, as Markdown tables."""
-    lines = []
+    lines = [geomeans(doc)]
     for pass_, name in PASSES.items():
         data = table(doc, pass_)
         order = ("lax", "convnn", "convnn:xla", "convnn:decomposed", "convnn:mixed", "torch", "mlx")

@@ -181,8 +181,8 @@ def _compiled(plan: _Plan):
 class _EagerCache:
     """Raw call arguments -> compiled callable, so repeated eager calls skip validation.
 
-    A key holds the operands' shapes and dtypes, every argument as passed (with the types of the
-    scalar ones, so ``True`` and ``1`` differ), and the lowering in force. Only calls whose
+    A key holds the operands' abstract values (shape, dtype, weak type), every argument as passed
+    (with the types of the scalar ones, so ``True`` and ``1`` differ), and the lowering in force. Only calls whose
     arguments validated get an entry. Bounded LRU; mutations take a lock.
     """
 
@@ -267,10 +267,10 @@ def conv(
     """
     key = None
     if type(input) in _CONCRETE and type(weight) in _CONCRETE:  # eager call: try the cache
-        key = (fn, n, input.shape, input.dtype, weight.shape, weight.dtype, stride, padding,
-               kernel_dilation, input_dilation, groups, flip, output_padding, stream, precision,
-               preferred_element_type, _lowering.current(), type(stride), type(padding),
-               type(kernel_dilation), type(input_dilation), type(groups), type(flip))
+        key = (fn, n, input.aval, weight.aval, stride, padding, kernel_dilation, input_dilation,
+               groups, flip, output_padding, stream, precision, preferred_element_type,
+               _lowering.current(), type(stride), type(padding), type(kernel_dilation),
+               type(input_dilation), type(groups), type(flip))
         try:
             entry = EAGER_CACHE.get(key)
         except TypeError:  # unhashable arguments (lists): validate every time

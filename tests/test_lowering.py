@@ -27,10 +27,12 @@ from convnn._lowering import (
 from helpers import call_api, random_operands, reference, reference_vjp
 from tolerances import assert_close
 
-# The core tests' tables (tests/test_functional_reference.py), every other case.
+# The core tests' tables (tests/test_functional_reference.py): every third case for the
+# strategies new here, every ninth for "xla" (which the core tests cover in full).
 CORE = table("conv", 14, seed=1) + table("general", 14, seed=2) + table("transpose", 12, seed=3)
-CASES = CORE[::2]
 STRATEGY_NAMES = ["xla", "decomposed", "mixed"]
+STRATEGY_CASES = ([("decomposed", c) for c in CORE[::3]] + [("mixed", c) for c in CORE[1::3]]
+                  + [("xla", c) for c in CORE[2::9]])
 
 
 def _jitted_value_and_grads(case, strategy):
@@ -66,11 +68,9 @@ def primitives(fn, *args):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("strategy, case", STRATEGY_CASES,
+                         ids=[f"{s}-{c}" for s, c in STRATEGY_CASES])
 def test_strategy_matches_reference_float64(case, strategy):
-    if strategy == "xla" and CASES.index(case) % 3:  # the core tests cover "xla" fully
-        pytest.skip("xla: every third case here")
     x, w = random_operands(case, 11)
     expected = reference(case, x, w)
     g = np.random.default_rng(12).standard_normal(expected.shape)
@@ -143,9 +143,12 @@ def test_preferred_element_type_float32_from_bfloat16(strategy, groups, c_out):
     assert_close(out, ref, jnp.float32)
 
 
-@pytest.mark.parametrize("strategy", ["decomposed", "mixed"])
-@pytest.mark.parametrize("case, order", [(CORE[2], 2), (DEPTHWISE[0], 2), (CORE[50], 1),
-                                         (CORE[101], 1), (DEPTHWISE[2], 1)], ids=str)
+CHECK_GRADS = [("decomposed", DEPTHWISE[0], 2), ("mixed", CORE[2], 2)] + [
+    (s, c, 1) for s in ("decomposed", "mixed") for c in (CORE[50], CORE[101], DEPTHWISE[2])]
+
+
+@pytest.mark.parametrize("strategy, case, order", CHECK_GRADS,
+                         ids=[f"{s}-{c}-order{o}" for s, c, o in CHECK_GRADS])
 def test_check_grads(case, order, strategy):
     """Forward and reverse mode against finite differences (``mixed`` and the depthwise path are
     custom_jvp rules; second order on the small cases)."""
