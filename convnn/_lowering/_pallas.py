@@ -174,37 +174,31 @@ def _pow2_at_most(n: int, cap: int) -> int:
 
 
 #: Programs a launch aims for (a few per multiprocessor on an H100's 132).
-TARGET_PROGRAMS = 1024
+TARGET_PROGRAMS = 512
 
 
 def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
                    taps: tuple[int, int] = (3, 3), phases: int = 1) -> Tiling:
     """The tiling used unless one is given: ``kind`` is ``"correlate"`` or ``"weight_grad"``.
 
-    Large kernels hold one channel per thread (so that a thread keeps all its weights, or all
-    its per-tap weight-gradient sums, in registers) and several output columns; small kernels
-    are memory-bound and use 16-byte vector loads. Rows are split only when the grid would
-    otherwise be small.
+    Channel blocks of 64 bytes with 16-byte vector loads; the correlation holds 8 values per
+    thread (per row in flight), the weight gradient, with one accumulator per tap, 2 (4 for
+    small kernels). Rows are split only when the grid would otherwise be small. The choices
+    are the fastest measured by ``benchmarks/bench_depthwise_gpu.py`` (docs/benchmarks.md).
     """
     ntaps = taps[0] * taps[1]
-    block_c = _pow2_at_most(c, 32)
+    block_c = _pow2_at_most(c, 32 if jnp.dtype(dtype).itemsize <= 2 else 16)
     if kind == "correlate":
-        if ntaps <= 16:
-            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 64), 0, 8
-        else:
-            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 32), 1, 8
-        prefetch = 2
+        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
+    elif ntaps > 25:
+        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 16), 2, 2
     else:
-        if ntaps <= 16:
-            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 32), 0, 4
-        else:
-            block_w, vector, per_thread = _pow2_at_most(out_hw[1], 8), 1, 1
-        prefetch = 6
+        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 32), 4, 2
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
     programs = n * -(-out_hw[1] // block_w) * -(-c // block_c) * phases
-    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, True, True)
-    if kind == "weight_grad" and programs >= 2 * TARGET_PROGRAMS:
-        return dataclasses.replace(base, images=programs // TARGET_PROGRAMS)
+    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, 0, False, False)
+    if kind == "weight_grad" and programs >= 4 * TARGET_PROGRAMS:
+        return dataclasses.replace(base, images=programs // (2 * TARGET_PROGRAMS))
     tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
     return dataclasses.replace(base, rows=-(-out_hw[0] // tiles))
 
@@ -310,6 +304,14 @@ class _Tile:
 
 
 def _f32(v):
+    """Widens a loaded tile to float32.
+
+    bfloat16 is the upper half of a float32, so it is widened with integer operations (zero
+    extend, shift), which run at full rate, instead of a conversion instruction.
+    """
+    if v.dtype == jnp.bfloat16:
+        bits = lax.convert_element_type(lax.bitcast_convert_type(v, jnp.uint16), jnp.uint32)
+        return lax.bitcast_convert_type(lax.shift_left(bits, jnp.uint32(16)), jnp.float32)
     return v.astype(jnp.float32)
 
 
@@ -691,3 +693,21 @@ def conv_pallas(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
 
         return conv_xla(x, w, spec)
     return depthwise(x, w, spec, None)
+
+
+def supports_config(cfg) -> bool:
+    """:func:`supports` for a :class:`~convnn._lowering._policy.ConvConfig`."""
+    return supports(cfg.spec, cfg.x_shape, cfg.dtype, cfg.w_shape)
+
+
+#: Smallest kernel (taps) for which "auto" picks the Pallas kernels on an NVIDIA GPU.
+CUDA_MIN_TAPS = 25
+
+
+def preferred_on_cuda(cfg) -> bool:
+    """Whether ``"auto"`` picks ``"pallas"`` for ``cfg`` on an NVIDIA GPU.
+
+    From ``benchmarks/bench_depthwise_gpu.py`` on an H100 (docs/benchmarks.md): the kernels win
+    for depthwise kernels of at least :data:`CUDA_MIN_TAPS` taps.
+    """
+    return supports_config(cfg) and math.prod(cfg.w_shape[1:-1]) >= CUDA_MIN_TAPS
