@@ -165,7 +165,7 @@ def draw(docs: list[dict], out: Path) -> None:
             ax.set_title(f"{PASSES[pass_]}: {title(doc)}", fontsize=9)
             ax.set_xlabel("speed relative to plain lax (lax time / time; log scale)", fontsize=8)
             if row == 0 and col == 0:
-                ax.legend(fontsize=8, loc="lower right")
+                ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -231,7 +231,7 @@ POLICY_TABLE = [
     # (what, config, backend, expected)
     ("dense 3x3", _cfg(64, 64, 1), "cpu", "xla"),
     ("dense 7x7 stem", _cfg(3, 64, 1, (7, 7), stride=(2, 2)), "cpu", "xla"),
-    ("dense 3x3 wide", _cfg(256, 256, 1), "cpu", "decomposed"),
+    ("dense 3x3 wide", _cfg(256, 256, 1), "cpu", "mixed"),
     ("dense 3x3 wide transposed", _cfg(256, 256, 1, input_dilation=(2, 2)), "cpu", "xla"),
     ("dense 1x1", _cfg(64, 256, 1, (1, 1)), "cpu", "decomposed"),
     ("dense 3-D", _cfg(8, 8, 1, (3, 3, 3)), "cpu", "xla"),
