@@ -12,8 +12,8 @@ definition before anything is drawn:
 * transposed convolution: input ``i`` is added to output ``i * stride + j * dilation - padding``
   (tap ``j``); outputs outside ``[0, size_out)`` are cropped.
 
-The benchmark chart is made by the benchmark scripts, not here; this script only reports
-whether it is present.
+The benchmark chart (``docs/img/benchmarks-conv.png``) is drawn from measured results by
+``benchmarks/plot_results.py``, not here; this script only reports whether it is present.
 """
 
 from __future__ import annotations
@@ -289,9 +289,8 @@ def main() -> None:
     for name, make in outputs.items():
         make(IMG / name)
         print(f"wrote {IMG / name}")
-    charts = sorted(p.name for p in IMG.parent.glob("*.png")) + sorted(
-        p.name for p in IMG.glob("*bench*.png"))
-    print("benchmark charts (made by benchmarks/, not here):", charts or "none yet")
+    charts = sorted(p.name for p in IMG.glob("bench*.png"))
+    print("benchmark chart (drawn by benchmarks/plot_results.py, not here):", charts or "none yet")
 
 
 if __name__ == "__main__":
