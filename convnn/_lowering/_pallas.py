@@ -165,8 +165,8 @@ class Tiling:
     prefetch: int = 2
     images: int = 1
     vector: int = 0
-    hold_weights: bool = True
-    unroll: bool = True
+    hold_weights: bool = False
+    unroll: bool = False
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -181,22 +181,32 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
                    taps: tuple[int, int] = (3, 3), phases: int = 1) -> Tiling:
     """The tiling used unless one is given: ``kind`` is ``"correlate"`` or ``"weight_grad"``.
 
-    Channel blocks of 64 bytes with 16-byte vector loads; the correlation holds 8 values per
-    thread (per row in flight), the weight gradient, with one accumulator per tap, 2 (4 for
-    small kernels). Rows are split only when the grid would otherwise be small. The choices
-    are the fastest measured by ``benchmarks/bench_depthwise_gpu.py`` (docs/benchmarks.md).
+    Measured with ``benchmarks/bench_depthwise_gpu.py`` on an H100 (docs/benchmarks.md):
+
+    * correlation, kernels of more than 16 taps: two channels per thread and 4 output columns,
+      all the weights held in registers (re-reading 8 channels' weights per tap from L1 in every
+      iteration made the 7x7 forward pass 40% slower); small kernels: 16-byte vectors;
+    * weight gradient: 2 values per thread for large kernels (one accumulator per tap), 4 for
+      small ones; prefetch 4 rows ahead (its iterations are short);
+    * never unrolled: unrolling the row loop by the rows in flight makes a 7x7 loop body of
+      thousands of instructions, which ran slower (and took minutes to compile).
+
+    Rows are split only when the grid would otherwise be small.
     """
     ntaps = taps[0] * taps[1]
     block_c = _pow2_at_most(c, 32 if jnp.dtype(dtype).itemsize <= 2 else 16)
+    vector, hold = 0, False
     if kind == "correlate":
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
+        if ntaps > 16:
+            block_w, vector, hold = _pow2_at_most(out_hw[1], 32 if block_c == 32 else 64), 2, True
     elif ntaps > 25:
-        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 16), 2, 2
+        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 16), 2, 4
     else:
-        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 32), 4, 2
+        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 32), 4, 4
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
     programs = n * -(-out_hw[1] // block_w) * -(-c // block_c) * phases
-    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, 0, False, False)
+    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, hold, False)
     if kind == "weight_grad" and programs >= 4 * TARGET_PROGRAMS:
         return dataclasses.replace(base, images=programs // (2 * TARGET_PROGRAMS))
     tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
