@@ -4,7 +4,8 @@ The functional API canonicalises its arguments into a :class:`ConvSpec` (non-neg
 channels-last input ``(N, *spatial, C_in)``, weight ``(C_out, *kernel, C_in // groups)``) and
 calls :func:`dispatch`, which asks the policy for a strategy (:func:`resolve`) and runs it.
 
-* strategies: ``"xla"`` (``_xla.py``), ``"decomposed"`` (``_decomposed.py``);
+* strategies: ``"xla"`` (``_xla.py``), ``"decomposed"`` (``_decomposed.py``), ``"mixed"``
+  (``_mixed.py``), registered in ``_policy.STRATEGIES``;
 * the registry, the per-backend policies behind ``"auto"`` and backend detection: ``_policy.py``;
 * :func:`lowering`, the public context manager / decorator: ``_context.py``.
 """

@@ -27,8 +27,10 @@ float32 for 16-bit inputs; ``precision`` is passed to ``dot_general`` (the multi
 exact elementwise arithmetic at the accumulation dtype).
 
 Autodiff of these primitives is already convolution-free (pad <-> slice, reshape <-> reshape,
-dot_general <-> dot_general, multiply <-> multiply), so no ``custom_vjp`` is needed, and forward
-mode (``jax.jvp``, ``jax.jacfwd``) keeps working.
+dot_general <-> dot_general, multiply <-> multiply), so no ``custom_vjp`` is needed and forward
+mode (``jax.jvp``, ``jax.jacfwd``) keeps working. One derivative is written by hand, for speed:
+the depthwise form is a ``jax.custom_jvp`` whose tangent in the weight loops over the taps (see
+:func:`_depthwise_looped`), so that the weight gradient runs one tap at a time.
 """
 
 from __future__ import annotations
