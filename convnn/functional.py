@@ -3,8 +3,9 @@
 Inputs are channels-last, ``(N, *spatial, C_in)`` (or unbatched ``(*spatial, C_in)``), and
 weights are ``(C_out, *kernel, C_in // groups)`` for convolutions and transposed convolutions
 alike. Every function forwards to one private general convolution; all argument handling happens
-in Python at trace time, so under ``jax.jit`` a dense or grouped convolution costs exactly one
-``lax.conv_general_dilated``.
+in Python at trace time, so under ``jax.jit`` with the ``"xla"`` strategy a dense or grouped
+convolution costs exactly one ``lax.conv_general_dilated``. The default ``"auto"`` policy may pick
+a faster strategy per backend (see ``convnn.lowering``).
 
 Differences from MLX (all additive):
 
