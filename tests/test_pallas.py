@@ -215,3 +215,90 @@ def test_custom_vjp_and_preferred_element_type():
     jaxpr = str(jax.make_jaxpr(jax.grad(
         lambda a, b: _pallas.depthwise(a, b, spec, True).sum(), argnums=(0, 1)))(x, w))
     assert "conv_general_dilated" not in jaxpr and jaxpr.count("pallas_call") == 3
+
+
+def test_backward_xla_option_uses_xlas_gradient():
+    c = 4
+    spec = make_spec(c)
+    x, w = jnp.ones((1, 6, 5, c), jnp.bfloat16), jnp.ones((c, 3, 3, 1), jnp.bfloat16)
+    jaxpr = str(jax.make_jaxpr(jax.grad(
+        lambda a, b: _pallas.depthwise(a, b, spec, True, "xla").astype(jnp.float32).sum(),
+        argnums=(0, 1)))(x, w))
+    assert jaxpr.count("pallas_call") == 1 and "conv_general_dilated" in jaxpr
+
+
+# ---------------------------------------------------------------------------------------------
+# Tier 3: the strategy behind the public API, and the "auto" policy
+# ---------------------------------------------------------------------------------------------
+
+
+def test_public_api_under_lowering_pallas(monkeypatch):
+    monkeypatch.setattr(_pallas, "INTERPRET", True)
+    c = 3
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((2, 6, 5, c)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((c, 3, 3, 1)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 3, 3, c)), jnp.float32)
+
+    @jax.jit
+    @convnn.lowering("pallas")
+    def run(x, w, g):
+        out, vjp = jax.vjp(lambda a, b: convnn.conv2d(a, b, stride=2, padding=1, groups=c), x, w)
+        return (out, *vjp(g))
+
+    with convnn.lowering("pallas"):
+        jaxpr = str(jax.make_jaxpr(jax.grad(
+            lambda a, b: convnn.conv2d(a, b, stride=2, padding=1, groups=c).sum(),
+            argnums=(0, 1)))(x, w))
+    assert jaxpr.count("pallas_call") == 3 and "conv_general_dilated" not in jaxpr
+    ref = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
+                     np.asarray(g, np.float64), (2, 2), ((1, 1), (1, 1)), False)
+    for got, want, what in zip(run(x, w, g), ref, ("value", "input gradient", "weight gradient")):
+        assert_close(got, want, jnp.float32, what=what)
+
+
+def _config(kernel, dtype, c_out=16, stride=(1, 1)):
+    from convnn._lowering import ConvConfig
+
+    k = kernel
+    spec = make_spec(16, stride=stride, padding=((k // 2, k // 2), (k // 2, k // 2)))
+    return ConvConfig((8, 28, 28, 16), (c_out, k, k, 1), jnp.dtype(dtype), spec)
+
+
+AUTO_CUDA = [
+    # (kernel, dtype, channel multiplier, stride, with a GPU (or interpret mode), expected)
+    (7, jnp.float32, 1, (1, 1), True, "pallas"),
+    (7, jnp.bfloat16, 1, (1, 1), True, "pallas"),
+    (9, jnp.float16, 1, (2, 2), True, "pallas"),
+    (3, jnp.bfloat16, 1, (1, 1), True, "xla"),
+    (5, jnp.float32, 1, (1, 1), True, "xla"),
+    (7, jnp.float32, 2, (1, 1), True, "mixed"),  # channel multiplier 2: no Pallas kernel
+    (7, jnp.float32, 1, (1, 1), False, "mixed"),  # no GPU: the Pallas kernels do not apply
+    (7, jnp.bfloat16, 1, (1, 1), False, "xla"),
+]
+
+
+@pytest.mark.parametrize("kernel,dtype,mult,stride,gpu,expected", AUTO_CUDA)
+def test_auto_policy_on_cuda(monkeypatch, kernel, dtype, mult, stride, gpu, expected):
+    from convnn._lowering import choose
+
+    monkeypatch.setattr(_pallas, "INTERPRET", True if gpu else None)
+    assert choose(_config(kernel, dtype, 16 * mult, stride), "auto", "cuda") == expected
+
+
+def test_forced_pallas_without_a_gpu_falls_back_to_xla(monkeypatch):
+    from convnn._lowering import choose
+
+    monkeypatch.setattr(_pallas, "INTERPRET", None)
+    assert choose(_config(7, jnp.float32), "pallas", "cuda") == "xla"
+    x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((4, 3, 3, 1))
+    with convnn.lowering("pallas"):
+        jaxpr = str(jax.make_jaxpr(lambda a, b: convnn.conv2d(a, b, padding=1, groups=4))(x, w))
+    assert "pallas_call" not in jaxpr and "conv_general_dilated" in jaxpr
+
+
+def test_strategy_keeps_xla_gradients_for_16_bit_stride_1():
+    assert _pallas.backward_kernels(make_spec(4), jnp.bfloat16) == "xla"
+    assert _pallas.backward_kernels(make_spec(4), jnp.float16) == "xla"
+    assert _pallas.backward_kernels(make_spec(4), jnp.float32) == "pallas"
+    assert _pallas.backward_kernels(make_spec(4, stride=(2, 1)), jnp.bfloat16) == "pallas"

@@ -186,8 +186,9 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
     * correlation, kernels of more than 16 taps: two channels per thread and 4 output columns,
       all the weights held in registers (re-reading 8 channels' weights per tap from L1 in every
       iteration made the 7x7 forward pass 40% slower); small kernels: 16-byte vectors;
-    * weight gradient: 2 values per thread for large kernels (one accumulator per tap), 4 for
-      small ones; prefetch 4 rows ahead (its iterations are short);
+    * weight gradient: 2 values per thread for large kernels (one accumulator per tap; for
+      16-bit data 8 columns by 32 channels on 4 warps ran 1.3x faster than 16 by 32 on 8), 4 for
+      small ones;
     * never unrolled: unrolling the row loop by the rows in flight makes a 7x7 loop body of
       thousands of instructions, which ran slower (and took minutes to compile).
 
@@ -199,9 +200,9 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
     if kind == "correlate":
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
         if ntaps > 16:
-            block_w, vector, hold = _pow2_at_most(out_hw[1], 32 if block_c == 32 else 64), 2, True
+            vector, hold = 2, True
     elif ntaps > 25:
-        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 16), 2, 4
+        block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 8 if block_c == 32 else 16), 2, 4
     else:
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 32), 4, 4
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
@@ -616,15 +617,17 @@ def weight_grad(x, g, w_shape, w_dtype, spec: ConvSpec, *, tiling: Tiling | None
     return dw[..., None].astype(w_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None):
-    """Depthwise 2-D convolution with the Pallas kernels for the value and both gradients.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str = "pallas"):
+    """Depthwise 2-D convolution with the Pallas forward kernel and a custom gradient.
 
     Args:
       x: ``(N, H, W, C)``.
       w: ``(C, KH, KW, 1)``.
       spec: a configuration for which :func:`supports` holds.
       interpret: run in Pallas interpret mode (``None``: :data:`INTERPRET`).
+      backward: ``"pallas"``: both gradients with the Pallas kernels; ``"xla"``: XLA's
+        gradient of one ``lax.conv_general_dilated``.
 
     Returns:
       ``(N, H_out, W_out, C)`` in ``spec.preferred_element_type`` or ``x.dtype``.
@@ -632,12 +635,16 @@ def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None):
     return forward(x, w, spec, interpret=interpret)
 
 
-def _depthwise_fwd(x, w, spec, interpret):
+def _depthwise_fwd(x, w, spec, interpret, backward):
     return forward(x, w, spec, interpret=interpret), (x, w)
 
 
-def _depthwise_bwd(spec, interpret, res, g):
+def _depthwise_bwd(spec, interpret, backward, res, g):
     x, w = res
+    if backward == "xla":
+        from convnn._lowering._xla import conv_xla
+
+        return jax.vjp(lambda a, b: conv_xla(a, b, spec), x, w)[1](g)
     dx = input_grad(g, w, x.shape, x.dtype, spec, interpret=interpret)
     dw = weight_grad(x, g, w.shape, w.dtype, spec, interpret=interpret)
     return dx, dw
@@ -696,13 +703,29 @@ def supports(spec: ConvSpec, x_shape: Sequence[int], dtype: Any,
     return True
 
 
+def backward_kernels(spec: ConvSpec, dtype) -> str:
+    """Which gradients the ``"pallas"`` strategy uses: ``"pallas"`` or ``"xla"``.
+
+    Measured on an H100 (docs/benchmarks.md): the Pallas gradients are 11-17x faster than XLA's
+    (cuDNN's) for float32 7x7 kernels and 1.6x for a bfloat16 stride-2 3x3 kernel, but 0.8-0.9x
+    for 16-bit stride-1 kernels, where XLA's gradient is kept.
+    """
+    if jnp.dtype(dtype) == jnp.float32 or any(s > 1 for s in spec.stride):
+        return "pallas"
+    return "xla"
+
+
 def conv_pallas(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
-    """The ``"pallas"`` strategy: :func:`depthwise` where :func:`supports` holds, else ``"xla"``."""
+    """The ``"pallas"`` strategy: :func:`depthwise` where :func:`supports` holds, else ``"xla"``.
+
+    The forward pass is always the Pallas kernel; the gradients are the Pallas kernels or XLA's,
+    whichever :func:`backward_kernels` says was faster.
+    """
     if not supports(spec, x.shape, x.dtype, w.shape) or w.dtype != x.dtype:
         from convnn._lowering._xla import conv_xla
 
         return conv_xla(x, w, spec)
-    return depthwise(x, w, spec, None)
+    return depthwise(x, w, spec, None, backward_kernels(spec, x.dtype))
 
 
 def supports_config(cfg) -> bool:
@@ -711,13 +734,16 @@ def supports_config(cfg) -> bool:
 
 
 #: Smallest kernel (taps) for which "auto" picks the Pallas kernels on an NVIDIA GPU.
-CUDA_MIN_TAPS = 25
+CUDA_MIN_TAPS = 49
 
 
 def preferred_on_cuda(cfg) -> bool:
     """Whether ``"auto"`` picks ``"pallas"`` for ``cfg`` on an NVIDIA GPU.
 
-    From ``benchmarks/bench_depthwise_gpu.py`` on an H100 (docs/benchmarks.md): the kernels win
-    for depthwise kernels of at least :data:`CUDA_MIN_TAPS` taps.
+    From ``benchmarks/bench_depthwise_gpu.py`` on an H100 (batch 256, docs/benchmarks.md): for
+    7x7 depthwise kernels the Pallas forward pass is 1.35-1.7x (bfloat16) and 3.6-3.9x
+    (float32) faster than XLA's; for 3x3 kernels it is slower (0.76-0.88x), so those stay on XLA.
+    Kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which was checked for
+    correctness only) take ``"pallas"``.
     """
     return supports_config(cfg) and math.prod(cfg.w_shape[1:-1]) >= CUDA_MIN_TAPS

@@ -24,6 +24,7 @@ import numpy as np
 
 from convnn._lowering._decomposed import conv_decomposed
 from convnn._lowering._mixed import conv_mixed
+from convnn._lowering import _pallas
 from convnn._lowering._spec import ConvSpec
 from convnn._lowering._xla import conv_xla
 
@@ -107,6 +108,10 @@ STRATEGIES: dict[str, Strategy] = {
         "decomposed", conv_decomposed,
         doc="pad, slice and matmul / multiply-add; no convolution primitive, forward or backward",
     ),
+    "pallas": Strategy(
+        "pallas", _pallas.conv_pallas, _pallas.supports_config,
+        doc="Pallas GPU kernels for 2-D depthwise convolutions (NVIDIA GPUs; _pallas.py)",
+    ),
     "mixed": Strategy(
         "mixed", conv_mixed,
         doc="one lax.conv_general_dilated forward; derivatives through the decomposed form",
@@ -171,7 +176,9 @@ def policy_cuda(cfg: ConvConfig) -> str:
     """
     if cfg.depthwise and cfg.taps >= CUDA_MIXED_MIN_TAPS and \
             np.dtype(cfg.spec.preferred_element_type or cfg.dtype) == np.float32:
-        return "mixed"
+        return "pallas" if _pallas.preferred_on_cuda(cfg) else "mixed"
+    if _pallas.preferred_on_cuda(cfg):  # 7x7+ depthwise: the Pallas kernels (_pallas.py)
+        return "pallas"
     return "xla"
 
 
