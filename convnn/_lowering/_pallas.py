@@ -30,8 +30,20 @@ a second pass (an XLA reduction) sums in a fixed order: no atomics, bitwise repr
 
 Everything accumulates in float32, whatever the input dtype (float32, bfloat16, float16).
 
-The kernels also run in Pallas interpret mode (on the CPU), which is how the tests check them
-against the float64 reference; see :data:`INTERPRET`.
+**The strategy.** :func:`conv_pallas` runs the Pallas forward pass and, through a
+``jax.custom_vjp``, the Pallas gradients where they were measured faster than XLA's (float32;
+strides of 2), else XLA's gradient (:func:`backward_kernels`). ``"auto"`` picks it on NVIDIA
+GPUs for kernels of 7x7 and larger (:func:`preferred_on_cuda`); the measurements are in
+docs/benchmarks.md and the tilings in :func:`default_tiling`. Limits: 2-D, channel multiplier 1,
+kernels up to 9x9, strides 1 and 2, no dilation (:func:`supports`; anything else runs ``"xla"``);
+reverse-mode derivatives of first order only (no ``jax.jvp`` / ``jax.jacfwd``, no Hessians).
+
+**Testing without a GPU.** The kernels also run in Pallas interpret mode (on the CPU): the same
+kernel bodies (masked loads and stores, the rolling row loops, prefetch queues, tails and phase
+arithmetic) evaluated by XLA, which is how ``tests/test_pallas.py`` checks them against the
+float64 reference; see :data:`INTERPRET`. Interpret mode does not cover what Triton decides
+(layouts, vector widths, register allocation, ``num_warps``): the GPU benchmark checks a table of
+configurations against the same reference before it times anything.
 """
 
 from __future__ import annotations
