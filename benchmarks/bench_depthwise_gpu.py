@@ -228,67 +228,103 @@ def pallas_fns(spec, x, w, tiling_c=None, tiling_w=None):
 # ---------------------------------------------------------------------------------------------
 
 
-SWEEP_SHAPES = {"56x56x96 7x7 bf16": (256, 56, 56, 96, 7, "bfloat16"),
-                "56x56x144 3x3 bf16": (256, 56, 56, 144, 3, "bfloat16")}
+T = _pallas.Tiling
+# Tiling(block_w, block_c, rows, num_warps, prefetch, images, vector, hold_weights, unroll, span)
+# per swept shape: (N, H, W, C, K, dtype), correlation tilings, weight-gradient tilings. The
+# first of each list is the previous default. No unrolled variants: a 7x7 unrolled body takes
+# minutes to compile (and ran slower).
+SWEEP = {
+    "56x56x96 7x7 bf16": ((256, 56, 56, 96, 7, "bfloat16"),
+                          [T(64, 32, 0, 8, 2, 1, 2, True), T(16, 32, 0, 8, 2, 1, 2, True, span=4),
+                           T(8, 32, 0, 4, 2, 1, 2, True, span=4),
+                           T(32, 32, 0, 8, 2, 1, 2, True, span=2),
+                           T(16, 32, 0, 4, 2, 1, 2, True, span=2),
+                           T(16, 16, 0, 4, 2, 1, 2, True, span=4),
+                           T(8, 32, 0, 4, 2, 1, 2, True, span=8)],
+                          [T(8, 32, 0, 4, 4, 5, 0), T(8, 32, 0, 4, 4, 5, 0, span=2),
+                           T(8, 32, 0, 4, 4, 5, 0, span=4), T(4, 32, 0, 2, 4, 5, 0, span=4),
+                           T(16, 32, 0, 8, 4, 5, 0, span=4)]),
+    "28x28x192 7x7 bf16": ((256, 28, 28, 192, 7, "bfloat16"),
+                           [T(32, 32, 0, 4, 2, 1, 2, True), T(8, 32, 0, 4, 2, 1, 2, True, span=4),
+                            T(16, 32, 0, 8, 2, 1, 2, True, span=2),
+                            T(16, 32, 0, 4, 2, 1, 2, True, span=2)],
+                           [T(8, 32, 0, 4, 4, 5, 0), T(8, 32, 0, 4, 4, 5, 0, span=4),
+                            T(8, 32, 0, 4, 4, 5, 0, span=2)]),
+    "56x56x144 3x3 bf16": ((256, 56, 56, 144, 3, "bfloat16"),
+                           [T(64, 32, 0, 8, 2), T(32, 32, 0, 4, 2, span=2),
+                            T(16, 32, 0, 2, 2, span=4), T(32, 16, 0, 2, 2, span=2),
+                            T(16, 16, 0, 1, 2, span=4), T(16, 16, 0, 2, 2, span=4, vector=2)],
+                           [T(32, 32, 0, 8, 4, 5, 0), T(16, 32, 0, 4, 4, 5, 0, span=2),
+                            T(8, 32, 0, 2, 4, 5, 0, span=4), T(16, 16, 0, 2, 4, 5, 0, span=4)]),
+    "56x56x96 7x7 fp32": ((256, 56, 56, 96, 7, "float32"),
+                          [T(64, 16, 0, 8, 2, 1, 2, True), T(16, 16, 0, 4, 2, 1, 2, True, span=4),
+                           T(32, 16, 0, 8, 2, 1, 2, True, span=2)],
+                          [T(16, 16, 0, 4, 4, 5, 0), T(16, 16, 0, 4, 4, 5, 0, span=2),
+                           T(8, 16, 0, 2, 4, 5, 0, span=4)]),
+    "56x56x144 3x3 fp32": ((256, 56, 56, 144, 3, "float32"),
+                           [T(64, 16, 0, 4, 2), T(16, 16, 0, 1, 2, span=4),
+                            T(32, 16, 0, 2, 2, span=2)],
+                           [T(32, 16, 0, 4, 4, 5, 0), T(16, 16, 0, 2, 4, 5, 0, span=2),
+                            T(8, 16, 0, 1, 4, 5, 0, span=4)]),
+}
 TORCH = True
 CONVNEXT_SIZE = (256, 56, 96)
 BEST: dict = {}  # shape -> (correlate tiling, weight-gradient tiling), the sweep's fastest
 
 
-def sweep(budget):
-    T = _pallas.Tiling
-    # Tiling(block_w, block_c, rows, num_warps, prefetch, images, vector, hold_weights, unroll)
-    # No unrolled variants: a 7x7 unrolled body takes minutes to compile (and runs slower).
-    plans = [
-        ("56x56x96 7x7 bf16", SWEEP_SHAPES.get("56x56x96 7x7 bf16"),
-         [T(32, 32, 56, 4, 2, 1, 2, True), T(16, 32, 56, 4, 2, 1, 2, True),
-          T(64, 32, 56, 8, 2, 1, 2, True)],
-         [T(16, 32, 0, 8, 4, 3, 0), T(16, 32, 0, 8, 2, 3, 0), T(16, 32, 0, 8, 6, 3, 0),
-          T(8, 32, 0, 4, 4, 6, 0)]),
-        ("56x56x144 3x3 bf16", SWEEP_SHAPES.get("56x56x144 3x3 bf16"), [], []),
-    ]
+def _rel_err(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30))
+
+
+def sweep(budget, only=None):
+    """Times each tiling after checking its result against XLA's (float32 XLA on the same data)."""
     out = {}
-    for name, shape, corr, wgrad in plans:
-        if shape is None:
+    for name, (shape, corr, wgrad) in SWEEP.items():
+        if only and not any(o in name for o in only):
             continue
         n, h, w_, c, k, dt = shape
         x, w, g, spec = operands(n, h, w_, c, k, dt, 1)
+        tol = TOLERANCE[dt]
+        x32, w32, g32 = (a.astype(jnp.float32) for a in (x, w, g))
+        want_y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: lax_conv(a, b, spec), a, b))(x32, w32)
+        want_dx, want_dw = vjp(g32)
         res = {"correlate": [], "weight_grad": []}
-        default_c = _pallas.default_tiling("correlate", n, (h, w_), c, x.dtype, (k, k))
-        default_w = _pallas.default_tiling("weight_grad", n, (h, w_), c, x.dtype, (k, k))
-        res["default"] = dict(correlate=dataclasses.asdict(default_c),
-                              weight_grad=dataclasses.asdict(default_w))
-        for t in corr:
-            if elapsed() > budget:
-                break
-            try:
-                fwd = jax.jit(lambda x, w, t=t: _pallas.forward(x, w, spec, tiling=t,
-                                                                  interpret=None))
-                ms = time_jax(fwd, x, w, iters=10, reps=5)
-                res["correlate"].append(dict(tiling=dataclasses.asdict(t), fwd_ms=ms))
-                log(name, "fwd", t, f"{ms:.3f} ms")
-            except Exception as e:  # noqa: BLE001
-                res["correlate"].append(dict(tiling=dataclasses.asdict(t), error=repr(e)[:500]))
-                log(name, "fwd", t, "ERROR", repr(e)[:300])
-        for t in wgrad:
-            if elapsed() > budget:
-                break
-            try:
-                dwf = jax.jit(lambda x, g, t=t: _pallas.weight_grad(
-                    x, g, w.shape, w.dtype, spec, tiling=t, interpret=None))
-                ms = time_jax(dwf, x, g, iters=10, reps=5)
-                res["weight_grad"].append(dict(tiling=dataclasses.asdict(t), dw_ms=ms))
-                log(name, "dw", t, f"{ms:.3f} ms")
-            except Exception as e:  # noqa: BLE001
-                res["weight_grad"].append(dict(tiling=dataclasses.asdict(t), error=repr(e)[:500]))
-                log(name, "dw", t, "ERROR", repr(e)[:300])
+        for kind, tilings in (("correlate", corr), ("weight_grad", wgrad)):
+            for t in tilings:
+                if elapsed() > budget:
+                    break
+                entry = dict(tiling=dataclasses.asdict(t))
+                try:
+                    if kind == "correlate":
+                        fn = jax.jit(lambda x, w, t=t: _pallas.forward(x, w, spec, tiling=t,
+                                                                         interpret=None))
+                        dxf = jax.jit(lambda g, w, t=t: _pallas.input_grad(
+                            g, w, x.shape, x.dtype, spec, tiling=t, interpret=None))
+                        entry["rel_err"] = max(_rel_err(fn(x, w), want_y),
+                                               _rel_err(dxf(g, w), want_dx))
+                        args = (x, w)
+                    else:
+                        fn = jax.jit(lambda x, g, t=t: _pallas.weight_grad(
+                            x, g, w.shape, w.dtype, spec, tiling=t, interpret=None))
+                        entry["rel_err"] = _rel_err(fn(x, g), want_dw)
+                        args = (x, g)
+                    entry["passed"] = entry["rel_err"] <= tol
+                    if entry["passed"]:
+                        entry["ms"] = time_jax(fn, *args, iters=10, reps=5)
+                    log(name, kind, t, f"err {entry['rel_err']:.1e}", f"{entry.get('ms', -1):.3f} ms")
+                except Exception as e:  # noqa: BLE001
+                    entry["error"] = repr(e)[:500]
+                    log(name, kind, t, "ERROR", repr(e)[:300])
+                res[kind].append(entry)
         out[name] = res
-        ok_c = [r for r in res["correlate"] if "fwd_ms" in r]
-        ok_w = [r for r in res["weight_grad"] if "dw_ms" in r]
+        ok_c = [r for r in res["correlate"] if "ms" in r]
+        ok_w = [r for r in res["weight_grad"] if "ms" in r]
         if ok_c and ok_w:
-            BEST[(n, h, w_, c, k, dt)] = (
-                _pallas.Tiling(**min(ok_c, key=lambda r: r["fwd_ms"])["tiling"]),
-                _pallas.Tiling(**min(ok_w, key=lambda r: r["dw_ms"])["tiling"]))
+            BEST[shape] = (_pallas.Tiling(**min(ok_c, key=lambda r: r["ms"])["tiling"]),
+                           _pallas.Tiling(**min(ok_w, key=lambda r: r["ms"])["tiling"]))
+            log(name, "best", BEST[shape])
+        jax.clear_caches()
     return out
 
 
@@ -301,12 +337,12 @@ def use_best():
     """Makes the sweep's fastest tilings the defaults for the swept shapes (timing, ConvNeXt)."""
     original = _pallas.default_tiling
 
-    def tiling(kind, n, out_hw, c, dtype, taps=(3, 3), phases=1):
+    def tiling(kind, n, out_hw, c, dtype, taps=(3, 3), phases=1, stride=1):
         for (bn, bh, bw, bc, bk, bdt), best in BEST.items():
             if (n, tuple(out_hw), c, tuple(taps), jnp.dtype(dtype).name, phases) == \
-                    (bn, (bh, bw), bc, (bk, bk), bdt, 1):
+                    (bn, (bh, bw), bc, (bk, bk), bdt, 1) and stride == 1:
                 return best[0] if kind == "correlate" else best[1]
-        return original(kind, n, out_hw, c, dtype, taps, phases)
+        return original(kind, n, out_hw, c, dtype, taps, phases, stride)
 
     _pallas.default_tiling = tiling
 
@@ -332,7 +368,8 @@ def timing(budget, bandwidth, shapes):
             row["floor_bwd_ms"] = (2 * tensor_in + 2 * tensor_out + 2 * wbytes) / bandwidth * 1e3
             fwd, _, _, bwd = pallas_fns(spec, x, w)
             row["tilings"] = [dataclasses.asdict(_pallas.default_tiling(
-                kind, n, g.shape[1:3], c, x.dtype, (k, k))) for kind in ("correlate", "weight_grad")]
+                kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s))
+                for kind in ("correlate", "weight_grad")]
             row["convnn_fwd_ms"] = time_jax(fwd, x, w)
             row["convnn_bwd_ms"] = time_jax(bwd, x, w, g)
             lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
@@ -437,23 +474,28 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
 
 def dry_run():
     """Shrinks every table so that the script runs on a CPU in interpret mode."""
-    global SHAPES, CORRECTNESS, SWEEP_SHAPES, TORCH, CONVNEXT_SIZE
+    global SHAPES, CORRECTNESS, SWEEP, TORCH, CONVNEXT_SIZE
     _pallas.INTERPRET = True
     SHAPES = [("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"), ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16")]
     CORRECTNESS = CORRECTNESS[:1]
     CORRECTNESS = CORRECTNESS[:1] + CORRECTNESS[3:4]
-    SWEEP_SHAPES = {"56x56x144 3x3 bf16": (2, 8, 8, 8, 3, "float32")}
+    SWEEP = {"8x9x8 3x3 fp32": ((2, 8, 9, 8, 3, "float32"), [T(4, 4, 0, 1, 2), T(2, 4, 0, 1, 2, span=3)],
+                                [T(4, 4, 0, 1, 2, 2, 0), T(2, 4, 0, 1, 2, 2, 0, span=2)])}
     TORCH = False
     CONVNEXT_SIZE = (2, 8, 8)
 
 
 def main():
+    global SHAPES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="depthwise_gpu.json")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for all sections")
     parser.add_argument("--bandwidth", type=float, default=3.0e12, help="bytes/s for the floor")
     parser.add_argument("--sections", default="correctness,sweep,timing,convnext")
     parser.add_argument("--sweep-budget", type=float, default=150.0)
+    parser.add_argument("--sweep-only", default="", help="comma-separated substrings of SWEEP keys")
+    parser.add_argument("--shapes", default="",
+                        help="time only these SHAPES (comma-separated substrings of 'name dtype')")
     parser.add_argument("--correctness-budget", type=float, default=120.0)
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes in Pallas interpret mode, no PyTorch (checks the script)")
@@ -478,8 +520,12 @@ def main():
             log("correctness FAILED: no timing")
             return 1
     if "sweep" in sections:
-        RESULTS["sections"]["sweep"] = sweep(elapsed() + args.sweep_budget)
+        only = [o for o in args.sweep_only.split(",") if o]
+        RESULTS["sections"]["sweep"] = sweep(elapsed() + args.sweep_budget, only)
         save(args.json)
+    if args.shapes:
+        keep = [o for o in args.shapes.split(",") if o]
+        SHAPES = [r for r in SHAPES if any(o in f"{r[0]} {r[-1]}" for o in keep)]
     use_best()
     RESULTS["best_tilings"] = {repr(k): [dataclasses.asdict(t) for t in v] for k, v in BEST.items()}
     if "timing" in sections:

@@ -122,13 +122,15 @@ def test_supports_needs_a_gpu_or_interpret_mode(monkeypatch):
 
 
 def test_default_tiling_is_powers_of_two():
-    for kind, hw, c, k, dt in itertools.product(
+    for kind, hw, c, k, dt, stride in itertools.product(
             ("correlate", "weight_grad"), ((56, 56), (7, 5), (112, 112)), (3, 96, 144),
-            (1, 3, 7), (jnp.bfloat16, jnp.float32)):
-        t = _pallas.default_tiling(kind, 256, hw, c, dt, (k, k))
-        for size in (t.block_w, t.block_c, t.num_warps):
+            (1, 3, 7), (jnp.bfloat16, jnp.float32), (1, 2)):
+        t = _pallas.default_tiling(kind, 256, hw, c, dt, (k, k), 1, stride)
+        for size in (t.block_w, t.block_c, t.num_warps, t.span):
             assert size >= 1 and size & (size - 1) == 0, t
-        assert t.block_w <= max(1, 2 * hw[1]) and t.block_c <= max(1, 2 * c)
+        assert t.columns <= max(1, 2 * hw[1]) and t.block_c <= max(1, 2 * c)
+        # Width blocking was measured faster only for small kernels at stride 1.
+        assert t.span == 1 or (stride == 1 and k * k <= 25), t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +159,16 @@ KERNELS = [
     # the default tilings of a 3x3 kernel (16-byte vectors).
     ("3x3 default tiling", (2, 6, 5, 8), (3, 3), (1, 1), ((1, 1), (1, 1)), False, jnp.float32,
      None, None),
+    # register blocking along the width (span): 4 and 3 columns per thread with column tails
+    # (11 = 2 * 4 + 3, 10 = 2 * 3 + 3 + 1), held weights, bfloat16.
+    ("7x7 span", (1, 9, 11, 4), (7, 7), (1, 1), ((3, 3), (3, 3)), False, jnp.bfloat16,
+     T(2, 4, 0, 1, 2, 1, 2, True, False, 4), T(2, 4, 0, 1, 2, 1, 0, False, False, 3)),
+    # span with stride 2 (shifts a*j + tw) and the input gradient's phases, flip, channel tail.
+    ("3x3 stride 2 span", (2, 9, 10, 5), (3, 3), (2, 2), ((1, 0), (1, 1)), True, jnp.float32,
+     T(2, 4, 3, 1, 1, 1, 0, False, False, 2), T(4, 2, 2, 1, 1, 2, 0, False, False, 2)),
+    # span with unrolled row loops, width stride 2 only, float16.
+    ("5x3 stride (1, 2) span unrolled", (2, 8, 13, 3), (5, 3), (1, 2), ((2, 2), (1, 1)), False,
+     jnp.float16, T(2, 2, 0, 1, 2, 1, 0, True, True, 3), T(2, 2, 0, 1, 2, 1, 0, True, True, 3)),
 ]
 
 

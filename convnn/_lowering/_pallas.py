@@ -168,6 +168,10 @@ class Tiling:
         keep them in registers (else they are re-read from the L1 cache in every iteration).
       unroll: unroll the row loop by the number of rows in flight, so that the rolling
         accumulators / cotangent rows are renamed rather than moved.
+      span: consecutive output columns each thread computes (register blocking along the
+        width): the program's columns are ``span`` interleaved tiles of ``block_w``, and the
+        ``span`` outputs of a thread share their input loads (``a*(span-1) + taps`` loads per
+        input row instead of ``span*taps``).
     """
 
     block_w: int
@@ -179,6 +183,12 @@ class Tiling:
     vector: int = 0
     hold_weights: bool = False
     unroll: bool = False
+    span: int = 1
+
+    @property
+    def columns(self) -> int:
+        """Output columns per program."""
+        return self.block_w * self.span
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -190,36 +200,52 @@ TARGET_PROGRAMS = 512
 
 
 def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
-                   taps: tuple[int, int] = (3, 3), phases: int = 1) -> Tiling:
+                   taps: tuple[int, int] = (3, 3), phases: int = 1, stride: int = 1) -> Tiling:
     """The tiling used unless one is given: ``kind`` is ``"correlate"`` or ``"weight_grad"``.
+
+    ``stride`` is the width stride of the correlation (``a``) and ``phases`` the number of
+    input-gradient phases.
 
     Measured with ``benchmarks/bench_depthwise_gpu.py`` on an H100 (docs/benchmarks.md):
 
     * correlation, kernels of more than 16 taps: two channels per thread and 4 output columns,
       all the weights held in registers (re-reading 8 channels' weights per tap from L1 in every
-      iteration made the 7x7 forward pass 40% slower); small kernels: 16-byte vectors;
+      iteration made the 7x7 forward pass 40% slower); small kernels: 16-byte vectors, and for
+      16-bit data at stride 1, two channels by 4 consecutive columns per thread (``span=4``:
+      0.27 against 0.31 ms for bf16 3x3 at 56x56x144; at stride 2 the forward pass got slower,
+      0.23 against 0.19 ms, so strided and phased correlations keep ``span=1``);
     * weight gradient: 2 values per thread for large kernels (one accumulator per tap; for
       16-bit data 8 columns by 32 channels on 4 warps ran 1.3x faster than 16 by 32 on 8), 4 for
-      small ones;
+      small ones, with 4 consecutive columns per thread at stride 1 (``span=4``: 0.35 against
+      0.49 ms for bf16 3x3 at 56x56x144, 0.61 against 0.66 ms in float32). ``span`` made no
+      difference to 7x7 kernels (0.43 against 0.42 ms forward, slower weight gradients);
     * never unrolled: unrolling the row loop by the rows in flight makes a 7x7 loop body of
       thousands of instructions, which ran slower (and took minutes to compile).
 
     Rows are split only when the grid would otherwise be small.
     """
     ntaps = taps[0] * taps[1]
-    block_c = _pow2_at_most(c, 32 if jnp.dtype(dtype).itemsize <= 2 else 16)
-    vector, hold = 0, False
+    small = jnp.dtype(dtype).itemsize <= 2
+    block_c = _pow2_at_most(c, 32 if small else 16)
+    vector, hold, span = 0, False, 1
     if kind == "correlate":
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
         if ntaps > 16:
             vector, hold = 2, True
+        elif small and stride == 1 and phases == 1:
+            span, vector, per_thread = 4, 2, 4
+            block_c = _pow2_at_most(c, 16)
+            block_w = _pow2_at_most(-(-out_hw[1] // span), 16)
     elif ntaps > 25:
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 8 if block_c == 32 else 16), 2, 4
+    elif stride == 1:
+        span, per_thread, prefetch = 4, 4, 4
+        block_w = _pow2_at_most(-(-out_hw[1] // span), 8)
     else:
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 32), 4, 4
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
-    programs = n * -(-out_hw[1] // block_w) * -(-c // block_c) * phases
-    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, hold, False)
+    programs = n * -(-out_hw[1] // (block_w * span)) * -(-c // block_c) * phases
+    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, hold, False, span)
     if kind == "weight_grad" and programs >= 4 * TARGET_PROGRAMS:
         return dataclasses.replace(base, images=programs // (2 * TARGET_PROGRAMS))
     tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
@@ -263,9 +289,11 @@ class _Tile:
     consecutive threads along them (coalesced loads: a warp reads one pixel's channels).
     """
 
-    def __init__(self, col0, c0, block_w: int, block_c: int, channels: int, vector: int = 0):
+    def __init__(self, col0, c0, block_w: int, block_c: int, channels: int, vector: int = 0,
+                 span: int = 1):
         self.block_w, self.block_c = block_w, block_c
-        self.qx = col0 + jnp.arange(block_w, dtype=jnp.int32)
+        # Column ``qx + j`` (``j < span``) of the program's ``block_w * span`` columns.
+        self.qx = col0 + span * jnp.arange(block_w, dtype=jnp.int32)
         i = jnp.arange(block_c, dtype=jnp.int32)
         if vector and vector < block_c:
             # The same channels, with groups of ``vector`` swapped pairwise: the compiler then
@@ -346,16 +374,22 @@ def _f32(v):
 def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeometry,
                       n_images: int, channels: int, tiling: Tiling, grid_sizes):
     pl, plgpu = _pallas()
-    bw, bc, th, depth = tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch
+    bw, bc, th, depth, span = (tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch,
+                               tiling.span)
     cb, ph, wt, rt, n = _split(pl.program_id(0), grid_sizes)
     ph_h, ph_w = ph // gw.phases, ph % gw.phases
     b_h, p_h, count_h = (_select(ph_h, v) for v in (gh.b, gh.p, gh.count))
     b_w, p_w, count_w = (_select(ph_w, v) for v in (gw.b, gw.p, gw.count))
-    tile = _Tile(wt * bw, cb * bc, bw, bc, channels, tiling.vector)
+    tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span)
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
-    cols = [tile.columns(gw.a, b_w + tw, gw.src_size) for tw in range(gw.taps)]
-    centre = gw.taps // 2
+    # Output column qx + j reads source column a_w*qx + b_w + s for s = a_w*j + tw: one load
+    # per shift s serves every (j, tw) pair with that sum.
+    shifts = gw.a * (span - 1) + gw.taps
+    cols = [tile.columns(gw.a, b_w + sh, gw.src_size) for sh in range(shifts)]
+    pairs = [[(j, sh - gw.a * j) for j in range(span) if 0 <= sh - gw.a * j < gw.taps]
+             for sh in range(shifts)]
+    centre = shifts // 2
     q0 = rt * th
     q_end = jnp.minimum(count_h, q0 + th)
     # Taps (relative to the first output row that reads them) of the rows each iteration loads.
@@ -372,20 +406,25 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     def row_of(q, t):
         return a * q + b_h + t
 
-    def load(row, tw):
-        return tile.load(plgpu, src_ref, n, row, gh.src_size, cols[tw])
+    def load(row, sh):
+        return tile.load(plgpu, src_ref, n, row, gh.src_size, cols[sh])
 
     def accumulate(accs, pre, t, row):
-        """Adds input row ``row`` (tap ``t`` of output ``accs[0]``) into every output using it."""
-        accs = list(accs)
-        for tw in range(gw.taps):
-            x = _f32(load(row, tw) if tw not in pre else pre[tw])
-            for j in range(t // a + 1):
-                accs[j] = accs[j] + x * weight((t - a * j, tw))
-        return accs
+        """Adds input row ``row`` (tap ``t`` of output ``accs[0]``) into every output using it.
+
+        ``accs[i][j]``: output row ``i`` in flight, column ``qx + j``.
+        """
+        accs = [list(r) for r in accs]
+        for sh in range(shifts):
+            x = _f32(load(row, sh) if sh not in pre else pre[sh])
+            for j, tw in pairs[sh]:
+                for i in range(t // a + 1):
+                    accs[i][j] = accs[i][j] + x * weight((t - a * i, tw))
+        return [tuple(r) for r in accs]
 
     zeros = jnp.zeros(tile.shape, jnp.float32)
-    accs = [zeros] * live
+    blank = (zeros,) * span
+    accs = [blank] * live
     for t in range(max(taps - a, 0)):  # prologue: rows of the first window read before q0
         accs = accumulate(accs, {}, t, row_of(q0, t))
 
@@ -393,8 +432,8 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
         return tuple(load(row_of(q, t), centre) for t in new_taps)
 
     queue = tuple(prefetch(q0 + k) for k in range(depth))
-    ocol = gw.m * tile.qx + p_w
-    ocol_ok = tile.qx < count_w
+    ocols = [gw.m * (tile.qx + j) + p_w for j in range(span)]
+    ocols_ok = [tile.qx + j < count_w for j in range(span)]
 
     def body(i, carry):
         accs, queue = list(carry[0]), carry[1]
@@ -406,9 +445,11 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
                 pre = {centre: ready[k]} if depth else {}
                 accs = accumulate(accs, pre, t, row_of(q, t))
             orow = gh.m * q + p_h
-            plgpu.store(tile.at(out_ref, n, orow, ocol), accs[0].astype(out_ref.dtype),
-                        mask=tile.mask(q < q_end, ocol_ok))
-            accs = accs[1:] + [zeros]
+            for j in range(span):
+                plgpu.store(tile.at(out_ref, n, orow, ocols[j]),
+                            accs[0][j].astype(out_ref.dtype),
+                            mask=tile.mask(q < q_end, ocols_ok[j]))
+            accs = accs[1:] + [blank]
         return tuple(accs), queue
 
     lax.fori_loop(0, -(-th // unroll), body, (tuple(accs), queue))
@@ -430,10 +471,10 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
     phases = gh.phases * gw.phases
     if tiling is None:
         tiling = default_tiling("correlate", n, (gh.max_count, gw.max_count), c, src.dtype,
-                                (gh.taps, gw.taps), phases)
+                                (gh.taps, gw.taps), phases, gw.a)
     rows = _rows(tiling, gh.max_count, gh.live)
     tiling = dataclasses.replace(tiling, rows=rows)
-    grid_sizes = (-(-c // tiling.block_c), phases, -(-gw.max_count // tiling.block_w),
+    grid_sizes = (-(-c // tiling.block_c), phases, -(-gw.max_count // tiling.columns),
                   -(-gh.max_count // rows), n)
     kernel = functools.partial(_correlate_kernel, gh=gh, gw=gw, n_images=n, channels=c,
                                tiling=tiling, grid_sizes=grid_sizes)
@@ -456,33 +497,41 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
 def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeometry,
                         n_images: int, channels: int, tiling: Tiling, grid_sizes):
     pl, plgpu = _pallas()
-    bw, bc, th, depth, per = (tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch,
-                              tiling.images)
+    bw, bc, th, depth, per, span = (tiling.block_w, tiling.block_c, tiling.rows,
+                                    tiling.prefetch, tiling.images, tiling.span)
     cb, wt, rt, nb = _split(pl.program_id(0), grid_sizes)
     part = (nb * grid_sizes[2] + rt) * grid_sizes[1] + wt
-    tile = _Tile(wt * bw, cb * bc, bw, bc, channels, tiling.vector)
+    tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span)
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
     b_h, count_h = gh.b[0], gh.count[0]
-    cols = [tile.columns(gw.a, gw.b[0] + tw, gw.src_size) for tw in range(gw.taps)]
-    gcols = (tile.qx, tile.qx < gw.count[0])
-    centre = gw.taps // 2
+    # Cotangent column qx + j pairs with input column a_w*(qx + j) + b_w + tw: one input load
+    # per shift s = a_w*j + tw.
+    shifts = gw.a * (span - 1) + gw.taps
+    cols = [tile.columns(gw.a, gw.b[0] + sh, gw.src_size) for sh in range(shifts)]
+    pairs = [[(j, sh - gw.a * j) for j in range(span) if 0 <= sh - gw.a * j < gw.taps]
+             for sh in range(shifts)]
+    gcols = [(tile.qx + j, tile.qx + j < gw.count[0]) for j in range(span)]
+    centre = shifts // 2
     q0 = rt * th
     us = list(range(min(a, taps)))  # rows loaded per iteration: a*q + b + u
     zeros = jnp.zeros(tile.shape, jnp.float32)
+    blank = (zeros,) * span
 
     def pair(accs, gbuf, row, u, n, n_ok, pre, skip):
-        """Adds input row ``a*q+b+u`` times the cotangent rows ``q - j`` (``gbuf[j]``)."""
+        """Adds input row ``a*q+b+u`` times the cotangent rows ``q - i`` (``gbuf[i][j]``)."""
         accs = dict(accs)
-        for tw in range(gw.taps):
-            js = [j for j in range(skip, live) if u + a * j < taps]
-            if not js:
-                continue
-            x = pre.get(tw)
-            x = _f32(tile.load(plgpu, x_ref, n, row, gh.src_size, cols[tw], n_ok) if x is None else x)
-            for j in js:
-                key = (u + a * j, tw)
-                accs[key] = accs[key] + x * gbuf[j]
+        rows_in = [i for i in range(skip, live) if u + a * i < taps]
+        if not rows_in:
+            return accs
+        for sh in range(shifts):
+            x = pre.get(sh)
+            x = _f32(tile.load(plgpu, x_ref, n, row, gh.src_size, cols[sh], n_ok) if x is None
+                     else x)
+            for j, tw in pairs[sh]:
+                for i in rows_in:
+                    key = (u + a * i, tw)
+                    accs[key] = accs[key] + x * gbuf[i][j]
         return accs
 
     def image(i, accs):
@@ -491,7 +540,7 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
         n = jnp.minimum(n, n_images - 1)
 
         def load_g(q):
-            return tile.load(plgpu, g_ref, n, q, count_h, gcols, n_ok)
+            return tuple(tile.load(plgpu, g_ref, n, q, count_h, gc, n_ok) for gc in gcols)
 
         def load_x(q):
             return tuple(tile.load(plgpu, x_ref, n, a * q + b_h + u, gh.src_size, cols[centre], n_ok)
@@ -509,18 +558,18 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
                     (g_raw, x_raws), queue = queue[0], queue[1:] + (prefetch(q + depth),)
                 else:
                     g_raw, x_raws = load_g(q), None
-                gbuf = [_f32(g_raw)] + gbuf[:-1]
+                gbuf = [tuple(_f32(g) for g in g_raw)] + gbuf[:-1]
                 for idx, u in enumerate(us):
                     pre = {centre: x_raws[idx]} if depth else {}
                     accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, pre, 0)
             return accs, tuple(gbuf), queue
 
         queue = tuple(prefetch(q0 + k) for k in range(depth))
-        accs, gbuf, _ = lax.fori_loop(0, th // unroll, body, (accs, (zeros,) * live, queue))
+        accs, gbuf, _ = lax.fori_loop(0, th // unroll, body, (accs, (blank,) * live, queue))
         gbuf = list(gbuf)
         for e in range(1, live):  # epilogue: rows after the tile, paired with its last rows
             q = q0 + th - 1 + e
-            gbuf = [zeros] + gbuf[:-1]
+            gbuf = [blank] + gbuf[:-1]
             for u in us:
                 accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, {}, e)
         return accs
@@ -543,11 +592,11 @@ def _weight_grad(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None
     n, _, _, c = x.shape
     if tiling is None:
         tiling = default_tiling("weight_grad", n, (gh.count[0], gw.count[0]), c, x.dtype,
-                                (gh.taps, gw.taps))
+                                (gh.taps, gw.taps), 1, gw.a)
     rows = _rows(tiling, gh.count[0], gh.live)
     images = max(1, min(tiling.images or 1, n))
     tiling = dataclasses.replace(tiling, rows=rows, images=images)
-    grid_sizes = (-(-c // tiling.block_c), -(-gw.count[0] // tiling.block_w),
+    grid_sizes = (-(-c // tiling.block_c), -(-gw.count[0] // tiling.columns),
                   -(-gh.count[0] // rows), -(-n // images))
     parts = grid_sizes[1] * grid_sizes[2] * grid_sizes[3]
     kernel = functools.partial(_weight_grad_kernel, gh=gh, gw=gw, n_images=n, channels=c,
@@ -719,7 +768,7 @@ def backward_kernels(spec: ConvSpec, dtype) -> str:
     """Which gradients the ``"pallas"`` strategy uses: ``"pallas"`` or ``"xla"``.
 
     Measured on an H100 (docs/benchmarks.md): the Pallas gradients are 11-17x faster than XLA's
-    (cuDNN's) for float32 7x7 kernels and 1.6x for a bfloat16 stride-2 3x3 kernel, but 0.8-0.9x
+    (cuDNN's) for float32 7x7 kernels and 1.6x for a bfloat16 stride-2 3x3 kernel, but 0.8-0.94x
     for 16-bit stride-1 kernels, where XLA's gradient is kept.
     """
     if jnp.dtype(dtype) == jnp.float32 or any(s > 1 for s in spec.stride):
