@@ -111,6 +111,7 @@ CPU_SHAPES = [
     Shape("convnext-dw7x7-384@7", "depthwise", 7, 384, 384, 7, 1, 384),
 ]
 
+EAGER_REPS, EAGER_CALLS = 61, 500  # samples per function, calls per sample
 EAGER_SHAPES = [  # tiny: the call overhead dominates
     ("conv2d 1x8x8x8, 3x3 dense", (1, 8, 8, 8), (8, 3, 3, 8), dict(padding=1)),
     ("conv2d 1x8x8x8, 3x3 depthwise", (1, 8, 8, 8), (8, 3, 3, 1), dict(padding=1, groups=8)),
@@ -140,13 +141,16 @@ def _sync(value):
 _SYNC: dict = {}  # type -> function that waits for a value of that type
 
 
-def measure(fns: dict, reps: int, sample_s: float, budget_s: float) -> dict:
-    """``(median, min)`` seconds per call of each function, measured interleaved.
+def measure(fns: dict, reps: int, sample_s: float, budget_s: float,
+            calls: int | None = None, raw: bool = False) -> dict:
+    """``(median, min)`` seconds per call of each function, measured interleaved (``raw``: the
+    list of samples instead, in the order taken).
 
     Each function is warmed up (compiled) first; each sample runs ``n`` calls back to back, with
-    ``n`` chosen so that a sample lasts about ``sample_s``; the order of the functions rotates
-    between samples. Fewer samples are taken when a function is so slow that ``reps`` samples
-    would exceed ``budget_s``.
+    ``n`` chosen so that a sample lasts about ``sample_s`` (or ``n = calls`` for every function:
+    then each sample pays the same final wait, which matters when comparing call overheads of a
+    few microseconds); the order of the functions rotates between samples. Fewer samples are
+    taken when a function is so slow that ``reps`` samples would exceed ``budget_s``.
     """
     counts, per_call = {}, {}
     for name, fn in fns.items():
@@ -155,7 +159,7 @@ def measure(fns: dict, reps: int, sample_s: float, budget_s: float) -> dict:
         _sync(fn())
         single = time.perf_counter() - t
         per_call[name] = single
-        counts[name] = max(1, min(1000, int(sample_s / max(single, 1e-7))))
+        counts[name] = calls or max(1, min(1000, int(sample_s / max(single, 1e-7))))
     slowest = max(per_call[n] * counts[n] for n in fns)
     reps = max(2, min(reps, int(budget_s / max(slowest * len(fns), 1e-9))))
     samples = {name: [] for name in fns}
@@ -168,6 +172,8 @@ def measure(fns: dict, reps: int, sample_s: float, budget_s: float) -> dict:
                 fn()
             _sync(fn())
             samples[name].append((time.perf_counter() - t) / n)
+    if raw:
+        return samples
     return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
 
 
@@ -330,16 +336,23 @@ def bench_eager(args) -> list[dict]:
         jitted = jax.jit(plain)
         np.testing.assert_allclose(np.asarray(fn(x, w, **kw)), np.asarray(jitted(x, w)),
                                    rtol=1e-4, atol=1e-4)
-        # Many short interleaved samples; a busy machine only ever adds time, so the minimum is
-        # the robust estimate of a call's own cost (the median is reported too). "async": calls
-        # back to back, waiting for the last (dispatch throughput); "sync": waiting for each.
+        # Interleaved samples of the same number of calls for every function (a sample's final
+        # wait is then the same share of each); a busy machine only ever adds time, so the
+        # minimum is the robust estimate of a call's own cost (the median is reported too).
+        # "async": calls back to back, waiting for the last (dispatch throughput); "sync":
+        # waiting for each.
         calls = {"lax jitted": lambda: jitted(x, w), "convnn eager": lambda: fn(x, w, **kw),
                  "lax eager": lambda: plain(x, w)}
         fns = dict(calls)
         fns.update({f"{k} (sync)": (lambda c=c: c().block_until_ready()) for k, c in calls.items()})
-        times = measure(fns, 61, 0.005, 30.0)
-        for impl, (t, t_min) in times.items():
-            rows.append(dict(shape=name, impl=impl, us=t * 1e6, us_min=t_min * 1e6))
+        samples = measure(fns, EAGER_REPS, 0.0, 60.0, calls=EAGER_CALLS, raw=True)
+        for impl, v in samples.items():
+            base = samples["lax jitted (sync)" if impl.endswith("(sync)") else "lax jitted"]
+            # Sample r of each function was taken in the same round as sample r of the
+            # baseline: the median of these paired ratios cancels slow drifts of the machine.
+            paired = statistics.median(a / b for a, b in zip(v, base))
+            rows.append(dict(shape=name, impl=impl, us=statistics.median(v) * 1e6,
+                             us_min=min(v) * 1e6, paired_ratio_vs_lax_jitted=paired))
     return rows
 
 
@@ -482,8 +495,11 @@ def main(argv=None):
     print_table(rows, impls, f"medians in ms, and lax / impl (above 1: faster than lax); {info}")
     eager = [] if args.skip_overhead else bench_eager(args)
     if eager:
-        print("\neager overhead (us per call: min / median of 61 interleaved samples)")
+        print(f"\neager overhead (us per call: min / median of {EAGER_REPS} interleaved samples of "
+          f"{EAGER_CALLS} calls; ratios: of the minima / of the medians / median of the "
+          f"per-round ratios)")
         by = {(r["shape"], r["impl"]): (r["us_min"], r["us"]) for r in eager}
+        paired = {(r["shape"], r["impl"]): r["paired_ratio_vs_lax_jitted"] for r in eager}
         for mode in ("", " (sync)"):
             print("async: calls back to back" if not mode else "sync: each call waited for")
             for name, *_ in EAGER_SHAPES:
@@ -491,7 +507,8 @@ def main(argv=None):
                                                             "lax eager"))
                 print(f"  {name:34s} lax jitted {jt[0]:6.1f} / {jt[1]:6.1f}  convnn eager "
                       f"{ce[0]:6.1f} / {ce[1]:6.1f}  lax eager {le[0]:6.1f} / {le[1]:6.1f}  "
-                      f"convnn eager / lax jitted {ce[0] / jt[0]:5.2f} / {ce[1] / jt[1]:5.2f}")
+                      f"convnn eager / lax jitted {ce[0] / jt[0]:5.2f} / {ce[1] / jt[1]:5.2f}"
+                      f" / paired {paired[(name, 'convnn eager' + mode)]:5.2f}")
     summ = summary(rows)
     print("\ngeometric means of lax / convnn")
     for k, v in summ.items():

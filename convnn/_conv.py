@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +18,8 @@ import numpy as np
 from convnn import _args
 from convnn import _lowering
 from convnn._lowering import ConvSpec
+from convnn._lowering import _context as _lowering_context
+from convnn._lowering._context import _LOCAL
 
 __all__ = ["conv", "resolve_stream"]
 
@@ -182,40 +183,38 @@ class _EagerCache:
     """Raw call arguments -> compiled callable, so repeated eager calls skip validation.
 
     A key holds the operands' abstract values (shape, dtype, weak type), every argument as passed
-    (with the types of the scalar ones, so ``True`` and ``1`` differ), and the lowering in force. Only calls whose
-    arguments validated get an entry. Bounded LRU; mutations take a lock.
+    (with the types of the scalar ones, so ``True`` and ``1`` differ), and the lowering in force.
+    Only calls whose arguments validated get an entry. Bounded, first in first out: a hit is a
+    plain dict lookup (the eager call's fast path), and an evicted configuration only costs a
+    validation again (its compiled callable stays in ``_compiled``'s own LRU cache). Insertions
+    take a lock.
     """
 
     def __init__(self, maxsize: int = 512):
         self.maxsize = maxsize
-        self._entries: OrderedDict = OrderedDict()
+        self.entries: dict = {}
         self._lock = threading.Lock()
-
-    def get(self, key):
-        entry = self._entries.get(key)
-        if entry is not None:
-            try:
-                self._entries.move_to_end(key)
-            except KeyError:  # evicted by another thread meanwhile
-                pass
-        return entry
 
     def put(self, key, entry) -> None:
         with self._lock:
-            self._entries[key] = entry
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
+            self.entries[key] = entry
+            while len(self.entries) > self.maxsize:
+                del self.entries[next(iter(self.entries))]
 
     def clear(self) -> None:
+        """Empties this cache, the plans' compiled callables and the fast path's (``EAGER``)."""
         with self._lock:
-            self._entries.clear()
+            self.entries.clear()
         _compiled.cache_clear()
+        if EAGER is not None:
+            EAGER.clear_cache()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
 
 EAGER_CACHE = _EagerCache()
+_ENTRIES = EAGER_CACHE.entries
 try:
     _Tracer = jax.core.Tracer
 except AttributeError:  # pragma: no cover - JAX versions that no longer export it there
@@ -230,6 +229,25 @@ def _is_concrete(value) -> bool:
         _CONCRETE.add(type(value))
         return True
     return False
+
+
+def _eager_body(fn, n, stride, padding, dilation, groups, output_padding, x, w):
+    """An eager call's traced body: ``conv`` on tracers (it validates at trace time)."""
+    return conv(fn, x, w, n=n, stride=stride, padding=padding, kernel_dilation=dilation,
+                groups=groups, output_padding=output_padding)
+
+
+#: The fastest eager path, for the common calls whose arguments are plain ints (and a padding
+#: string): one jitted function whose static arguments are those arguments, dispatched by JAX's
+#: C++ jit path with no Python validation (``convnn.functional`` checks the argument types
+#: first, so that ``True`` or ``1.0``, which hash like ``1``, never reach it). The first call of
+#: a configuration traces ``conv``, which validates before anything is compiled; the compiled
+#: callables live in JAX's bounded jit cache. It needs JAX's user contexts, which key jit's
+#: cache on the lowering in force (``None`` without them: every call takes :func:`conv`).
+EAGER = (jax.jit(_eager_body, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+         if _lowering_context.JIT_KEYED else None)
+#: Types of ``padding`` that the fast path accepts.
+EAGER_PADDING = frozenset({int, str})
 
 
 def _placed(call, device):
@@ -269,10 +287,10 @@ def conv(
     if type(input) in _CONCRETE and type(weight) in _CONCRETE:  # eager call: try the cache
         key = (fn, n, input.aval, weight.aval, stride, padding, kernel_dilation, input_dilation,
                groups, flip, output_padding, stream, precision, preferred_element_type,
-               _lowering.current(), type(stride), type(padding), type(kernel_dilation),
+               _LOCAL.state, type(stride), type(padding), type(kernel_dilation),
                type(input_dilation), type(groups), type(flip))
         try:
-            entry = EAGER_CACHE.get(key)
+            entry = _ENTRIES.get(key)
         except TypeError:  # unhashable arguments (lists): validate every time
             key = entry = None
         if entry is not None:

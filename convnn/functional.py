@@ -26,6 +26,9 @@ from typing import Any
 import jax
 
 from convnn import _pool
+from convnn._conv import _CONCRETE, _is_concrete
+from convnn._conv import EAGER as _EAGER
+from convnn._conv import EAGER_PADDING as _EAGER_PADDING
 from convnn._conv import conv as _conv
 
 __all__ = [
@@ -48,6 +51,12 @@ IntOrTuple = Any  # int or a sequence of ints, one per spatial axis
 
 
 def _convnd(fn, n, input, weight, stride, padding, dilation, groups, stream, precision, pet):
+    if (_EAGER is not None and type(stride) is int and type(padding) in _EAGER_PADDING
+            and type(dilation) is int and type(groups) is int and stream is None
+            and precision is None and pet is None
+            and (type(input) in _CONCRETE or _is_concrete(input))
+            and (type(weight) in _CONCRETE or _is_concrete(weight))):
+        return _EAGER(fn, n, stride, padding, dilation, groups, None, input, weight)
     return _conv(
         fn,
         input,
@@ -66,6 +75,12 @@ def _convnd(fn, n, input, weight, stride, padding, dilation, groups, stream, pre
 def _conv_transposend(
     fn, n, input, weight, stride, padding, dilation, output_padding, groups, stream, precision, pet
 ):
+    if (_EAGER is not None and type(stride) is int and type(padding) is int
+            and type(dilation) is int and type(output_padding) is int and type(groups) is int
+            and stream is None and precision is None and pet is None
+            and (type(input) in _CONCRETE or _is_concrete(input))
+            and (type(weight) in _CONCRETE or _is_concrete(weight))):
+        return _EAGER(fn, n, stride, padding, dilation, groups, output_padding, input, weight)
     return _conv(
         fn,
         input,

@@ -50,6 +50,7 @@ __all__ = [
     "UsageError",
     "Checkpoints",
     "add_common_args",
+    "run_main",
     "init_distributed",
     "make_mesh",
     "replicate",
@@ -171,6 +172,18 @@ def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 # --------------------------------------------------------------------------------------------
 # Devices: multi-host start-up, mesh, sharding
 # --------------------------------------------------------------------------------------------
+
+
+def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Runs an example's ``run(args)``; a non-finite loss exits with 1, a usage error with 2."""
+    try:
+        return run(args)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def init_distributed(args: argparse.Namespace) -> None:

@@ -221,15 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except common.NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except common.UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return common.run_main(run, parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -468,17 +468,42 @@ def test_traced_calls_bypass_the_cache(spy):
 
 
 def test_eager_cache_is_bounded(spy, monkeypatch):
+    """Calls with tuple arguments take the keyed cache (plain ints take ``EAGER``, below)."""
     monkeypatch.setattr(_conv.EAGER_CACHE, "maxsize", 3)
     x, w = _operands()
     with convnn.lowering("spy"):
         for p in range(6):
-            convnn.conv2d(x, w, padding=p)
-            convnn.conv2d(x, w, padding=p)
+            convnn.conv2d(x, w, padding=(p, p))
+            convnn.conv2d(x, w, padding=(p, p))
         assert len(_conv.EAGER_CACHE) == 3
-        convnn.conv2d(x, w, padding=5)  # most recent: still cached
+        convnn.conv2d(x, w, padding=(5, 5))  # most recent: still cached
         assert len(spy) == 6
-        convnn.conv2d(x, w, padding=0)  # evicted: traced again (or its plan reused)
+        convnn.conv2d(x, w, padding=(0, 0))  # evicted: traced again (or its plan reused)
         assert len(_conv.EAGER_CACHE) == 3
+
+
+@pytest.mark.skipif(_conv.EAGER is None, reason="this JAX has no user contexts")
+def test_plain_int_calls_take_the_jit_fast_path(spy, monkeypatch):
+    """Int arguments go to one jitted function keyed on them, validated only when traced."""
+    x, w = _operands()
+    checks = []
+    original = _conv._check_operands
+    monkeypatch.setattr(_conv, "_check_operands", lambda *a: checks.append(1) or original(*a))
+    with convnn.lowering("spy"):
+        for _ in range(3):
+            convnn.conv2d(x, w, 1, 1)
+            convnn.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+            convnn.conv1d(x[:, 0], w[:, 0], padding="same")
+    assert len(spy) == 3 and len(checks) == 3 and len(_conv.EAGER_CACHE) == 0
+    with convnn.lowering("xla"):  # a new lowering is a new key
+        convnn.conv2d(x, w, 1, 1)
+    assert len(checks) == 4
+    # Arguments that hash like ints but are not ints never reach it.
+    for kw in (dict(stride=1.0), dict(groups=True), dict(dilation=np.float32(1))):
+        with pytest.raises(TypeError, match="must be an int"):
+            convnn.conv2d(x, w, **{"padding": 1, **kw})
+    with pytest.raises(TypeError, match="must be an int"):
+        convnn.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1.0)
 
 
 def test_cached_configuration_still_rejects_bad_argument_types():
