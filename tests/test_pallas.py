@@ -239,6 +239,47 @@ def test_backward_xla_option_uses_xlas_gradient():
     assert jaxpr.count("pallas_call") == 1 and "conv_general_dilated" in jaxpr
 
 
+def test_xla_backward_supports_forward_mode_and_second_order():
+    """``backward="xla"`` is a custom_jvp with XLA's tangent: jvp, grad and Hessians all work and
+    equal the float64 reference's; the forward pass stays the Pallas kernel."""
+    c = 3
+    spec = make_spec(c, stride=(2, 1), padding=((1, 2), (0, 1)))
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.standard_normal((2, 7, 5, c)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((c, 3, 2, 1)), jnp.float32)
+    tx = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    tw = jnp.asarray(rng.standard_normal(w.shape), jnp.float32)
+
+    def f(a, b):
+        return _pallas.depthwise(a, b, spec, True, "xla")
+
+    kw = dict(stride=(2, 1), padding_lo=[1, 0], padding_hi=[2, 1], kernel_dilation=(1, 1),
+              input_dilation=(1, 1), groups=c, flip=False)
+    x64, w64, tx64, tw64 = (np.asarray(a, np.float64) for a in (x, w, tx, tw))
+    out, tangent = jax.jvp(f, (x, w), (tx, tw))
+    assert_close(out, conv_general_ref(x64, w64, **kw), jnp.float32, what="value")
+    # Bilinear: the tangent is conv(tx, w) + conv(x, tw).
+    assert_close(tangent, conv_general_ref(tx64, w64, **kw) + conv_general_ref(x64, tw64, **kw),
+                 jnp.float32, what="tangent")
+    _, only_x = jax.jvp(lambda a: f(a, w), (x,), (tx,))
+    assert_close(only_x, conv_general_ref(tx64, w64, **kw), jnp.float32, what="tangent in x")
+    # Hessian of 0.5 * |conv(x, w)|^2 in w: H[i, j] = <conv(x, e_i), conv(x, e_j)>.
+    hess = jax.hessian(lambda b: 0.5 * jnp.sum(f(x, b) ** 2))(w).reshape(w.size, w.size)
+    basis = np.eye(w.size).reshape(w.size, *w.shape)
+    cols = np.stack([conv_general_ref(x64, e, **kw).ravel() for e in basis], axis=1)
+    assert_close(hess, cols.T @ cols, jnp.float32, what="Hessian")
+    jaxpr = str(jax.make_jaxpr(f)(x, w))
+    assert jaxpr.count("pallas_call") == 1 and "conv_general_dilated" not in jaxpr
+
+
+def test_pallas_backward_is_reverse_mode_only():
+    """The Pallas gradients are a custom_vjp: forward mode is refused by JAX (documented)."""
+    spec = make_spec(2)
+    x, w = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((2, 3, 3, 1), jnp.float32)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda a: _pallas.depthwise(a, w, spec, True, "pallas"), (x,), (x,))
+
+
 # ---------------------------------------------------------------------------------------------
 # Tier 3: the strategy behind the public API, and the "auto" policy
 # ---------------------------------------------------------------------------------------------

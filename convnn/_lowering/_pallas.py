@@ -32,11 +32,14 @@ Everything accumulates in float32, whatever the input dtype (float32, bfloat16, 
 
 **The strategy.** :func:`conv_pallas` runs the Pallas forward pass and, through a
 ``jax.custom_vjp``, the Pallas gradients where they were measured faster than XLA's (float32;
-strides of 2), else XLA's gradient (:func:`backward_kernels`). ``"auto"`` picks it on NVIDIA
-GPUs for kernels of 7x7 and larger (:func:`preferred_on_cuda`); the measurements are in
-docs/benchmarks.md and the tilings in :func:`default_tiling`. Limits: 2-D, channel multiplier 1,
-kernels up to 9x9, strides 1 and 2, no dilation (:func:`supports`; anything else runs ``"xla"``);
-reverse-mode derivatives of first order only (no ``jax.jvp`` / ``jax.jacfwd``, no Hessians).
+strides of 2), else XLA's gradient (:func:`backward_kernels`), through a ``jax.custom_jvp``
+whose tangent is XLA's convolution. ``"auto"`` picks it on NVIDIA GPUs for kernels of 7x7 and
+larger (:func:`preferred_on_cuda`); the measurements are in docs/benchmarks.md and the tilings
+in :func:`default_tiling`. Limits: 2-D, channel multiplier 1, kernels up to 9x9, strides 1 and
+2, no dilation (:func:`supports`; anything else runs ``"xla"``). Where the Pallas gradients are
+used, derivatives are reverse mode of first order only (``jax.jvp``, ``jax.jacfwd`` and Hessians
+raise JAX's custom_vjp ``TypeError``: run those under ``convnn.lowering("xla")``); where XLA's
+gradient is used, every order and mode works.
 
 **Testing without a GPU.** The kernels also run in Pallas interpret mode (on the CPU): the same
 kernel bodies (masked loads and stores, the rolling row loops, prefetch queues, tails and phase
@@ -678,40 +681,69 @@ def weight_grad(x, g, w_shape, w_dtype, spec: ConvSpec, *, tiling: Tiling | None
     return dw[..., None].astype(w_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str = "pallas"):
-    """Depthwise 2-D convolution with the Pallas forward kernel and a custom gradient.
+    """Depthwise 2-D convolution with the Pallas forward kernel and a custom derivative.
 
     Args:
       x: ``(N, H, W, C)``.
       w: ``(C, KH, KW, 1)``.
       spec: a configuration for which :func:`supports` holds.
       interpret: run in Pallas interpret mode (``None``: :data:`INTERPRET`).
-      backward: ``"pallas"``: both gradients with the Pallas kernels; ``"xla"``: XLA's
-        gradient of one ``lax.conv_general_dilated``.
+      backward: ``"pallas"``: both gradients with the Pallas kernels (a ``jax.custom_vjp``:
+        reverse mode of first order only). ``"xla"``: a ``jax.custom_jvp`` whose tangent is
+        XLA's convolution, so that reverse mode runs XLA's gradient, and forward mode and
+        higher orders work as for the ``"xla"`` strategy.
 
     Returns:
       ``(N, H_out, W_out, C)`` in ``spec.preferred_element_type`` or ``x.dtype``.
     """
+    if backward == "xla":
+        return _depthwise_xla_tangent(x, w, spec, interpret)
+    return _depthwise_pallas_vjp(x, w, spec, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_pallas_vjp(x, w, spec, interpret):
     return forward(x, w, spec, interpret=interpret)
 
 
-def _depthwise_fwd(x, w, spec, interpret, backward):
+def _depthwise_fwd(x, w, spec, interpret):
     return forward(x, w, spec, interpret=interpret), (x, w)
 
 
-def _depthwise_bwd(spec, interpret, backward, res, g):
+def _depthwise_bwd(spec, interpret, res, g):
     x, w = res
-    if backward == "xla":
-        from convnn._lowering._xla import conv_xla
-
-        return jax.vjp(lambda a, b: conv_xla(a, b, spec), x, w)[1](g)
     dx = input_grad(g, w, x.shape, x.dtype, spec, interpret=interpret)
     dw = weight_grad(x, g, w.shape, w.dtype, spec, interpret=interpret)
     return dx, dw
 
 
-depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+_depthwise_pallas_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _depthwise_xla_tangent(x, w, spec, interpret):
+    return forward(x, w, spec, interpret=interpret)
+
+
+def _depthwise_jvp(spec, interpret, primals, tangents):
+    from jax.custom_derivatives import SymbolicZero
+
+    from convnn._lowering._xla import conv_xla
+
+    (x, w), (dx, dw) = primals, tangents
+    # The primal through the custom_jvp function itself, so that differentiating this rule
+    # (second order) uses the rule again instead of differentiating the Pallas kernel.
+    out = _depthwise_xla_tangent(x, w, spec, interpret)
+    # The convolution is bilinear: d(x * w) = dx * w + x * dw (zero tangents are skipped).
+    terms = [conv_xla(a, b, spec) for a, b, t in ((dx, w, dx), (x, dw, dw))
+             if not isinstance(t, SymbolicZero)]
+    if not terms:
+        return out, SymbolicZero(jax.core.get_aval(out).to_tangent_aval())
+    return out, functools.reduce(jnp.add, terms)
+
+
+_depthwise_xla_tangent.defjvp(_depthwise_jvp, symbolic_zeros=True)
 
 
 # ---------------------------------------------------------------------------------------------
