@@ -213,7 +213,11 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
 
     * correlation, kernels of more than 16 taps: two channels per thread and 4 output columns,
       all the weights held in registers (re-reading 8 channels' weights per tap from L1 in every
-      iteration made the 7x7 forward pass 40% slower); small kernels: 16-byte vectors, and for
+      iteration made the 7x7 forward pass 40% slower), 16 channels per program in every dtype
+      when the tile is 64 columns wide (bf16 56x56x96: 0.38-0.39 against 0.42 ms with 32; more
+      rows or warps per program, row splitting and other prefetch depths were slower or equal;
+      at 28x28x192, 32 columns by 16 channels on 2 warps ran 0.207 against 0.200 ms with 32
+      channels on 4 warps, so narrower tiles keep 32); small kernels: 16-byte vectors, and for
       16-bit data at stride 1, two channels by 4 consecutive columns per thread (``span=4``:
       0.27 against 0.31 ms for bf16 3x3 at 56x56x144; at stride 2 the forward pass got slower,
       0.23 against 0.19 ms, so strided and phased correlations keep ``span=1``);
@@ -235,6 +239,8 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
         if ntaps > 16:
             vector, hold = 2, True
+            if block_w >= 64:
+                block_c = _pow2_at_most(c, 16)
         elif small and stride == 1 and phases == 1:
             span, vector, per_thread = 4, 2, 4
             block_c = _pow2_at_most(c, 16)
@@ -834,7 +840,7 @@ def preferred_on_cuda(cfg) -> bool:
     """Whether ``"auto"`` picks ``"pallas"`` for ``cfg`` on an NVIDIA GPU.
 
     From ``benchmarks/bench_depthwise_gpu.py`` on an H100 (batch 256, docs/benchmarks.md): for
-    7x7 depthwise kernels the Pallas forward pass is 1.35-1.7x (bfloat16) and 3.6-3.9x
+    7x7 depthwise kernels the Pallas forward pass is 1.46-1.7x (bfloat16) and 3.5-3.9x
     (float32) faster than XLA's; for 3x3 kernels it is slower (0.76-0.88x), so those stay on XLA.
     Kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which was checked for
     correctness only) take ``"pallas"``.
