@@ -363,6 +363,20 @@ class _Tile:
         return self.cvec(v)
 
 
+def _width_shifts(tile: _Tile, gw: AxisGeometry, b, span: int):
+    """The source columns one input row is loaded at, and which (column, tap) pairs use each.
+
+    Output (or cotangent) column ``qx + j`` (``j < span``) meets source column
+    ``a*qx + b + s`` for ``s = a*j + tw``: one load per shift ``s`` serves every pair ``(j, tw)``
+    with that sum. Returns ``(cols, pairs)``: per shift, :meth:`_Tile.columns` and the pairs.
+    """
+    shifts = gw.a * (span - 1) + gw.taps
+    cols = [tile.columns(gw.a, b + sh, gw.src_size) for sh in range(shifts)]
+    pairs = [[(j, sh - gw.a * j) for j in range(span) if 0 <= sh - gw.a * j < gw.taps]
+             for sh in range(shifts)]
+    return cols, pairs
+
+
 def _f32(v):
     """Widens a loaded tile to float32.
 
@@ -392,13 +406,8 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span)
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
-    # Output column qx + j reads source column a_w*qx + b_w + s for s = a_w*j + tw: one load
-    # per shift s serves every (j, tw) pair with that sum.
-    shifts = gw.a * (span - 1) + gw.taps
-    cols = [tile.columns(gw.a, b_w + sh, gw.src_size) for sh in range(shifts)]
-    pairs = [[(j, sh - gw.a * j) for j in range(span) if 0 <= sh - gw.a * j < gw.taps]
-             for sh in range(shifts)]
-    centre = shifts // 2
+    cols, pairs = _width_shifts(tile, gw, b_w, span)
+    shifts, centre = len(cols), len(cols) // 2
     q0 = rt * th
     q_end = jnp.minimum(count_h, q0 + th)
     # Taps (relative to the first output row that reads them) of the rows each iteration loads.
@@ -514,14 +523,9 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
     b_h, count_h = gh.b[0], gh.count[0]
-    # Cotangent column qx + j pairs with input column a_w*(qx + j) + b_w + tw: one input load
-    # per shift s = a_w*j + tw.
-    shifts = gw.a * (span - 1) + gw.taps
-    cols = [tile.columns(gw.a, gw.b[0] + sh, gw.src_size) for sh in range(shifts)]
-    pairs = [[(j, sh - gw.a * j) for j in range(span) if 0 <= sh - gw.a * j < gw.taps]
-             for sh in range(shifts)]
+    cols, pairs = _width_shifts(tile, gw, gw.b[0], span)
+    shifts, centre = len(cols), len(cols) // 2
     gcols = [(tile.qx + j, tile.qx + j < gw.count[0]) for j in range(span)]
-    centre = shifts // 2
     q0 = rt * th
     us = list(range(min(a, taps)))  # rows loaded per iteration: a*q + b + u
     zeros = jnp.zeros(tile.shape, jnp.float32)
