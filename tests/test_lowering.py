@@ -71,9 +71,14 @@ def primitives(fn, *args):
 @pytest.mark.parametrize("strategy, case", STRATEGY_CASES,
                          ids=[f"{s}-{c}" for s, c in STRATEGY_CASES])
 def test_strategy_matches_reference_float64(case, strategy):
-    x, w = random_operands(case, 11)
+    _check_value_and_grads(case, strategy, seed=11)
+
+
+def _check_value_and_grads(case, strategy, seed):
+    """The strategy's value and both VJPs (float64) against the NumPy reference's."""
+    x, w = random_operands(case, seed)
     expected = reference(case, x, w)
-    g = np.random.default_rng(12).standard_normal(expected.shape)
+    g = np.random.default_rng(seed + 1).standard_normal(expected.shape)
     out, dx, dw = _jitted_value_and_grads(case, strategy)(x, w, g)
     rdx, rdw = reference_vjp(case, x, w, g)
     assert out.dtype == dx.dtype == dw.dtype == jnp.float64
@@ -100,14 +105,7 @@ DEPTHWISE = [
 @pytest.mark.parametrize("strategy", ["decomposed", "mixed"])
 @pytest.mark.parametrize("case", DEPTHWISE, ids=str)
 def test_depthwise_matches_reference_float64(case, strategy):
-    x, w = random_operands(case, 13)
-    expected = reference(case, x, w)
-    g = np.random.default_rng(14).standard_normal(expected.shape)
-    out, dx, dw = _jitted_value_and_grads(case, strategy)(x, w, g)
-    rdx, rdw = reference_vjp(case, x, w, g)
-    assert_close(out, expected, jnp.float64, what=f"out {case}")
-    assert_close(dx, rdx, jnp.float64, what=f"dx {case}")
-    assert_close(dw, rdw, jnp.float64, what=f"dw {case}")
+    _check_value_and_grads(case, strategy, seed=13)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: d.__name__)
