@@ -9,16 +9,21 @@ rewritten after each one):
    float32 / bfloat16 / float16). Nothing is timed before this passes.
 2. ``sweep``: a few tilings of each kernel on one 7x7 and one 3x3 shape.
 3. ``timing``: per shape and dtype, forward and dx+dw (the backward pass alone) for convnn
-   (Pallas, default tiling), ``lax.conv_general_dilated`` and PyTorch
+   (the ``"pallas"`` strategy: Pallas forward pass with the default tiling, gradients as
+   ``_pallas.backward_kernels`` chooses), ``lax.conv_general_dilated`` and PyTorch
    (``torch.nn.functional.conv2d``, ``groups=C``, channels_last, cuDNN autotuning on), with the
    memory floor (bytes read + written at ``--bandwidth``) and the fraction of it reached.
    The dx+dw floor counts the two passes as separate minimal computations (read g, write dx; read
-   x and g), as in the issue this answers: 4 tensors.
+   x and g), as in the issue this answers: 4 tensors. Each gradient is also timed alone (Pallas
+   and lax), with both Pallas gradients together and with the Pallas input gradient paired with
+   XLA's weight gradient (``mixed``).
 4. ``convnext``: a ConvNeXt block (7x7 depthwise, LayerNorm, 1x1 conv to 4C, GELU, 1x1 conv
    back, layer scale, residual) training step (loss, gradients, SGD update), with the depthwise
    convolution computed by one ``lax.conv_general_dilated``, by the ``"pallas"`` strategy
-   (Pallas forward; gradients as ``_pallas.backward_kernels`` chooses) and by the Pallas kernels
-   for all three passes (``pallas_all``).
+   (Pallas forward; gradients as ``_pallas.backward_kernels`` chooses), by the Pallas kernels
+   for all three passes (``pallas_all``) and by the Pallas forward pass with XLA's gradients
+   (``pallas_xla_grad``); once with the gradients of the parameters only, and once also with
+   the gradient of the block's input, as for a block inside a network (``_dx``).
 
 Usage::
 
@@ -383,11 +388,33 @@ def timing(budget, bandwidth, shapes):
                 kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s))
                 for kind in ("correlate", "weight_grad")]
             row["convnn_fwd_ms"] = time_jax(fwd, x, w)
-            row["convnn_bwd_ms"] = time_jax(bwd, x, w, g)
+            # convnn's dx+dw is the strategy's (as ``backward_kernels`` chooses); "pallas_bwd" is
+            # both Pallas kernels.
+            strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(
+                lambda a, b: _pallas.conv_pallas(a, b, spec), x, w)[1](g))
+            row["backward_kernels"] = _pallas.backward_kernels(spec, x.dtype)
+            row["convnn_bwd_ms"] = time_jax(strategy_bwd, x, w, g)
+            row["pallas_bwd_ms"] = time_jax(bwd, x, w, g)
             lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
             lbwd = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: lax_conv(a, b, spec), x, w)[1](g))
             row["lax_fwd_ms"] = time_jax(lfwd, x, w)
             row["lax_bwd_ms"] = time_jax(lbwd, x, w, g)
+            # Each gradient alone, and the Pallas input gradient with XLA's weight gradient.
+            _, pdx, pdw, _ = pallas_fns(spec, x, w)
+            ldx = jax.jit(lambda x, w, g: jax.vjp(lambda a: lax_conv(a, w, spec), x)[1](g))
+            ldw = jax.jit(lambda x, w, g: jax.vjp(lambda b: lax_conv(x, b, spec), w)[1](g))
+            mixed = jax.jit(lambda x, w, g: jax.vjp(
+                lambda a, b: _pallas.depthwise(a, b, spec, None, "mixed"), x, w)[1](g))
+            row["pallas_dx_ms"] = time_jax(pdx, g, w)
+            row["pallas_dw_ms"] = time_jax(pdw, x, g)
+            row["lax_dx_ms"] = time_jax(ldx, x, w, g)
+            row["lax_dw_ms"] = time_jax(ldw, x, w, g)
+            row["mixed_bwd_ms"] = time_jax(mixed, x, w, g)
+            d_mixed, d_lax = mixed(x, w, g), lbwd(x, w, g)
+            row["mixed_max_rel_diff_vs_lax"] = max(
+                float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+                      / jnp.max(jnp.abs(b.astype(jnp.float32)))) for a, b in zip(d_mixed, d_lax))
+            del d_mixed, d_lax
             # Same numbers from both: the custom_vjp path vs lax (bf16 tolerance).
             o1, o2 = fwd(x, w), lfwd(x, w)
             row["max_rel_diff_vs_lax"] = float(jnp.max(jnp.abs(o1.astype(jnp.float32) - o2.astype(jnp.float32)))
@@ -450,7 +477,8 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
     spec = make_spec(c, (1, 1), ((3, 3), (3, 3)))
     dwconv = {"xla": lambda x, w: lax_conv(x, w, spec),
               "pallas": lambda x, w: _pallas.conv_pallas(x, w, spec),  # the strategy
-              "pallas_all": lambda x, w: _pallas.depthwise(x, w, spec, None, "pallas")}
+              "pallas_all": lambda x, w: _pallas.depthwise(x, w, spec, None, "pallas"),
+              "pallas_xla_grad": lambda x, w: _pallas.depthwise(x, w, spec, None, "xla")}
 
     def block(p, x, strategy):
         h = dwconv[strategy](x, p["dw"].astype(dt)) + p["dw_b"].astype(dt)
@@ -471,16 +499,25 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
         l, grads = jax.value_and_grad(loss)(p, x, strategy)
         return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l
 
+    def step_dx(p, x, strategy):
+        # A block inside a network: the gradient also flows to the block's input.
+        l, (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x, strategy)
+        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l, dx
+
     out = {}
-    for name in ("xla", "pallas", "pallas_all"):
-        f = jax.jit(step, static_argnums=2).lower(params, x, name).compile()
-        hlo = f.as_text()
-        out[f"{name}_uses_pallas_kernels"] = "convnn_depthwise" in hlo
-        out[f"{name}_step_ms"] = time_jax(f, params, x, iters=10, reps=7)
-        out[f"{name}_loss"] = float(f(params, x)[1])
-        log("convnext", name, out[f"{name}_step_ms"], out[f"{name}_uses_pallas_kernels"])
-    out["speedup"] = out["xla_step_ms"] / out["pallas_step_ms"]
-    out["speedup_all_pallas"] = out["xla_step_ms"] / out["pallas_all_step_ms"]
+    for suffix, fn in (("", step), ("_dx", step_dx)):
+        for name in ("xla", "pallas", "pallas_all", "pallas_xla_grad"):
+            f = jax.jit(fn, static_argnums=2).lower(params, x, name).compile()
+            hlo = f.as_text()
+            key = f"{name}{suffix}"
+            out[f"{key}_uses_pallas_kernels"] = "convnn_depthwise" in hlo
+            out[f"{key}_step_ms"] = time_jax(f, params, x, iters=10, reps=7)
+            out[f"{key}_loss"] = float(f(params, x)[1])
+            log("convnext", key, out[f"{key}_step_ms"], out[f"{key}_uses_pallas_kernels"])
+        for name in ("pallas", "pallas_all", "pallas_xla_grad"):
+            out[f"speedup_{name}{suffix}"] = (out[f"xla{suffix}_step_ms"]
+                                             / out[f"{name}{suffix}_step_ms"])
+    out["speedup"] = out["speedup_pallas"]
     return out
 
 
@@ -576,11 +613,23 @@ def print_tables():
 
             print(f"| {r['shape']} | {r['dtype']} | {f('fwd')} | {frac('fwd'):.0f}% | "
                   f"{f('bwd')} | {frac('bwd'):.0f}% |")
+    split = [r for r in rows if "mixed_bwd_ms" in r]
+    if split:
+        print("\n| shape | dtype | dx: Pallas / lax | dw: Pallas / lax | dx+dw: Pallas dx with "
+              "lax dw / lax / both Pallas (ms) | mixed vs lax |")
+        print("|---|---|---|---|---|---|")
+        for r in split:
+            print(f"| {r['shape']} | {r['dtype']} | {r['pallas_dx_ms']:.3f} / {r['lax_dx_ms']:.3f} | "
+                  f"{r['pallas_dw_ms']:.3f} / {r['lax_dw_ms']:.3f} | {r['mixed_bwd_ms']:.3f} / "
+                  f"{r['lax_bwd_ms']:.3f} / {r['pallas_bwd_ms']:.3f} | "
+                  f"{r['lax_bwd_ms'] / r['mixed_bwd_ms']:.2f}x |")
     cx = RESULTS["sections"].get("convnext")
     if cx and "speedup" in cx:
-        print(f"\nConvNeXt block step: xla {cx['xla_step_ms']:.3f} ms, pallas strategy "
-              f"{cx['pallas_step_ms']:.3f} ms ({cx['speedup']:.2f}x), Pallas for all passes "
-              f"{cx['pallas_all_step_ms']:.3f} ms ({cx['speedup_all_pallas']:.2f}x)")
+        for suffix, what in (("", "parameter gradients"), ("_dx", "and input gradient")):
+            print(f"\nConvNeXt block step ({what}): xla {cx[f'xla{suffix}_step_ms']:.3f} ms, "
+                  + ", ".join(f"{name} {cx[f'{name}{suffix}_step_ms']:.3f} ms "
+                              f"({cx[f'speedup_{name}{suffix}']:.2f}x)"
+                              for name in ("pallas", "pallas_all", "pallas_xla_grad")))
 
 
 if __name__ == "__main__":

@@ -239,6 +239,48 @@ def test_backward_xla_option_uses_xlas_gradient():
     assert jaxpr.count("pallas_call") == 1 and "conv_general_dilated" in jaxpr
 
 
+MIXED = [
+    # (x shape, kernel, stride, padding, flip, dtype, preferred output type)
+    ((2, 9, 8, 5), (3, 3), (1, 1), ((1, 1), (1, 1)), False, jnp.bfloat16, None),
+    ((2, 9, 10, 3), (4, 3), (2, 1), ((2, 1), (0, 2)), True, jnp.float16, None),
+    ((1, 11, 9, 4), (7, 7), (2, 2), ((3, 3), (3, 3)), False, jnp.float32, None),
+    ((2, 6, 7, 4), (5, 5), (1, 1), ((2, 2), (2, 2)), False, jnp.bfloat16, jnp.float32),
+]
+
+
+@pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,preferred", MIXED)
+def test_mixed_backward_pairs_the_pallas_input_gradient_with_xlas_weight_gradient(
+        x_shape, kernel, stride, padding, flip, dtype, preferred):
+    c = x_shape[-1]
+    spec = make_spec(c, stride, padding, flip, preferred=preferred)
+    rng = np.random.default_rng(sum(x_shape) + 5)
+    x = jnp.asarray(rng.standard_normal(x_shape), dtype)
+    w = jnp.asarray(rng.standard_normal((c, *kernel, 1)), dtype)
+
+    def f(a, b):
+        return _pallas.depthwise(a, b, spec, True, "mixed")
+
+    out, vjp = jax.vjp(f, x, w)
+    assert out.dtype == (preferred or dtype)
+    g = jnp.asarray(rng.standard_normal(out.shape), out.dtype)
+    dx, dw = vjp(g)
+    ref = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
+                     np.asarray(g, np.float64), stride, padding, flip)
+    assert out.shape == ref[0].shape and dx.dtype == dw.dtype == dtype
+    for got, want, what in zip((out, dx, dw), ref, ("value", "input gradient", "weight gradient")):
+        assert_close(got, want, dtype if what != "value" else out.dtype, what=what)
+    jaxpr = str(jax.make_jaxpr(lambda a, b, t: jax.vjp(f, a, b)[1](t))(x, w, g))
+    # The forward and input-gradient kernels; the weight gradient is XLA's convolution.
+    assert jaxpr.count("pallas_call") == 2 and jaxpr.count("conv_general_dilated") == 1
+
+
+def test_depthwise_rejects_an_unknown_backward():
+    spec = make_spec(2)
+    x, w = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((2, 3, 3, 1), jnp.float32)
+    with pytest.raises(ValueError, match="backward"):
+        _pallas.depthwise(x, w, spec, True, "cudnn")
+
+
 def test_xla_backward_supports_forward_mode_and_second_order():
     """``backward="xla"`` is a custom_jvp with XLA's tangent: jvp, grad and Hessians all work and
     equal the float64 reference's; the forward pass stays the Pallas kernel."""
@@ -350,8 +392,9 @@ def test_forced_pallas_without_a_gpu_falls_back_to_xla(monkeypatch):
     assert "pallas_call" not in jaxpr and "conv_general_dilated" in jaxpr
 
 
-def test_strategy_keeps_xla_gradients_for_16_bit_stride_1():
-    assert _pallas.backward_kernels(make_spec(4), jnp.bfloat16) == "xla"
-    assert _pallas.backward_kernels(make_spec(4), jnp.float16) == "xla"
+def test_strategy_takes_xlas_weight_gradient_in_16_bit_types():
+    assert _pallas.backward_kernels(make_spec(4), jnp.bfloat16) == "mixed"
+    assert _pallas.backward_kernels(make_spec(4), jnp.float16) == "mixed"
+    assert _pallas.backward_kernels(make_spec(4, stride=(2, 1)), jnp.bfloat16) == "mixed"
     assert _pallas.backward_kernels(make_spec(4), jnp.float32) == "pallas"
-    assert _pallas.backward_kernels(make_spec(4, stride=(2, 1)), jnp.bfloat16) == "pallas"
+    assert _pallas.backward_kernels(make_spec(4, stride=(2, 2)), jnp.float32) == "pallas"

@@ -31,15 +31,16 @@ a second pass (an XLA reduction) sums in a fixed order: no atomics, bitwise repr
 Everything accumulates in float32, whatever the input dtype (float32, bfloat16, float16).
 
 **The strategy.** :func:`conv_pallas` runs the Pallas forward pass and, through a
-``jax.custom_vjp``, the Pallas gradients where they were measured faster than XLA's (float32;
-strides of 2), else XLA's gradient (:func:`backward_kernels`), through a ``jax.custom_jvp``
-whose tangent is XLA's convolution. ``"auto"`` picks it on NVIDIA GPUs for kernels of 7x7 and
-larger (:func:`preferred_on_cuda`); the measurements are in docs/benchmarks.md and the tilings
-in :func:`default_tiling`. Limits: 2-D, channel multiplier 1, kernels up to 9x9, strides 1 and
-2, no dilation (:func:`supports`; anything else runs ``"xla"``). Where the Pallas gradients are
-used, derivatives are reverse mode of first order only (``jax.jvp``, ``jax.jacfwd`` and Hessians
-raise JAX's custom_vjp ``TypeError``: run those under ``convnn.lowering("xla")``); where XLA's
-gradient is used, every order and mode works.
+``jax.custom_vjp``, the gradients that were measured fastest (:func:`backward_kernels`): both
+Pallas kernels in float32; in 16-bit types the Pallas input gradient with XLA's weight
+gradient. ``"auto"`` picks it on NVIDIA GPUs for kernels of 7x7 and larger
+(:func:`preferred_on_cuda`); the measurements are in docs/benchmarks.md and the tilings in
+:func:`default_tiling`. Limits: 2-D, channel multiplier 1, kernels up to 9x9, strides 1 and 2,
+no dilation (:func:`supports`; anything else runs ``"xla"``). Derivatives through the strategy
+are reverse mode of first order only (``jax.jvp``, ``jax.jacfwd`` and Hessians raise JAX's
+custom_vjp ``TypeError``: run those under ``convnn.lowering("xla")``). :func:`depthwise` also
+offers ``backward="xla"``, a ``jax.custom_jvp`` whose tangent is XLA's convolution, for which
+every order and mode works.
 
 **Testing without a GPU.** The kernels also run in Pallas interpret mode (on the CPU): the same
 kernel bodies (masked loads and stores, the rolling row loops, prefetch queues, tails and phase
@@ -700,31 +701,40 @@ def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str
       spec: a configuration for which :func:`supports` holds.
       interpret: run in Pallas interpret mode (``None``: :data:`INTERPRET`).
       backward: ``"pallas"``: both gradients with the Pallas kernels (a ``jax.custom_vjp``:
-        reverse mode of first order only). ``"xla"``: a ``jax.custom_jvp`` whose tangent is
-        XLA's convolution, so that reverse mode runs XLA's gradient, and forward mode and
-        higher orders work as for the ``"xla"`` strategy.
+        reverse mode of first order only). ``"mixed"``: the same, with the input gradient from
+        the Pallas kernel and the weight gradient from XLA. ``"xla"``: a ``jax.custom_jvp``
+        whose tangent is XLA's convolution, so that reverse mode runs XLA's gradient, and
+        forward mode and higher orders work as for the ``"xla"`` strategy.
 
     Returns:
       ``(N, H_out, W_out, C)`` in ``spec.preferred_element_type`` or ``x.dtype``.
     """
     if backward == "xla":
         return _depthwise_xla_tangent(x, w, spec, interpret)
-    return _depthwise_pallas_vjp(x, w, spec, interpret)
+    if backward not in ("pallas", "mixed"):
+        raise ValueError(f"backward must be 'pallas', 'mixed' or 'xla', got {backward!r}")
+    return _depthwise_pallas_vjp(x, w, spec, interpret, backward == "mixed")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise_pallas_vjp(x, w, spec, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_pallas_vjp(x, w, spec, interpret, xla_weight_grad):
     return forward(x, w, spec, interpret=interpret)
 
 
-def _depthwise_fwd(x, w, spec, interpret):
+def _depthwise_fwd(x, w, spec, interpret, xla_weight_grad):
     return forward(x, w, spec, interpret=interpret), (x, w)
 
 
-def _depthwise_bwd(spec, interpret, res, g):
+def _depthwise_bwd(spec, interpret, xla_weight_grad, res, g):
     x, w = res
     dx = input_grad(g, w, x.shape, x.dtype, spec, interpret=interpret)
-    dw = weight_grad(x, g, w.shape, w.dtype, spec, interpret=interpret)
+    if xla_weight_grad:
+        from convnn._lowering._xla import conv_xla
+
+        # The convolution is linear in the weight: its transpose is XLA's weight gradient.
+        (dw,) = jax.linear_transpose(lambda v: conv_xla(x, v, spec), w)(g)
+    else:
+        dw = weight_grad(x, g, w.shape, w.dtype, spec, interpret=interpret)
     return dx, dw
 
 
@@ -807,15 +817,19 @@ def supports(spec: ConvSpec, x_shape: Sequence[int], dtype: Any,
 
 
 def backward_kernels(spec: ConvSpec, dtype) -> str:
-    """Which gradients the ``"pallas"`` strategy uses: ``"pallas"`` or ``"xla"``.
+    """Which gradients the ``"pallas"`` strategy uses: ``"pallas"`` or ``"mixed"``.
 
-    Measured on an H100 (docs/benchmarks.md): the Pallas gradients are 11-17x faster than XLA's
-    (cuDNN's) for float32 7x7 kernels and 1.6x for a bfloat16 stride-2 3x3 kernel, but 0.8-0.94x
-    for 16-bit stride-1 kernels, where XLA's gradient is kept.
+    Measured on an H100 (docs/benchmarks.md, batch 256): in float32 both Pallas gradients are
+    far faster than XLA's (cuDNN's): 11-17x for dx+dw of 7x7 kernels, whose XLA weight gradient
+    takes 9-11 ms. In 16-bit types the Pallas input gradient is faster than XLA's (0.38 against
+    0.57 ms, 0.20 against 0.35 ms for bf16 7x7) but the Pallas weight gradient is slower (0.64
+    against 0.41 ms, 0.40 against 0.22 ms), so ``"mixed"`` takes the Pallas input gradient and
+    XLA's weight gradient: dx+dw 1.25-1.34x faster than XLA's for bf16 7x7, and 1.04x faster
+    than both Pallas gradients for a bf16 stride-2 3x3 kernel.
     """
-    if jnp.dtype(dtype) == jnp.float32 or any(s > 1 for s in spec.stride):
+    if jnp.dtype(dtype) == jnp.float32:
         return "pallas"
-    return "xla"
+    return "mixed"
 
 
 def conv_pallas(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
