@@ -824,8 +824,8 @@ def backward_kernels(spec: ConvSpec, dtype) -> str:
     takes 9-11 ms. In 16-bit types the Pallas input gradient is faster than XLA's (0.38 against
     0.57 ms, 0.20 against 0.35 ms for bf16 7x7) but the Pallas weight gradient is slower (0.64
     against 0.41 ms, 0.40 against 0.22 ms), so ``"mixed"`` takes the Pallas input gradient and
-    XLA's weight gradient: dx+dw 1.25-1.34x faster than XLA's for bf16 7x7, and 1.04x faster
-    than both Pallas gradients for a bf16 stride-2 3x3 kernel.
+    XLA's weight gradient: dx+dw 1.25-1.34x faster than XLA's for bf16 7x7, and 1.04-1.06x
+    faster than both Pallas gradients for a bf16 stride-2 3x3 kernel (two runs).
     """
     if jnp.dtype(dtype) == jnp.float32:
         return "pallas"
