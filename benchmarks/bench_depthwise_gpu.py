@@ -1,7 +1,8 @@
 """Depthwise convolution on an NVIDIA GPU: convnn's Pallas kernels vs plain lax vs PyTorch.
 
-Sections (in this order; each is skipped once the time budget is spent, and the JSON is
-rewritten after each one):
+Sections (in this order; the sweep, timing and ConvNeXt sections stop once the time budget is
+spent, and the JSON is rewritten after each one; each section compiles its programs up front on
+several threads, see ``compile_all``):
 
 1. ``correctness``: the Pallas forward pass, input gradient and weight gradient against the
    float64 NumPy reference (``tests/reference.py``) on a table of configurations (kernel sizes
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import platform
@@ -44,6 +46,7 @@ import statistics
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +110,28 @@ def save(path):
         Path(path).write_text(json.dumps(RESULTS, indent=1, default=str))
 
 
+def compile_all(jobs: dict, xla_only=()) -> dict:
+    """Compiles ``{name: (jitted function, args)}``: ``{name: compiled}``.
+
+    A 7x7 Pallas kernel takes tens of seconds to compile, and XLA compiles outside the GIL, so
+    the sections compile everything they will run up front, on several threads. The programs
+    named in ``xla_only`` (no Pallas kernel) are compiled first, one at a time: XLA times
+    convolution algorithms on the GPU while it compiles them (autotuning), which concurrent
+    compilations disturb (a lax 7x7 forward pass of 0.34 ms was once timed at 3.7 ms after
+    one), and it keeps the choices for the programs compiled after them.
+    """
+    def build(item):
+        fn, args = item
+        return fn.lower(*args).compile()
+
+    compiled = {k: build(jobs[k]) for k in xla_only}
+    rest = [k for k in jobs if k not in compiled]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(rest)))) as pool:
+        compiled.update(zip(rest, pool.map(build, [jobs[k] for k in rest])))
+    log(f"compiled {len(jobs)} programs")
+    return compiled
+
+
 def make_spec(c, stride, padding, flip=False):
     return ConvSpec(stride=tuple(stride), padding=tuple(tuple(p) for p in padding),
                     kernel_dilation=(1, 1), input_dilation=(1, 1), groups=c, flip=flip)
@@ -124,17 +149,13 @@ def lax_conv(x, w, spec):
 # ---------------------------------------------------------------------------------------------
 
 
-def correctness(budget):
+def correctness():
     from reference import conv_general_ref, conv_general_ref_vjp
 
-    rows, ok = [], True
-    for case in CORRECTNESS:
-        if elapsed() > budget:
-            rows.append(dict(case=repr(case), skipped="time budget"))
-            log("skipped (time budget)", case)
-            continue
+    rows, ok, jobs, data = [], True, {}, {}
+    for i, case in enumerate(CORRECTNESS):
         n, h, w_, c, k, s, pad, flip, dt = case
-        rng = np.random.default_rng(len(rows))
+        rng = np.random.default_rng(i)
         x = rng.standard_normal((n, h, w_, c))
         w = rng.standard_normal((c, *k, 1))
         kw = dict(stride=s, padding_lo=[p[0] for p in pad], padding_hi=[p[1] for p in pad],
@@ -144,18 +165,22 @@ def correctness(budget):
         ref = conv_general_ref(xd, wd, **kw)
         g = rng.standard_normal(ref.shape)
         gd = np.asarray(jnp.asarray(g, dt).astype(jnp.float32), np.float64)
-        rdx, rdw = conv_general_ref_vjp(xd, wd, gd, **kw)
         spec = make_spec(c, s, pad, flip)
         assert _pallas.supports(spec, x.shape, jnp.dtype(dt), w.shape), case
 
-        @jax.jit
-        def run(x, w, g):
+        def run(x, w, g, spec=spec):
             out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, None), x, w)
             return (out, *vjp(g))
 
-        got = run(jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt))
+        args = (jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt))
+        jobs[i] = (jax.jit(run), args)
+        data[i] = (case, args, (ref, *conv_general_ref_vjp(xd, wd, gd, **kw)))
+    compiled = compile_all(jobs)
+    for i, (case, args, want) in data.items():
+        dt = case[-1]
+        got = compiled[i](*args)
         errs = {}
-        for name, a, b in zip(("out", "dx", "dw"), got, (ref, rdx, rdw)):
+        for name, a, b in zip(("out", "dx", "dw"), got, want):
             a = np.asarray(a.astype(jnp.float32), np.float64)
             errs[name] = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
             if a.shape != b.shape or not np.all(np.isfinite(a)):
@@ -393,27 +418,35 @@ def timing(budget, bandwidth, shapes):
             row["tilings"] = [dataclasses.asdict(_pallas.default_tiling(
                 kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s))
                 for kind in ("correlate", "weight_grad")]
-            row["convnn_fwd_ms"] = time_jax(fwd, x, w)
             # convnn's dx+dw is the strategy's (as ``backward_kernels`` chooses); "pallas_bwd" is
             # both Pallas kernels.
             strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(
                 lambda a, b: _pallas.conv_pallas(a, b, spec), x, w)[1](g))
             row["backward_kernels"] = _pallas.backward_kernels(spec, x.dtype)
-            row["convnn_bwd_ms"] = time_jax(strategy_bwd, x, w, g)
-            row["pallas_bwd_ms"] = time_jax(bwd, x, w, g)
             lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
             lbwd = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: lax_conv(a, b, spec), x, w)[1](g))
-            row["lax_fwd_ms"] = time_jax(lfwd, x, w)
-            row["lax_bwd_ms"] = time_jax(lbwd, x, w, g)
             # Each gradient alone, and the Pallas input gradient with XLA's weight gradient (the
             # strategy's own choice in 16-bit types: not compiled and timed twice).
             ldx = jax.jit(lambda x, w, g: jax.vjp(lambda a: lax_conv(a, w, spec), x)[1](g))
             ldw = jax.jit(lambda x, w, g: jax.vjp(lambda b: lax_conv(x, b, spec), w)[1](g))
-            if row["backward_kernels"] == "mixed":
-                mixed = strategy_bwd
-            else:
-                mixed = jax.jit(lambda x, w, g: jax.vjp(
-                    lambda a, b: _pallas.depthwise(a, b, spec, None, "mixed"), x, w)[1](g))
+            jobs = dict(fwd=(fwd, (x, w)), strategy_bwd=(strategy_bwd, (x, w, g)),
+                        bwd=(bwd, (x, w, g)), lfwd=(lfwd, (x, w)), lbwd=(lbwd, (x, w, g)),
+                        ldx=(ldx, (x, w, g)), ldw=(ldw, (x, w, g)), pdx=(pdx, (g, w)),
+                        pdw=(pdw, (x, g)))
+            if row["backward_kernels"] != "mixed":
+                jobs["mixed"] = (jax.jit(lambda x, w, g: jax.vjp(
+                    lambda a, b: _pallas.depthwise(a, b, spec, None, "mixed"), x, w)[1](g)),
+                    (x, w, g))
+            fns = compile_all(jobs, xla_only=("lfwd", "lbwd", "ldx", "ldw"))
+            fwd, strategy_bwd, bwd, lfwd, lbwd, ldx, ldw, pdx, pdw = (
+                fns[k_] for k_ in ("fwd", "strategy_bwd", "bwd", "lfwd", "lbwd", "ldx", "ldw",
+                                   "pdx", "pdw"))
+            mixed = fns.get("mixed", strategy_bwd)
+            row["convnn_fwd_ms"] = time_jax(fwd, x, w)
+            row["convnn_bwd_ms"] = time_jax(strategy_bwd, x, w, g)
+            row["pallas_bwd_ms"] = time_jax(bwd, x, w, g)
+            row["lax_fwd_ms"] = time_jax(lfwd, x, w)
+            row["lax_bwd_ms"] = time_jax(lbwd, x, w, g)
             row["pallas_dx_ms"] = time_jax(pdx, g, w)
             row["pallas_dw_ms"] = time_jax(pdw, x, g)
             row["lax_dx_ms"] = time_jax(ldx, x, w, g)
@@ -512,9 +545,13 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
         return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l, dx
 
     out = {}
-    for suffix, fn in (("", step), ("_dx", step_dx)):
-        for name in ("xla", "pallas", "pallas_all", "pallas_xla_grad"):
-            f = jax.jit(fn, static_argnums=2).lower(params, x, name).compile()
+    names = ("xla", "pallas", "pallas_all", "pallas_xla_grad")
+    jobs = {(suffix, name): (jax.jit(functools.partial(fn, strategy=name)), (params, x))
+            for suffix, fn in (("", step), ("_dx", step_dx)) for name in names}
+    compiled = compile_all(jobs, xla_only=(("", "xla"), ("_dx", "xla")))
+    for suffix in ("", "_dx"):
+        for name in names:
+            f = compiled[(suffix, name)]
             hlo = f.as_text()
             key = f"{name}{suffix}"
             out[f"{key}_uses_pallas_kernels"] = "convnn_depthwise" in hlo
@@ -552,7 +589,6 @@ def main():
     parser.add_argument("--sweep-only", default="", help="comma-separated substrings of SWEEP keys")
     parser.add_argument("--shapes", default="",
                         help="time only these SHAPES (comma-separated substrings of 'name dtype')")
-    parser.add_argument("--correctness-budget", type=float, default=120.0)
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes in Pallas interpret mode, no PyTorch (checks the script)")
     args = parser.parse_args()
@@ -570,7 +606,7 @@ def main():
         pass
     log(RESULTS["env"])
     if "correctness" in sections:
-        RESULTS["sections"]["correctness"] = res = correctness(args.correctness_budget)
+        RESULTS["sections"]["correctness"] = res = correctness()
         save(args.json)
         if not res["all_passed"]:
             log("correctness FAILED: no timing")

@@ -126,11 +126,31 @@ def test_default_tiling_is_powers_of_two():
             ("correlate", "weight_grad"), ((56, 56), (7, 5), (112, 112)), (3, 96, 144),
             (1, 3, 7), (jnp.bfloat16, jnp.float32), (1, 2)):
         t = _pallas.default_tiling(kind, 256, hw, c, dt, (k, k), 1, stride)
-        for size in (t.block_w, t.block_c, t.num_warps, t.span):
+        for size in (t.block_w, t.block_c, t.num_warps):
             assert size >= 1 and size & (size - 1) == 0, t
+        assert 1 <= t.span <= 7, t
         assert t.columns <= max(1, 2 * hw[1]) and t.block_c <= max(1, 2 * c)
-        # Width blocking was measured faster only for small kernels at stride 1.
-        assert t.span == 1 or (stride == 1 and k * k <= 25), t
+        # Width blocking: only at stride 1; for large kernels the columns cover the row.
+        assert t.span == 1 or stride == 1, t
+        if kind == "correlate" and k == 7 and stride == 1:
+            assert t.span > 1 and -(-hw[1] // t.columns) * t.columns - hw[1] <= 1, t
+
+
+@pytest.mark.parametrize("taps,a,span", [(7, 1, 7), (7, 1, 4), (3, 2, 1), (3, 2, 2), (1, 1, 3)])
+def test_prefetched_shifts_cover_every_source_column(taps, a, span):
+    shifts = a * (span - 1) + taps
+    ahead = _pallas._ahead(shifts, T(4, 4, span=span), a)
+    # A thread's source columns step by a*span: the prefetched shifts hit every residue once.
+    assert sorted(sh % (a * span) for sh in ahead) == list(range(a * span))
+    assert 0 <= ahead.start and ahead.stop <= shifts
+    centre = _pallas._ahead(shifts, T(4, 4, span=span, prefetch_all=False), a)
+    assert list(centre) == [shifts // 2]
+
+
+@pytest.mark.parametrize("width,expected", [(56, (8, 7)), (28, (4, 7)), (14, (2, 7)),
+                                            (7, (1, 7)), (64, (8, 4)), (16, (4, 4)), (3, (1, 3))])
+def test_width_cover(width, expected):
+    assert _pallas._width_cover(width) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,9 +163,12 @@ KERNELS = [
     # swapped, weights re-read every iteration, no unrolling, prefetch 1.
     ("3x3 tiles and tails", (2, 7, 6, 5), (3, 3), (1, 1), ((1, 1), (1, 1)), False, jnp.float32,
      T(4, 4, 3, 1, 1, 1, 2, False, False), T(4, 4, 3, 1, 1, 1, 2, False, False)),
-    # the default tilings of a 7x7 kernel (two channels per thread, weights held in registers).
+    # the default tilings of a 7x7 kernel (two channels per thread, weights held in registers,
+    # 4 and 7 consecutive columns per thread: widths 8 and 14).
     ("7x7 default tiling", (1, 9, 8, 4), (7, 7), (1, 1), ((3, 3), (3, 3)), False, jnp.float32,
      None, None),
+    ("7x7 default tiling, 7 columns per thread", (2, 8, 14, 5), (7, 7), (1, 1),
+     ((3, 3), (3, 3)), False, jnp.bfloat16, None, None),
     # stride 2 (input gradient in 2 x 2 phases), asymmetric padding, flip, bfloat16; one channel
     # per thread (channels-first tiles), unrolled row loops.
     ("5x3 stride (2, 1) flip", (2, 8, 9, 6), (5, 3), (2, 1), ((2, 1), (0, 2)), True,
@@ -163,9 +186,10 @@ KERNELS = [
     # (11 = 2 * 4 + 3, 10 = 2 * 3 + 3 + 1), held weights, bfloat16.
     ("7x7 span", (1, 9, 11, 4), (7, 7), (1, 1), ((3, 3), (3, 3)), False, jnp.bfloat16,
      T(2, 4, 0, 1, 2, 1, 2, True, False, 4), T(2, 4, 0, 1, 2, 1, 0, False, False, 3)),
-    # span with stride 2 (shifts a*j + tw) and the input gradient's phases, flip, channel tail.
+    # span with stride 2 (shifts a*j + tw) and the input gradient's phases, flip, channel tail;
+    # only the centre shift prefetched (correlation), every column (weight gradient).
     ("3x3 stride 2 span", (2, 9, 10, 5), (3, 3), (2, 2), ((1, 0), (1, 1)), True, jnp.float32,
-     T(2, 4, 3, 1, 1, 1, 0, False, False, 2), T(4, 2, 2, 1, 1, 2, 0, False, False, 2)),
+     T(2, 4, 3, 1, 1, 1, 0, False, False, 2, False), T(4, 2, 2, 1, 1, 2, 0, False, False, 2)),
     # span with unrolled row loops, width stride 2 only, float16.
     ("5x3 stride (1, 2) span unrolled", (2, 8, 13, 3), (5, 3), (1, 2), ((2, 2), (1, 1)), False,
      jnp.float16, T(2, 2, 0, 1, 2, 1, 0, True, True, 3), T(2, 2, 0, 1, 2, 1, 0, True, True, 3)),

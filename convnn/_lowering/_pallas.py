@@ -5,14 +5,15 @@ multiply-adds per byte they move, so they are bound by memory bandwidth and by t
 issue rate, not by matrix units. The kernels here are written with Pallas (Triton lowering) for
 channels-last ``(N, H, W, C)`` data and read each input once from device memory.
 
-**Forward and input gradient: one kernel.** A program owns a tile of ``block_w`` output columns by
-``block_c`` channels (channels are contiguous in memory, so loads are vectorised along them) and
-walks down ``rows`` output rows. Output row ``q`` reads input rows ``a*q + b + t`` for taps
-``t < T``; the program keeps ``ceil(T / a)`` output rows in flight as float32 accumulators and
-loads each input row once, with one (L1-cached) load per column tap, adding it into every output
-row that uses it. The input rows needed ``prefetch`` iterations ahead are loaded early and carried
-in registers, so that device memory is kept busy. Padding is handled by masked loads (the padded
-input is never built; a masked lane reads no memory).
+**Forward and input gradient: one kernel.** A program owns a tile of ``block_w * span`` output
+columns by ``block_c`` channels (channels are contiguous in memory) and walks down ``rows``
+output rows. Output row ``q`` reads input rows ``a*q + b + t`` for taps ``t < T``; the program
+keeps ``ceil(T / a)`` output rows in flight as float32 accumulators and loads each input row
+once, adding it into every output row that uses it. Each thread computes ``span`` consecutive
+columns, which share their (L1-cached) loads of the row's column shifts. Every source column of
+the rows needed ``prefetch`` iterations ahead is loaded early and carried in registers, so that
+device memory is kept busy and the loop's other loads hit the L1 cache. Padding is handled by
+masked loads (the padded input is never built; a masked lane reads no memory).
 
 * the forward pass is this kernel with ``a = stride`` and ``b = -padding_lo``;
 * the input gradient of a stride-1 convolution is a convolution of the cotangent with the flipped
@@ -28,7 +29,9 @@ rows are again loaded once and paired with the cotangent rows that use them (kep
 rolling buffer). Each program writes its per-tap sums to a float32 buffer of partial sums, which
 a second pass (an XLA reduction) sums in a fixed order: no atomics, bitwise reproducible.
 
-Everything accumulates in float32, whatever the input dtype (float32, bfloat16, float16).
+Everything accumulates in float32, whatever the input dtype (float32, bfloat16, float16), with
+fused multiply-adds issued as inline PTX (:func:`_fma`: the Triton lowering would otherwise
+issue a separate multiply and add).
 
 **The strategy.** :func:`conv_pallas` runs the Pallas forward pass and, through a
 ``jax.custom_vjp``, the gradients that were measured fastest (:func:`backward_kernels`): both
@@ -157,7 +160,7 @@ def input_grad_geometry(size: int, kernel: int, stride: int, lo: int, hi: int):
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """How a kernel is tiled (sizes are powers of two).
+    """How a kernel is tiled (the block sizes and warps are powers of two).
 
     Attributes:
       block_w: output columns per program.
@@ -176,6 +179,8 @@ class Tiling:
         width): the program's columns are ``span`` interleaved tiles of ``block_w``, and the
         ``span`` outputs of a thread share their input loads (``a*(span-1) + taps`` loads per
         input row instead of ``span*taps``).
+      prefetch_all: load every source column of the tile ahead (``a * span`` shifts of a row),
+        not only the centre shift's columns.
     """
 
     block_w: int
@@ -188,6 +193,7 @@ class Tiling:
     hold_weights: bool = False
     unroll: bool = False
     span: int = 1
+    prefetch_all: bool = True
 
     @property
     def columns(self) -> int:
@@ -197,6 +203,21 @@ class Tiling:
 
 def _pow2_at_most(n: int, cap: int) -> int:
     return min(cap, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+def _width_cover(width: int) -> tuple[int, int]:
+    """``(block_w, span)``: ``block_w`` (a power of two, at most 8) times ``span`` (at most 7)
+    output columns per program, wasting the fewest columns on a row of ``width`` (then taking
+    the most columns per program): 56 columns are 8 x 7, 28 are 4 x 7, 64 are two of 8 x 4.
+    """
+    best = None
+    for span in range(7, 0, -1):
+        block_w = _pow2_at_most(-(-width // span), 8)
+        cols = block_w * span
+        key = (-(-width // cols) * cols - width, -cols)
+        if best is None or key < best[0]:
+            best = (key, (block_w, span))
+    return best[1]
 
 
 #: Programs a launch aims for (a few per multiprocessor on an H100's 132).
@@ -212,21 +233,26 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
 
     Measured with ``benchmarks/bench_depthwise_gpu.py`` on an H100 (docs/benchmarks.md):
 
-    * correlation, kernels of more than 16 taps: two channels per thread and 4 output columns,
-      all the weights held in registers (re-reading 8 channels' weights per tap from L1 in every
-      iteration made the 7x7 forward pass 40% slower), 16 channels per program in every dtype
-      when the tile is 64 columns wide (bf16 56x56x96: 0.38-0.39 against 0.42 ms with 32; more
-      rows or warps per program, row splitting and other prefetch depths were slower or equal;
-      at 28x28x192, 32 columns by 16 channels on 2 warps ran 0.207 against 0.200 ms with 32
-      channels on 4 warps, so narrower tiles keep 32); small kernels: 16-byte vectors, and for
-      16-bit data at stride 1, two channels by 4 consecutive columns per thread (``span=4``:
-      0.27 against 0.31 ms for bf16 3x3 at 56x56x144; at stride 2 the forward pass got slower,
-      0.23 against 0.19 ms, so strided and phased correlations keep ``span=1``);
+    * correlation, kernels of more than 16 taps: two channels per thread, all the weights held
+      in registers (re-reading 8 channels' weights per tap from L1 in every iteration made the
+      7x7 forward pass 40% slower). At stride 1 each thread computes ``span`` consecutive
+      columns that share their loads, and a program covers the row with few idle columns
+      (:func:`_width_cover`: 8 x 7 columns at width 56, 4 x 7 at 28), 32 channels per program:
+      bf16 7x7 forward 0.236 against 0.312 ms at 56x56x96 (the best one-column tiling, 64
+      columns by 32 channels on 8 warps), 0.128 against 0.145 ms at 28x28x192, float32 0.295
+      against 0.350 ms; 16 channels per program, or 64, ran equal or slower. These kernels take
+      about 50 s to compile (10 s for one column per thread). Strided and phased correlations
+      keep one column per thread and 16 channels when the tile is 64 columns wide;
+    * correlation, small kernels: 16-byte vectors, and for 16-bit data at stride 1, two
+      channels by 4 consecutive columns per thread (``span=4``: 0.27 against 0.31 ms for bf16
+      3x3 at 56x56x144; at stride 2 the forward pass got slower, 0.23 against 0.19 ms, so
+      strided and phased correlations keep ``span=1``);
     * weight gradient: 2 values per thread for large kernels (one accumulator per tap; for
       16-bit data 8 columns by 32 channels on 4 warps ran 1.3x faster than 16 by 32 on 8), 4 for
       small ones, with 4 consecutive columns per thread at stride 1 (``span=4``: 0.35 against
-      0.49 ms for bf16 3x3 at 56x56x144, 0.61 against 0.66 ms in float32). ``span`` made no
-      difference to 7x7 kernels (0.43 against 0.42 ms forward, slower weight gradients);
+      0.49 ms for bf16 3x3 at 56x56x144, 0.61 against 0.66 ms in float32). For 7x7 kernels
+      ``span`` made the weight gradient slower (bf16 56x56x96: 0.56 ms with 4 columns, 0.77-0.80
+      with 7, against 0.55 with one);
     * never unrolled: unrolling the row loop by the rows in flight makes a 7x7 loop body of
       thousands of instructions, which ran slower (and took minutes to compile).
 
@@ -240,7 +266,10 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
         if ntaps > 16:
             vector, hold = 2, True
-            if block_w >= 64:
+            if stride == 1 and phases == 1:
+                block_w, span = _width_cover(out_hw[1])
+                block_c, per_thread = _pow2_at_most(c, 32), 2
+            elif block_w >= 64:
                 block_c = _pow2_at_most(c, 16)
         elif small and stride == 1 and phases == 1:
             span, vector, per_thread = 4, 2, 4
@@ -255,7 +284,8 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 32), 4, 4
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
     programs = n * -(-out_hw[1] // (block_w * span)) * -(-c // block_c) * phases
-    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, hold, False, span)
+    base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, hold, False, span,
+                  ntaps > 16)
     if kind == "weight_grad" and programs >= 4 * TARGET_PROGRAMS:
         return dataclasses.replace(base, images=programs // (2 * TARGET_PROGRAMS))
     tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
@@ -378,6 +408,47 @@ def _width_shifts(tile: _Tile, gw: AxisGeometry, b, span: int):
     return cols, pairs
 
 
+def _ahead(shifts: int, tiling: Tiling, a: int) -> range:
+    """The shifts of a source row that are loaded ahead (prefetched).
+
+    ``a * span`` consecutive shifts cover every source column of the tile once (columns step by
+    ``a * span`` from one thread's first output to the next), so that when the row is used the
+    other shifts' loads hit the L1 cache. With only the centre shift prefetched, ``span - 1`` of
+    ``span`` columns are fetched from device memory inside the loop: a bf16 7x7 kernel with
+    ``span=7`` then stalled on them (long-scoreboard stalls: 4.35 of 6.06 cycles per
+    instruction) and ran 0.56 ms instead of 0.24. Small kernels ran faster with the centre
+    shift alone (``Tiling.prefetch_all=False``; bf16 3x3: 0.275 against 0.301 ms).
+    """
+    if not tiling.prefetch_all:
+        return range(shifts // 2, shifts // 2 + 1)
+    ahead = min(shifts, a * tiling.span)
+    first = (shifts - ahead) // 2
+    return range(first, first + ahead)
+
+
+def _fma(acc, x, y, native: bool):
+    """``acc + x * y`` in float32, with one rounding where ``native``.
+
+    Pallas' Triton lowering, as XLA compiles it, does not contract ``acc + x * y`` into a fused
+    multiply-add: the GPU code issues a multiply and an add (FMUL, FADD), which were 77% of the
+    forward kernel's instructions (Nsight Compute, docs/benchmarks.md). ``native`` (on an NVIDIA
+    GPU) issues PTX's ``fma.rn.f32`` through inline assembly instead; interpret mode computes
+    ``acc + x * y``, which differs from it by one rounding per step.
+    """
+    if not native:
+        return acc + x * y
+    _, plgpu = _pallas()
+    shape = jnp.broadcast_shapes(acc.shape, x.shape, y.shape)
+    [out] = plgpu.elementwise_inline_asm(
+        "fma.rn.f32 $0, $1, $2, $3;",
+        args=[jnp.broadcast_to(v, shape) for v in (x, y, acc)],
+        constraints="=f,f,f,f",
+        pack=1,
+        result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.float32)],
+    )
+    return out
+
+
 def _f32(v):
     """Widens a loaded tile to float32.
 
@@ -396,7 +467,7 @@ def _f32(v):
 
 
 def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeometry,
-                      n_images: int, channels: int, tiling: Tiling, grid_sizes):
+                      n_images: int, channels: int, tiling: Tiling, grid_sizes, native: bool):
     pl, plgpu = _pallas()
     bw, bc, th, depth, span = (tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch,
                                tiling.span)
@@ -408,7 +479,8 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
     cols, pairs = _width_shifts(tile, gw, b_w, span)
-    shifts, centre = len(cols), len(cols) // 2
+    ahead = _ahead(len(cols), tiling, gw.a)
+    shifts = len(cols)
     q0 = rt * th
     q_end = jnp.minimum(count_h, q0 + th)
     # Taps (relative to the first output row that reads them) of the rows each iteration loads.
@@ -438,7 +510,7 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
             x = _f32(load(row, sh) if sh not in pre else pre[sh])
             for j, tw in pairs[sh]:
                 for i in range(t // a + 1):
-                    accs[i][j] = accs[i][j] + x * weight((t - a * i, tw))
+                    accs[i][j] = _fma(accs[i][j], x, weight((t - a * i, tw)), native)
         return [tuple(r) for r in accs]
 
     zeros = jnp.zeros(tile.shape, jnp.float32)
@@ -448,7 +520,7 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
         accs = accumulate(accs, {}, t, row_of(q0, t))
 
     def prefetch(q):
-        return tuple(load(row_of(q, t), centre) for t in new_taps)
+        return tuple(tuple(load(row_of(q, t), sh) for sh in ahead) for t in new_taps)
 
     queue = tuple(prefetch(q0 + k) for k in range(depth))
     ocols = [gw.m * (tile.qx + j) + p_w for j in range(span)]
@@ -461,7 +533,7 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
             if depth:
                 ready, queue = queue[0], queue[1:] + (prefetch(q + depth),)
             for k, t in enumerate(new_taps):
-                pre = {centre: ready[k]} if depth else {}
+                pre = dict(zip(ahead, ready[k])) if depth else {}
                 accs = accumulate(accs, pre, t, row_of(q, t))
             orow = gh.m * q + p_h
             for j in range(span):
@@ -496,7 +568,7 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
     grid_sizes = (-(-c // tiling.block_c), phases, -(-gw.max_count // tiling.columns),
                   -(-gh.max_count // rows), n)
     kernel = functools.partial(_correlate_kernel, gh=gh, gw=gw, n_images=n, channels=c,
-                               tiling=tiling, grid_sizes=grid_sizes)
+                               tiling=tiling, grid_sizes=grid_sizes, native=not interpret)
     out_shape = jax.ShapeDtypeStruct((n, gh.out_size, gw.out_size, c), out_dtype)
     return pl.pallas_call(
         kernel,
@@ -514,7 +586,7 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
 
 
 def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeometry,
-                        n_images: int, channels: int, tiling: Tiling, grid_sizes):
+                        n_images: int, channels: int, tiling: Tiling, grid_sizes, native: bool):
     pl, plgpu = _pallas()
     bw, bc, th, depth, per, span = (tiling.block_w, tiling.block_c, tiling.rows,
                                     tiling.prefetch, tiling.images, tiling.span)
@@ -525,7 +597,8 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
     unroll = live if tiling.unroll else 1
     b_h, count_h = gh.b[0], gh.count[0]
     cols, pairs = _width_shifts(tile, gw, gw.b[0], span)
-    shifts, centre = len(cols), len(cols) // 2
+    ahead = _ahead(len(cols), tiling, gw.a)
+    shifts = len(cols)
     gcols = [(tile.qx + j, tile.qx + j < gw.count[0]) for j in range(span)]
     q0 = rt * th
     us = list(range(min(a, taps)))  # rows loaded per iteration: a*q + b + u
@@ -545,7 +618,7 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
             for j, tw in pairs[sh]:
                 for i in rows_in:
                     key = (u + a * i, tw)
-                    accs[key] = accs[key] + x * gbuf[i][j]
+                    accs[key] = _fma(accs[key], x, gbuf[i][j], native)
         return accs
 
     def image(i, accs):
@@ -557,8 +630,8 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
             return tuple(tile.load(plgpu, g_ref, n, q, count_h, gc, n_ok) for gc in gcols)
 
         def load_x(q):
-            return tuple(tile.load(plgpu, x_ref, n, a * q + b_h + u, gh.src_size, cols[centre], n_ok)
-                         for u in us)
+            return tuple(tuple(tile.load(plgpu, x_ref, n, a * q + b_h + u, gh.src_size,
+                                         cols[sh], n_ok) for sh in ahead) for u in us)
 
         def prefetch(q):
             return (load_g(q), load_x(q))
@@ -574,7 +647,7 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
                     g_raw, x_raws = load_g(q), None
                 gbuf = [tuple(_f32(g) for g in g_raw)] + gbuf[:-1]
                 for idx, u in enumerate(us):
-                    pre = {centre: x_raws[idx]} if depth else {}
+                    pre = dict(zip(ahead, x_raws[idx])) if depth else {}
                     accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, pre, 0)
             return accs, tuple(gbuf), queue
 
@@ -614,7 +687,7 @@ def _weight_grad(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None
                   -(-gh.count[0] // rows), -(-n // images))
     parts = grid_sizes[1] * grid_sizes[2] * grid_sizes[3]
     kernel = functools.partial(_weight_grad_kernel, gh=gh, gw=gw, n_images=n, channels=c,
-                               tiling=tiling, grid_sizes=grid_sizes)
+                               tiling=tiling, grid_sizes=grid_sizes, native=not interpret)
     part = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((parts, gh.taps * gw.taps, c), jnp.float32),
@@ -772,8 +845,11 @@ _depthwise_xla_tangent.defjvp(_depthwise_jvp, symbolic_zeros=True)
 
 
 def _on_gpu() -> bool:
+    """Whether JAX's default backend is an NVIDIA GPU (the kernels issue PTX: not ROCm)."""
+    from convnn._lowering._policy import detect_backend
+
     try:
-        return jax.default_backend() in ("gpu", "cuda")
+        return detect_backend() == "cuda"
     except RuntimeError:  # pragma: no cover
         return False
 
@@ -820,12 +896,12 @@ def backward_kernels(spec: ConvSpec, dtype) -> str:
     """Which gradients the ``"pallas"`` strategy uses: ``"pallas"`` or ``"mixed"``.
 
     Measured on an H100 (docs/benchmarks.md, batch 256): in float32 both Pallas gradients are
-    far faster than XLA's (cuDNN's): 11-17x for dx+dw of 7x7 kernels, whose XLA weight gradient
-    takes 9-11 ms. In 16-bit types the Pallas input gradient is faster than XLA's (0.38 against
-    0.57 ms, 0.20 against 0.35 ms for bf16 7x7) but the Pallas weight gradient is slower (0.64
-    against 0.41 ms, 0.40 against 0.22 ms), so ``"mixed"`` takes the Pallas input gradient and
-    XLA's weight gradient: dx+dw 1.25-1.34x faster than XLA's for bf16 7x7, and 1.04-1.06x
-    faster than both Pallas gradients for a bf16 stride-2 3x3 kernel (two runs).
+    far faster than XLA's (cuDNN's): 13-19x for dx+dw of 7x7 kernels, whose XLA weight gradient
+    takes 9-11 ms. In 16-bit types the Pallas input gradient is faster than XLA's (0.24 against
+    0.58 ms, 0.13 against 0.34 ms for bf16 7x7) but the Pallas weight gradient is slower (0.56
+    against 0.42 ms, 0.34 against 0.22 ms), so ``"mixed"`` takes the Pallas input gradient and
+    XLA's weight gradient: dx+dw 1.52-1.60x faster than XLA's for bf16 7x7 (0.65 against 0.79
+    ms, 0.35 against 0.47 ms with both Pallas gradients).
     """
     if jnp.dtype(dtype) == jnp.float32:
         return "pallas"
@@ -858,8 +934,8 @@ def preferred_on_cuda(cfg) -> bool:
     """Whether ``"auto"`` picks ``"pallas"`` for ``cfg`` on an NVIDIA GPU.
 
     From ``benchmarks/bench_depthwise_gpu.py`` on an H100 (batch 256, docs/benchmarks.md): for
-    7x7 depthwise kernels the Pallas forward pass is 1.46-1.7x (bfloat16) and 3.5-3.9x
-    (float32) faster than XLA's; for 3x3 kernels it is slower (0.76-0.88x), so those stay on XLA.
+    7x7 depthwise kernels the Pallas forward pass is 2.4-2.5x (bfloat16) and 4.7-4.8x
+    (float32) faster than XLA's; for 3x3 kernels it is slower (0.77-0.93x), so those stay on XLA.
     Kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which was checked for
     correctness only) take ``"pallas"``.
     """
