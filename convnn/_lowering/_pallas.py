@@ -479,8 +479,8 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
     cols, pairs = _width_shifts(tile, gw, b_w, span)
-    ahead = _ahead(len(cols), tiling, gw.a)
     shifts = len(cols)
+    ahead = _ahead(shifts, tiling, gw.a)
     q0 = rt * th
     q_end = jnp.minimum(count_h, q0 + th)
     # Taps (relative to the first output row that reads them) of the rows each iteration loads.
@@ -597,8 +597,8 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
     unroll = live if tiling.unroll else 1
     b_h, count_h = gh.b[0], gh.count[0]
     cols, pairs = _width_shifts(tile, gw, gw.b[0], span)
-    ahead = _ahead(len(cols), tiling, gw.a)
     shifts = len(cols)
+    ahead = _ahead(shifts, tiling, gw.a)
     gcols = [(tile.qx + j, tile.qx + j < gw.count[0]) for j in range(span)]
     q0 = rt * th
     us = list(range(min(a, taps)))  # rows loaded per iteration: a*q + b + u
