@@ -403,8 +403,13 @@ class Checkpoints:
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         )
         if self.kill_during_save == epoch:
-            # The save above returned once the arrays were copied to host memory; the files are
-            # being written by a background thread into the temporary directory right now.
+            # The save above returned once the arrays were copied to host memory; a background
+            # thread writes the files into a temporary directory. On a loaded machine that thread
+            # may not have created it yet, so wait (at most 30 s) until it has: then the kill
+            # lands mid-write, as the hook promises.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(self.directory.glob(f"{epoch}.*tmp*")):
+                time.sleep(0.001)
             sys.stdout.flush()
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
