@@ -422,7 +422,7 @@ def timing(budget, bandwidth, shapes):
             # both Pallas kernels.
             strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(
                 lambda a, b: _pallas.conv_pallas(a, b, spec), x, w)[1](g))
-            row["backward_kernels"] = _pallas.backward_kernels(spec, x.dtype)
+            row["backward_kernels"] = _pallas.backward_kernels(spec, x.dtype, (k, k))
             lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
             lbwd = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: lax_conv(a, b, spec), x, w)[1](g))
             # Each gradient alone, and the Pallas input gradient with XLA's weight gradient (the

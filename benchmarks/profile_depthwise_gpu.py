@@ -9,9 +9,14 @@ The kernels are compiled and run twice before the profiler is switched on
 (``cudaProfilerStart``), so that compilation and autotuning stay out of the report. Ops:
 ``fwd``, ``dx``, ``dw`` (the Pallas kernels), ``lax_fwd``, ``lax_dx``, ``lax_dw`` (XLA).
 
-``--time`` instead times the op for each of several tilings (``;``-separated), after checking
-it against the same op computed by XLA in float32, and prints one line per tiling. Operands,
-the lax convolution and the timing loop are those of ``bench_depthwise_gpu.py``.
+``--time`` instead times the op for each of several tilings (``;``-separated; an empty one is
+the default tiling), after checking it against the same op computed by XLA in float32, and
+prints the lax op's time, then one line per tiling. The tilings compile concurrently
+(``compile_all``). Operands, the lax convolution and the timing loop are those of
+``bench_depthwise_gpu.py``. For example::
+
+    python benchmarks/profile_depthwise_gpu.py --time --op dw \
+        --tiling ";block_w=8,block_c=32,vector=2,span=7,prefetch=0,num_warps=4"
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench_depthwise_gpu import _pallas, _rel_err, lax_conv, operands, time_jax  # noqa: E402
+from bench_depthwise_gpu import (  # noqa: E402
+    _pallas, _rel_err, compile_all, lax_conv, operands, time_jax)
 
 
 def _profiler():
@@ -41,14 +47,15 @@ def _profiler():
         return lib.cuProfilerStart, lib.cuProfilerStop
 
 
-def _ops(x, w, g, spec, tiling):
+def _ops(spec, tiling):
+    """``{op: f(x, w, g)}``."""
     return {
-        "fwd": lambda: _pallas.forward(x, w, spec, tiling=tiling),
-        "dx": lambda: _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling),
-        "dw": lambda: _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling),
-        "lax_fwd": lambda: lax_conv(x, w, spec),
-        "lax_dx": lambda: jax.vjp(lambda a: lax_conv(a, w, spec), x)[1](g)[0],
-        "lax_dw": lambda: jax.vjp(lambda b: lax_conv(x, b, spec), w)[1](g)[0],
+        "fwd": lambda x, w, g: _pallas.forward(x, w, spec, tiling=tiling),
+        "dx": lambda x, w, g: _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling),
+        "dw": lambda x, w, g: _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling),
+        "lax_fwd": lambda x, w, g: lax_conv(x, w, spec),
+        "lax_dx": lambda x, w, g: jax.vjp(lambda a: lax_conv(a, w, spec), x)[1](g)[0],
+        "lax_dw": lambda x, w, g: jax.vjp(lambda b: lax_conv(x, b, spec), w)[1](g)[0],
     }
 
 
@@ -63,14 +70,17 @@ def _tiling(text):
 
 def time_tilings(op, tilings, x, w, g, spec):
     f32 = [a.astype(jnp.float32) for a in (x, w, g)]
-    want = jax.jit(_ops(*f32, spec, None)["lax_" + op])()
-    for t in tilings:
-        fn = jax.jit(_ops(x, w, g, spec, t)[op])
-        t0 = time.perf_counter()
-        err = _rel_err(jax.block_until_ready(fn()), want)
-        compile_s = time.perf_counter() - t0
-        print(f"{op} {x.dtype} {x.shape} {t} err {err:.1e} {time_jax(fn):.3f} ms "
-              f"(compile {compile_s:.0f} s)", flush=True)
+    want = jax.jit(_ops(spec, None)["lax_" + op])(*f32)
+    t0 = time.perf_counter()
+    fns = compile_all({i: (jax.jit(_ops(spec, t)[op]), (x, w, g))
+                       for i, t in enumerate(tilings)})
+    print(f"compiled {len(tilings)} tilings in {time.perf_counter() - t0:.0f} s", flush=True)
+    lax_op = jax.jit(_ops(spec, None)["lax_" + op])
+    print(f"lax_{op} {x.dtype} {x.shape} {time_jax(lax_op, x, w, g):.3f} ms", flush=True)
+    for i, t in enumerate(tilings):
+        err = _rel_err(jax.block_until_ready(fns[i](x, w, g)), want)
+        print(f"{op} {x.dtype} {x.shape} {t} err {err:.1e} "
+              f"{time_jax(fns[i], x, w, g):.3f} ms", flush=True)
 
 
 def main():
@@ -86,13 +96,13 @@ def main():
     x, w, g, spec = operands(n, h, w_, c, k, args.dtype, 1)
     if args.time:
         return time_tilings(args.op, [_tiling(t) for t in args.tiling.split(";")], x, w, g, spec)
-    fn = jax.jit(_ops(x, w, g, spec, _tiling(args.tiling))[args.op])
-    jax.block_until_ready(fn())
-    jax.block_until_ready(fn())
+    fn = jax.jit(_ops(spec, _tiling(args.tiling))[args.op])
+    jax.block_until_ready(fn(x, w, g))
+    jax.block_until_ready(fn(x, w, g))
     start, stop = _profiler()
     start()
     for _ in range(args.runs):
-        jax.block_until_ready(fn())
+        jax.block_until_ready(fn(x, w, g))
     stop()
     print("ran", args.op, args.dtype, args.shape, args.tiling or "default tiling")
 

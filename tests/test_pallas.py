@@ -352,26 +352,27 @@ def test_pallas_backward_is_reverse_mode_only():
 
 
 def test_public_api_under_lowering_pallas(monkeypatch):
+    """float32 5x5 at stride 2: all three Pallas kernels (see ``backward_kernels``)."""
     monkeypatch.setattr(_pallas, "INTERPRET", True)
     c = 3
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.standard_normal((2, 6, 5, c)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((c, 3, 3, 1)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((c, 5, 5, 1)), jnp.float32)
     g = jnp.asarray(rng.standard_normal((2, 3, 3, c)), jnp.float32)
 
     @jax.jit
     @convnn.lowering("pallas")
     def run(x, w, g):
-        out, vjp = jax.vjp(lambda a, b: convnn.conv2d(a, b, stride=2, padding=1, groups=c), x, w)
+        out, vjp = jax.vjp(lambda a, b: convnn.conv2d(a, b, stride=2, padding=2, groups=c), x, w)
         return (out, *vjp(g))
 
     with convnn.lowering("pallas"):
         jaxpr = str(jax.make_jaxpr(jax.grad(
-            lambda a, b: convnn.conv2d(a, b, stride=2, padding=1, groups=c).sum(),
+            lambda a, b: convnn.conv2d(a, b, stride=2, padding=2, groups=c).sum(),
             argnums=(0, 1)))(x, w))
     assert jaxpr.count("pallas_call") == 3 and "conv_general_dilated" not in jaxpr
     ref = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
-                     np.asarray(g, np.float64), (2, 2), ((1, 1), (1, 1)), False)
+                     np.asarray(g, np.float64), (2, 2), ((2, 2), (2, 2)), False)
     for got, want, what in zip(run(x, w, g), ref, ("value", "input gradient", "weight gradient")):
         assert_close(got, want, jnp.float32, what=what)
 
@@ -416,9 +417,38 @@ def test_forced_pallas_without_a_gpu_falls_back_to_xla(monkeypatch):
     assert "pallas_call" not in jaxpr and "conv_general_dilated" in jaxpr
 
 
-def test_strategy_takes_xlas_weight_gradient_in_16_bit_types():
-    assert _pallas.backward_kernels(make_spec(4), jnp.bfloat16) == "mixed"
-    assert _pallas.backward_kernels(make_spec(4), jnp.float16) == "mixed"
-    assert _pallas.backward_kernels(make_spec(4, stride=(2, 1)), jnp.bfloat16) == "mixed"
-    assert _pallas.backward_kernels(make_spec(4), jnp.float32) == "pallas"
-    assert _pallas.backward_kernels(make_spec(4, stride=(2, 2)), jnp.float32) == "pallas"
+BACKWARD_KERNELS = [
+    # (kernel, dtype, stride, expected): XLA's weight gradient where it was measured faster.
+    ((7, 7), jnp.bfloat16, (1, 1), "pallas"),
+    ((7, 7), jnp.float16, (1, 1), "pallas"),
+    ((9, 9), jnp.bfloat16, (1, 1), "pallas"),
+    ((3, 3), jnp.bfloat16, (1, 1), "mixed"),
+    ((7, 5), jnp.bfloat16, (1, 1), "mixed"),
+    ((7, 7), jnp.bfloat16, (2, 1), "mixed"),
+    ((3, 3), jnp.float16, (1, 1), "mixed"),
+    ((3, 3), jnp.float32, (1, 1), "mixed"),
+    ((5, 5), jnp.float32, (1, 1), "pallas"),
+    ((7, 7), jnp.float32, (2, 2), "pallas"),
+]
+
+
+@pytest.mark.parametrize("kernel,dtype,stride,expected", BACKWARD_KERNELS)
+def test_strategy_gradient_kernels(kernel, dtype, stride, expected):
+    spec = make_spec(4, stride=stride)
+    assert _pallas.backward_kernels(spec, jnp.dtype(dtype), kernel) == expected
+
+
+@pytest.mark.parametrize("kernel,dtype,kernels", [
+    ((7, 7), jnp.bfloat16, 3), ((3, 3), jnp.bfloat16, 2), ((3, 3), jnp.float32, 2),
+    ((5, 5), jnp.float32, 3)])
+def test_strategy_passes_the_kernel_size_to_its_gradient_choice(monkeypatch, kernel, dtype,
+                                                                 kernels):
+    """``conv_pallas``: three Pallas kernels, or two and XLA's weight gradient."""
+    monkeypatch.setattr(_pallas, "INTERPRET", True)
+    spec = make_spec(4, padding=((3, 3), (1, 1)))
+    x, w = jnp.ones((1, 8, 8, 4), dtype), jnp.ones((4, *kernel, 1), dtype)
+    jaxpr = str(jax.make_jaxpr(jax.grad(
+        lambda a, b: _pallas.conv_pallas(a, b, spec).astype(jnp.float32).sum(),
+        argnums=(0, 1)))(x, w))
+    assert jaxpr.count("pallas_call") == kernels
+    assert jaxpr.count("conv_general_dilated") == 3 - kernels

@@ -35,15 +35,15 @@ issue a separate multiply and add).
 
 **The strategy.** :func:`conv_pallas` runs the Pallas forward pass and, through a
 ``jax.custom_vjp``, the gradients that were measured fastest (:func:`backward_kernels`): both
-Pallas kernels in float32; in 16-bit types the Pallas input gradient with XLA's weight
-gradient. ``"auto"`` picks it on NVIDIA GPUs for kernels of 7x7 and larger
-(:func:`preferred_on_cuda`); the measurements are in docs/benchmarks.md and the tilings in
-:func:`default_tiling`. Limits: 2-D, channel multiplier 1, kernels up to 9x9, strides 1 and 2,
-no dilation (:func:`supports`; anything else runs ``"xla"``). Derivatives through the strategy
-are reverse mode of first order only (``jax.jvp``, ``jax.jacfwd`` and Hessians raise JAX's
-custom_vjp ``TypeError``: run those under ``convnn.lowering("xla")``). :func:`depthwise` also
-offers ``backward="xla"``, a ``jax.custom_jvp`` whose tangent is XLA's convolution, for which
-every order and mode works.
+Pallas kernels for kernels larger than 3x3 in float32 and for 7x7 and larger at stride 1 in
+16-bit types, otherwise the Pallas input gradient with XLA's weight gradient. ``"auto"`` picks
+it on NVIDIA GPUs for kernels of 7x7 and larger (:func:`preferred_on_cuda`); the measurements
+are in docs/benchmarks.md and the tilings in :func:`default_tiling`. Limits: 2-D, channel
+multiplier 1, kernels up to 9x9, strides 1 and 2, no dilation (:func:`supports`; anything else
+runs ``"xla"``). Derivatives through the strategy are reverse mode of first order only
+(``jax.jvp``, ``jax.jacfwd`` and Hessians raise JAX's custom_vjp ``TypeError``: run those under
+``convnn.lowering("xla")``). :func:`depthwise` also offers ``backward="xla"``, a
+``jax.custom_jvp`` whose tangent is XLA's convolution, for which every order and mode works.
 
 **Testing without a GPU.** The kernels also run in Pallas interpret mode (on the CPU): the same
 kernel bodies (masked loads and stores, the rolling row loops, prefetch queues, tails and phase
@@ -243,16 +243,20 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
       against 0.350 ms; 16 channels per program, or 64, ran equal or slower. These kernels take
       about 50 s to compile (10 s for one column per thread). Strided and phased correlations
       keep one column per thread and 16 channels when the tile is 64 columns wide;
-    * correlation, small kernels: 16-byte vectors, and for 16-bit data at stride 1, two
-      channels by 4 consecutive columns per thread (``span=4``: 0.27 against 0.31 ms for bf16
-      3x3 at 56x56x144; at stride 2 the forward pass got slower, 0.23 against 0.19 ms, so
-      strided and phased correlations keep ``span=1``);
-    * weight gradient: 2 values per thread for large kernels (one accumulator per tap; for
-      16-bit data 8 columns by 32 channels on 4 warps ran 1.3x faster than 16 by 32 on 8), 4 for
-      small ones, with 4 consecutive columns per thread at stride 1 (``span=4``: 0.35 against
-      0.49 ms for bf16 3x3 at 56x56x144, 0.61 against 0.66 ms in float32). For 7x7 kernels
-      ``span`` made the weight gradient slower (bf16 56x56x96: 0.56 ms with 4 columns, 0.77-0.80
-      with 7, against 0.55 with one);
+    * correlation, small kernels at stride 1: the same 7-column tiles, every column prefetched,
+      weights re-read from L1 (bf16 3x3 at 56x56x144: 0.226 ms against 0.258 with 4 columns per
+      thread, 0.275 with held weights; float32 0.41 against 0.49 ms with one column per
+      thread); strided and phased correlations keep one column per thread and 16-byte vectors
+      (at stride 2, 4 columns per thread made the bf16 3x3 forward pass slower, 0.23 against
+      0.19 ms);
+    * weight gradient at stride 1: the same 7-column tiles, with no prefetch for large kernels
+      (bf16 7x7: 0.34 against 0.55 ms with one column per thread at 56x56x96, 0.19 against 0.34
+      ms at 28x28x192; float32 0.37 against 0.66 ms). Prefetching one row ahead ran 0.46 ms: the
+      kernel is at 255 registers (49 accumulators and 7 cotangent rows of 7 columns per
+      channel), and the queued loads spilled. Small kernels prefetch one row (bf16 3x3: 0.30
+      against 0.31 ms without, 0.37 with 4 columns per thread). At stride 2: 2 values per
+      thread for large kernels (8 columns by 32 channels on 4 warps, 1.3x faster than 16 by 32
+      on 8), 4 for small ones;
     * never unrolled: unrolling the row loop by the rows in flight makes a 7x7 loop body of
       thousands of instructions, which ran slower (and took minutes to compile).
 
@@ -261,31 +265,31 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
     ntaps = taps[0] * taps[1]
     small = jnp.dtype(dtype).itemsize <= 2
     block_c = _pow2_at_most(c, 32 if small else 16)
-    vector, hold, span = 0, False, 1
+    vector, hold, span, prefetch_all = 0, False, 1, ntaps > 16
+    # Rows of 7 consecutive columns per thread, two channels, 32 channels per program.
+    covered = (*_width_cover(out_hw[1]), _pow2_at_most(c, 32), 2, 2)
     if kind == "correlate":
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
         if ntaps > 16:
             vector, hold = 2, True
             if stride == 1 and phases == 1:
-                block_w, span = _width_cover(out_hw[1])
-                block_c, per_thread = _pow2_at_most(c, 32), 2
+                block_w, span, block_c, vector, per_thread = covered
             elif block_w >= 64:
                 block_c = _pow2_at_most(c, 16)
-        elif small and stride == 1 and phases == 1:
-            span, vector, per_thread = 4, 2, 4
-            block_c = _pow2_at_most(c, 16)
-            block_w = _pow2_at_most(-(-out_hw[1] // span), 16)
+        elif stride == 1 and phases == 1:
+            block_w, span, block_c, vector, per_thread = covered
+            prefetch_all = True
+    elif stride == 1:
+        block_w, span, block_c, vector, per_thread = covered
+        prefetch, prefetch_all = (0 if ntaps > 25 else 1), True
     elif ntaps > 25:
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 8 if block_c == 32 else 16), 2, 4
-    elif stride == 1:
-        span, per_thread, prefetch = 4, 4, 4
-        block_w = _pow2_at_most(-(-out_hw[1] // span), 8)
     else:
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 32), 4, 4
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
     programs = n * -(-out_hw[1] // (block_w * span)) * -(-c // block_c) * phases
     base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, hold, False, span,
-                  ntaps > 16)
+                  prefetch_all)
     if kind == "weight_grad" and programs >= 4 * TARGET_PROGRAMS:
         return dataclasses.replace(base, images=programs // (2 * TARGET_PROGRAMS))
     tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
@@ -892,18 +896,26 @@ def supports(spec: ConvSpec, x_shape: Sequence[int], dtype: Any,
     return True
 
 
-def backward_kernels(spec: ConvSpec, dtype) -> str:
+def backward_kernels(spec: ConvSpec, dtype, kernel: Sequence[int]) -> str:
     """Which gradients the ``"pallas"`` strategy uses: ``"pallas"`` or ``"mixed"``.
 
-    Measured on an H100 (docs/benchmarks.md, batch 256): in float32 both Pallas gradients are
-    far faster than XLA's (cuDNN's): 13-19x for dx+dw of 7x7 kernels, whose XLA weight gradient
-    takes 9-11 ms. In 16-bit types the Pallas input gradient is faster than XLA's (0.24 against
-    0.58 ms, 0.13 against 0.34 ms for bf16 7x7) but the Pallas weight gradient is slower (0.56
-    against 0.42 ms, 0.34 against 0.22 ms), so ``"mixed"`` takes the Pallas input gradient and
-    XLA's weight gradient: dx+dw 1.52-1.60x faster than XLA's for bf16 7x7 (0.65 against 0.79
-    ms, 0.35 against 0.47 ms with both Pallas gradients).
+    ``kernel`` is ``(KH, KW)``. Measured on an H100 (docs/benchmarks.md, batch 256): the Pallas
+    input gradient is faster than XLA's for 7x7 kernels in every dtype. The weight gradient:
+
+    * float32: XLA's (cuDNN's) takes 9-11 ms for 7x7 kernels, the Pallas kernel 0.20-0.37 ms;
+      for 3x3 kernels XLA's is faster (0.36 against 0.43 ms at 56x56x144), so kernels of at
+      most 9 taps take ``"mixed"``;
+    * 16-bit types: since the weight gradient computes 7 columns per thread
+      (:func:`default_tiling`) the Pallas kernel is faster for 7x7 kernels at stride 1 (bf16
+      0.34 against 0.41 ms at 56x56x96, 0.19 against 0.22 ms at 28x28x192); for 3x3 kernels it
+      is slower (0.30 against 0.28 ms; at stride 2, 0.24 against 0.22 ms).
+
+    ``"mixed"`` takes the Pallas input gradient and XLA's weight gradient.
     """
+    taps = math.prod(kernel)
     if jnp.dtype(dtype) == jnp.float32:
+        return "pallas" if taps > 9 else "mixed"
+    if taps >= CUDA_MIN_TAPS and all(s == 1 for s in spec.stride):
         return "pallas"
     return "mixed"
 
@@ -918,7 +930,7 @@ def conv_pallas(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
         from convnn._lowering._xla import conv_xla
 
         return conv_xla(x, w, spec)
-    return depthwise(x, w, spec, None, backward_kernels(spec, x.dtype))
+    return depthwise(x, w, spec, None, backward_kernels(spec, x.dtype, w.shape[1:3]))
 
 
 def supports_config(cfg) -> bool:
@@ -935,8 +947,10 @@ def preferred_on_cuda(cfg) -> bool:
 
     From ``benchmarks/bench_depthwise_gpu.py`` on an H100 (batch 256, docs/benchmarks.md): for
     7x7 depthwise kernels the Pallas forward pass is 2.4-2.5x (bfloat16) and 4.7-4.8x
-    (float32) faster than XLA's; for 3x3 kernels it is slower (0.77-0.93x), so those stay on XLA.
-    Kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which was checked for
-    correctness only) take ``"pallas"``.
+    (float32) faster than XLA's. For 3x3 kernels it is about even in bfloat16 (1.03x forward
+    and dx+dw at stride 1, 1.01x forward at stride 2) and slower in float32 (0.91x), too small
+    a gain for the strategy's cost (compiling the kernels, reverse mode of first order only),
+    so those stay on XLA. Kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which
+    was checked for correctness only) take ``"pallas"``.
     """
     return supports_config(cfg) and math.prod(cfg.w_shape[1:-1]) >= CUDA_MIN_TAPS
