@@ -69,13 +69,12 @@ def _tiling(text):
 
 
 def time_tilings(op, tilings, x, w, g, spec):
-    f32 = [a.astype(jnp.float32) for a in (x, w, g)]
-    want = jax.jit(_ops(spec, None)["lax_" + op])(*f32)
+    lax_op = jax.jit(_ops(spec, None)["lax_" + op])
+    want = lax_op(*(a.astype(jnp.float32) for a in (x, w, g)))
     t0 = time.perf_counter()
     fns = compile_all({i: (jax.jit(_ops(spec, t)[op]), (x, w, g))
                        for i, t in enumerate(tilings)})
     print(f"compiled {len(tilings)} tilings in {time.perf_counter() - t0:.0f} s", flush=True)
-    lax_op = jax.jit(_ops(spec, None)["lax_" + op])
     print(f"lax_{op} {x.dtype} {x.shape} {time_jax(lax_op, x, w, g):.3f} ms", flush=True)
     for i, t in enumerate(tilings):
         err = _rel_err(jax.block_until_ready(fns[i](x, w, g)), want)

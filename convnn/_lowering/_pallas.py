@@ -265,7 +265,9 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
     ntaps = taps[0] * taps[1]
     small = jnp.dtype(dtype).itemsize <= 2
     block_c = _pow2_at_most(c, 32 if small else 16)
-    vector, hold, span, prefetch_all = 0, False, 1, ntaps > 16
+    vector, hold, span = 0, False, 1
+    # Large kernels, and stride-1 tiles of 7 columns: every source column of a row prefetched.
+    prefetch_all = ntaps > 16 or (stride == 1 and phases == 1)
     # Rows of 7 consecutive columns per thread, two channels, 32 channels per program.
     covered = (*_width_cover(out_hw[1]), _pow2_at_most(c, 32), 2, 2)
     if kind == "correlate":
@@ -278,10 +280,9 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
                 block_c = _pow2_at_most(c, 16)
         elif stride == 1 and phases == 1:
             block_w, span, block_c, vector, per_thread = covered
-            prefetch_all = True
     elif stride == 1:
         block_w, span, block_c, vector, per_thread = covered
-        prefetch, prefetch_all = (0 if ntaps > 25 else 1), True
+        prefetch = 0 if ntaps > 25 else 1
     elif ntaps > 25:
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 8 if block_c == 32 else 16), 2, 4
     else:
