@@ -7,7 +7,8 @@ Usage::
 
 The kernels are compiled and run twice before the profiler is switched on
 (``cudaProfilerStart``), so that compilation and autotuning stay out of the report. Ops:
-``fwd``, ``dx``, ``dw`` (the Pallas kernels), ``lax_fwd``, ``lax_dx``, ``lax_dw`` (XLA).
+``fwd``, ``dx``, ``dw`` (the Pallas kernels), ``lax_fwd``, ``lax_dx``, ``lax_dw`` (XLA);
+``--time`` takes several, comma-separated.
 
 ``--time`` instead times the op for each of several tilings (``;``-separated; an empty one is
 the default tiling), after checking it against the same op computed by XLA in float32, and
@@ -87,14 +88,17 @@ def main():
     p.add_argument("--op", default="fwd")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--shape", default="256,56,56,96,7", help="N,H,W,C,K")
+    p.add_argument("--stride", type=int, default=1)
     p.add_argument("--tiling", default="", help="Tiling fields, e.g. block_w=64,block_c=16")
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--time", action="store_true", help="time each tiling instead")
     args = p.parse_args()
     n, h, w_, c, k = (int(v) for v in args.shape.split(","))
-    x, w, g, spec = operands(n, h, w_, c, k, args.dtype, 1)
+    x, w, g, spec = operands(n, h, w_, c, k, args.dtype, args.stride)
     if args.time:
-        return time_tilings(args.op, [_tiling(t) for t in args.tiling.split(";")], x, w, g, spec)
+        for op in args.op.split(","):
+            time_tilings(op, [_tiling(t) for t in args.tiling.split(";")], x, w, g, spec)
+        return
     fn = jax.jit(_ops(spec, _tiling(args.tiling))[args.op])
     jax.block_until_ready(fn(x, w, g))
     jax.block_until_ready(fn(x, w, g))

@@ -179,9 +179,12 @@ KERNELS = [
     # 1x1 kernel, stride 2 (one of the two phases has no tap at all); default tilings.
     ("1x1 stride 2", (2, 5, 6, 3), (1, 1), (2, 2), ((0, 0), (0, 0)), False, jnp.float32,
      None, None),
-    # the default tilings of a 3x3 kernel (16-byte vectors).
+    # the default tilings of a 3x3 kernel (16-byte vectors); in bfloat16, packed channel pairs
+    # (10 channels: a tile of 8 pairs and a tail of 5).
     ("3x3 default tiling", (2, 6, 5, 8), (3, 3), (1, 1), ((1, 1), (1, 1)), False, jnp.float32,
      None, None),
+    ("3x3 bf16 default tiling", (2, 6, 9, 10), (3, 3), (1, 1), ((1, 1), (1, 1)), False,
+     jnp.bfloat16, None, None),
     # register blocking along the width (span): 4 and 3 columns per thread with column tails
     # (11 = 2 * 4 + 3, 10 = 2 * 3 + 3 + 1), held weights, bfloat16.
     ("7x7 span", (1, 9, 11, 4), (7, 7), (1, 1), ((3, 3), (3, 3)), False, jnp.bfloat16,
@@ -193,6 +196,20 @@ KERNELS = [
     # span with unrolled row loops, width stride 2 only, float16.
     ("5x3 stride (1, 2) span unrolled", (2, 8, 13, 3), (5, 3), (1, 2), ((2, 2), (1, 1)), False,
      jnp.float16, T(2, 2, 0, 1, 2, 1, 0, True, True, 3), T(2, 2, 0, 1, 2, 1, 0, True, True, 3)),
+    # channel pairs loaded as 32-bit words (packed): 7 columns per thread, a pair tail (6
+    # channels = 2 + 1 pairs of 2-pair tiles), row tiles; bfloat16.
+    ("7x7 packed", (2, 9, 14, 6), (7, 7), (1, 1), ((3, 3), (2, 4)), False, jnp.bfloat16,
+     T(2, 4, 4, 1, 2, 1, 2, True, False, 7, packed=True),
+     T(2, 4, 4, 1, 0, 1, 2, False, False, 7, packed=True)),
+    # packed float16 with stride 2 (the input gradient's phases), flip, 16-byte vectors of
+    # pairs, several images per weight-gradient program, unrolled; packed is ignored for the
+    # odd channel count of the next case.
+    ("5x3 stride 2 packed", (3, 9, 10, 10), (5, 3), (2, 2), ((2, 1), (1, 1)), True,
+     jnp.float16, T(4, 8, 0, 1, 1, 1, 0, False, True, 2, packed=True),
+     T(2, 4, 0, 1, 1, 2, 4, False, False, 1, packed=True)),
+    ("3x3 packed, odd channels", (2, 6, 7, 5), (3, 3), (1, 1), ((1, 1), (1, 1)), False,
+     jnp.bfloat16, T(4, 4, 0, 1, 2, 1, 2, False, False, 2, packed=True),
+     T(4, 4, 0, 1, 1, 1, 2, False, False, 2, packed=True)),
 ]
 
 
@@ -251,6 +268,31 @@ def test_custom_vjp_and_preferred_element_type():
     jaxpr = str(jax.make_jaxpr(jax.grad(
         lambda a, b: _pallas.depthwise(a, b, spec, True).sum(), argnums=(0, 1)))(x, w))
     assert "conv_general_dilated" not in jaxpr and jaxpr.count("pallas_call") == 3
+
+
+def test_packed_bfloat16_input_with_float32_output():
+    """Packed 16-bit sources with a float32 output store each channel of a pair on its own."""
+    c = 6
+    spec = make_spec(c, padding=((2, 1), (1, 2)), preferred=jnp.float32)
+    rng = np.random.default_rng(4)
+    x, w = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in ((2, 7, 9, c), (c, 4, 4, 1)))
+    out = _pallas.forward(x, w, spec, tiling=T(4, 4, 0, 1, 1, 1, 2, True, False, 3, packed=True),
+                          interpret=True)
+    ref = conv_general_ref(np.asarray(x, np.float64), np.asarray(w, np.float64), stride=(1, 1),
+                           padding_lo=[2, 1], padding_hi=[1, 2], kernel_dilation=(1, 1),
+                           input_dilation=(1, 1), groups=c, flip=False)
+    assert out.dtype == jnp.float32
+    assert_close(out, ref, jnp.float32, what="value")
+
+
+def test_pack_puts_the_even_channel_in_the_low_half():
+    a = jnp.asarray([[1.0, 2.0, -3.0, 0.5]], jnp.bfloat16)
+    words = np.asarray(_pallas._pack(a))
+    bits = np.asarray(a).view(np.uint16).astype(np.uint32)
+    np.testing.assert_array_equal(words, [[bits[0, 0] | bits[0, 1] << 16,
+                                           bits[0, 2] | bits[0, 3] << 16]])
+    np.testing.assert_array_equal(np.asarray(_pallas._unpack(_pallas._pack(a), a.dtype)),
+                                  np.asarray(a))
 
 
 def test_backward_xla_option_uses_xlas_gradient():
@@ -377,33 +419,45 @@ def test_public_api_under_lowering_pallas(monkeypatch):
         assert_close(got, want, jnp.float32, what=what)
 
 
-def _config(kernel, dtype, c_out=16, stride=(1, 1)):
+def _config(kernel, dtype, c_out=16, stride=(1, 1), x_shape=(8, 28, 28, 16), preferred=None):
     from convnn._lowering import ConvConfig
 
-    k = kernel
-    spec = make_spec(16, stride=stride, padding=((k // 2, k // 2), (k // 2, k // 2)))
-    return ConvConfig((8, 28, 28, 16), (c_out, k, k, 1), jnp.dtype(dtype), spec)
+    k, c = kernel, x_shape[-1]
+    spec = make_spec(c, stride=stride, padding=((k // 2, k // 2), (k // 2, k // 2)),
+                     preferred=preferred)
+    return ConvConfig(x_shape, (c_out * c // 16, k, k, 1), jnp.dtype(dtype), spec)
 
 
 AUTO_CUDA = [
-    # (kernel, dtype, channel multiplier, stride, with a GPU (or interpret mode), expected)
-    (7, jnp.float32, 1, (1, 1), True, "pallas"),
-    (7, jnp.bfloat16, 1, (1, 1), True, "pallas"),
-    (9, jnp.float16, 1, (2, 2), True, "pallas"),
-    (3, jnp.bfloat16, 1, (1, 1), True, "xla"),
-    (5, jnp.float32, 1, (1, 1), True, "xla"),
-    (7, jnp.float32, 2, (1, 1), True, "mixed"),  # channel multiplier 2: no Pallas kernel
-    (7, jnp.float32, 1, (1, 1), False, "mixed"),  # no GPU: the Pallas kernels do not apply
-    (7, jnp.bfloat16, 1, (1, 1), False, "xla"),
+    # (kernel, dtype, channel multiplier, stride, with a GPU (or interpret mode), expected,
+    #  other _config arguments)
+    (7, jnp.float32, 1, (1, 1), True, "pallas", {}),
+    (7, jnp.bfloat16, 1, (1, 1), True, "pallas", {}),
+    (9, jnp.float16, 1, (2, 2), True, "pallas", {}),
+    (5, jnp.float32, 1, (1, 1), True, "xla", {}),
+    (7, jnp.float32, 2, (1, 1), True, "mixed", {}),  # channel multiplier 2: no Pallas kernel
+    (7, jnp.float32, 1, (1, 1), False, "mixed", {}),  # no GPU: the Pallas kernels do not apply
+    (7, jnp.bfloat16, 1, (1, 1), False, "xla", {}),
+    # small bfloat16 kernels: the packed tiles, at stride 1, an even number of channels, a
+    # bfloat16 output and outputs at least 14 wide.
+    (3, jnp.bfloat16, 1, (1, 1), True, "pallas", {}),
+    (3, jnp.bfloat16, 1, (1, 1), True, "pallas", dict(x_shape=(8, 5, 14, 16))),
+    (3, jnp.bfloat16, 1, (1, 1), True, "xla", dict(x_shape=(8, 28, 13, 16))),
+    (3, jnp.bfloat16, 1, (1, 1), True, "xla", dict(x_shape=(8, 28, 28, 15))),
+    (3, jnp.bfloat16, 1, (2, 2), True, "xla", {}),
+    (3, jnp.bfloat16, 1, (1, 1), True, "xla", dict(preferred=jnp.float32)),
+    (3, jnp.float16, 1, (1, 1), True, "xla", {}),
+    (3, jnp.float32, 1, (1, 1), True, "xla", {}),
+    (5, jnp.bfloat16, 1, (1, 1), True, "xla", {}),
 ]
 
 
-@pytest.mark.parametrize("kernel,dtype,mult,stride,gpu,expected", AUTO_CUDA)
-def test_auto_policy_on_cuda(monkeypatch, kernel, dtype, mult, stride, gpu, expected):
+@pytest.mark.parametrize("kernel,dtype,mult,stride,gpu,expected,more", AUTO_CUDA)
+def test_auto_policy_on_cuda(monkeypatch, kernel, dtype, mult, stride, gpu, expected, more):
     from convnn._lowering import choose
 
     monkeypatch.setattr(_pallas, "INTERPRET", True if gpu else None)
-    assert choose(_config(kernel, dtype, 16 * mult, stride), "auto", "cuda") == expected
+    assert choose(_config(kernel, dtype, 16 * mult, stride, **more), "auto", "cuda") == expected
 
 
 def test_forced_pallas_without_a_gpu_falls_back_to_xla(monkeypatch):
@@ -418,29 +472,32 @@ def test_forced_pallas_without_a_gpu_falls_back_to_xla(monkeypatch):
 
 
 BACKWARD_KERNELS = [
-    # (kernel, dtype, stride, expected): XLA's weight gradient where it was measured faster.
-    ((7, 7), jnp.bfloat16, (1, 1), "pallas"),
-    ((7, 7), jnp.float16, (1, 1), "pallas"),
-    ((9, 9), jnp.bfloat16, (1, 1), "pallas"),
-    ((3, 3), jnp.bfloat16, (1, 1), "mixed"),
-    ((7, 5), jnp.bfloat16, (1, 1), "mixed"),
-    ((7, 7), jnp.bfloat16, (2, 1), "mixed"),
-    ((3, 3), jnp.float16, (1, 1), "mixed"),
-    ((3, 3), jnp.float32, (1, 1), "mixed"),
-    ((5, 5), jnp.float32, (1, 1), "pallas"),
-    ((7, 7), jnp.float32, (2, 2), "pallas"),
+    # (kernel, dtype, stride, expected, channels): XLA's weight gradient where it was
+    # measured faster.
+    ((7, 7), jnp.bfloat16, (1, 1), "pallas", 4),
+    ((7, 7), jnp.float16, (1, 1), "pallas", 4),
+    ((9, 9), jnp.bfloat16, (1, 1), "pallas", 4),
+    ((3, 3), jnp.bfloat16, (1, 1), "pallas", 4),  # packed channel pairs
+    ((3, 3), jnp.bfloat16, (1, 1), "mixed", 5),  # an odd number of channels: not packed
+    ((3, 3), jnp.bfloat16, (2, 2), "mixed", 4),
+    ((7, 5), jnp.bfloat16, (1, 1), "mixed", 4),
+    ((7, 7), jnp.bfloat16, (2, 1), "mixed", 4),
+    ((3, 3), jnp.float16, (1, 1), "mixed", 4),
+    ((3, 3), jnp.float32, (1, 1), "mixed", 4),
+    ((5, 5), jnp.float32, (1, 1), "pallas", 4),
+    ((7, 7), jnp.float32, (2, 2), "pallas", 4),
 ]
 
 
-@pytest.mark.parametrize("kernel,dtype,stride,expected", BACKWARD_KERNELS)
-def test_strategy_gradient_kernels(kernel, dtype, stride, expected):
-    spec = make_spec(4, stride=stride)
+@pytest.mark.parametrize("kernel,dtype,stride,expected,c", BACKWARD_KERNELS)
+def test_strategy_gradient_kernels(kernel, dtype, stride, expected, c):
+    spec = make_spec(c, stride=stride)
     assert _pallas.backward_kernels(spec, jnp.dtype(dtype), kernel) == expected
 
 
 @pytest.mark.parametrize("kernel,dtype,kernels", [
-    ((7, 7), jnp.bfloat16, 3), ((3, 3), jnp.bfloat16, 2), ((3, 3), jnp.float32, 2),
-    ((5, 5), jnp.float32, 3)])
+    ((7, 7), jnp.bfloat16, 3), ((3, 3), jnp.bfloat16, 3), ((3, 3), jnp.float16, 2),
+    ((3, 3), jnp.float32, 2), ((5, 5), jnp.float32, 3)])
 def test_strategy_passes_the_kernel_size_to_its_gradient_choice(monkeypatch, kernel, dtype,
                                                                  kernels):
     """``conv_pallas``: three Pallas kernels, or two and XLA's weight gradient."""

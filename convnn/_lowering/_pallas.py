@@ -35,9 +35,11 @@ issue a separate multiply and add).
 
 **The strategy.** :func:`conv_pallas` runs the Pallas forward pass and, through a
 ``jax.custom_vjp``, the gradients that were measured fastest (:func:`backward_kernels`): both
-Pallas kernels for kernels larger than 3x3 in float32 and for 7x7 and larger at stride 1 in
-16-bit types, otherwise the Pallas input gradient with XLA's weight gradient. ``"auto"`` picks
-it on NVIDIA GPUs for kernels of 7x7 and larger (:func:`preferred_on_cuda`); the measurements
+Pallas kernels for kernels larger than 3x3 in float32, for 7x7 and larger at stride 1 in
+16-bit types and for bfloat16 3x3 at stride 1 with an even number of channels, otherwise the
+Pallas input gradient with XLA's weight gradient. ``"auto"`` picks it on NVIDIA GPUs for
+kernels of 7x7 and larger, and for those bfloat16 3x3 kernels where the output is at least 14
+wide (:func:`preferred_on_cuda`); the measurements
 are in docs/benchmarks.md and the tilings in :func:`default_tiling`. Limits: 2-D, channel
 multiplier 1, kernels up to 9x9, strides 1 and 2, no dilation (:func:`supports`; anything else
 runs ``"xla"``). Derivatives through the strategy are reverse mode of first order only
@@ -181,6 +183,10 @@ class Tiling:
         input row instead of ``span*taps``).
       prefetch_all: load every source column of the tile ahead (``a * span`` shifts of a row),
         not only the centre shift's columns.
+      packed: 16-bit sources with an even number of channels: load each pair of neighbouring
+        channels as one 32-bit word (the array viewed as ``uint32``, :func:`_pack`), which halves
+        the load instructions and the registers a loaded row takes; ``block_c`` and ``vector``
+        still count channels. Ignored for other sources.
     """
 
     block_w: int
@@ -194,11 +200,22 @@ class Tiling:
     unroll: bool = False
     span: int = 1
     prefetch_all: bool = True
+    packed: bool = False
 
     @property
     def columns(self) -> int:
         """Output columns per program."""
         return self.block_w * self.span
+
+
+def _packs(dtype, taps: int, c: int) -> bool:
+    """Whether the stride-1 tiles load channel pairs (``Tiling.packed``): bfloat16 kernels of at
+    most 9 taps with an even number of channels (bf16 3x3 at 56x56x144 on an H100: forward 0.21
+    against 0.22 ms unpacked, weight gradient 0.25-0.26 against 0.30; 7x7 kernels, which are
+    limited by their multiply-adds rather than their loads, ran 3-5% slower packed; float16,
+    whose halves need a conversion instruction each, was not timed unpacked against packed, and
+    stays unpacked)."""
+    return jnp.dtype(dtype) == jnp.bfloat16 and taps <= 9 and c % 2 == 0
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -248,7 +265,10 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
       thread, 0.275 with held weights; float32 0.41 against 0.49 ms with one column per
       thread); strided and phased correlations keep one column per thread and 16-byte vectors
       (at stride 2, 4 columns per thread made the bf16 3x3 forward pass slower, 0.23 against
-      0.19 ms);
+      0.19 ms). In bfloat16 with an even number of channels the stride-1 tiles load channel
+      pairs (:func:`_packs`), two pairs per thread, 64 channels per program: bf16 3x3 forward
+      0.21 against 0.22 ms, input gradient 0.21 against 0.22, weight gradient 0.25-0.26 against
+      0.30 (one pair per thread ran 0.28, 0.28 and 0.43; four pairs 0.30-0.32 and 0.64-0.67);
     * weight gradient at stride 1: the same 7-column tiles, with no prefetch for large kernels
       (bf16 7x7: 0.34 against 0.55 ms with one column per thread at 56x56x96, 0.19 against 0.34
       ms at 28x28x192; float32 0.37 against 0.66 ms). Prefetching one row ahead ran 0.46 ms: the
@@ -258,30 +278,36 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
       thread for large kernels (8 columns by 32 channels on 4 warps, 1.3x faster than 16 by 32
       on 8), 4 for small ones;
     * never unrolled: unrolling the row loop by the rows in flight makes a 7x7 loop body of
-      thousands of instructions, which ran slower (and took minutes to compile).
+      thousands of instructions, which ran slower (and took minutes to compile). Unrolling the
+      7-column weight gradient, which removes the moves that rotate its 7 cotangent rows (13% of
+      its instructions), took over 2 minutes to compile and ran 0.35 against 0.34 ms at
+      56x56x96 (0.17 against 0.19 at 28x28x192 with a row prefetched, 0.26 without).
 
     Rows are split only when the grid would otherwise be small.
     """
     ntaps = taps[0] * taps[1]
     small = jnp.dtype(dtype).itemsize <= 2
     block_c = _pow2_at_most(c, 32 if small else 16)
-    vector, hold, span = 0, False, 1
+    vector, hold, span, packed = 0, False, 1, False
     # Large kernels, and stride-1 tiles of 7 columns: every source column of a row prefetched.
     prefetch_all = ntaps > 16 or (stride == 1 and phases == 1)
-    # Rows of 7 consecutive columns per thread, two channels, 32 channels per program.
-    covered = (*_width_cover(out_hw[1]), _pow2_at_most(c, 32), 2, 2)
+    # Rows of 7 consecutive columns per thread, two channels, 32 channels per program; for
+    # small bfloat16 kernels, two channel pairs (packed), 64 channels per program.
+    covered = (*_width_cover(out_hw[1]), _pow2_at_most(c, 32), 2, 2, False)
+    if _packs(dtype, ntaps, c):
+        covered = (*covered[:2], _pow2_at_most(c, 64), 4, 4, True)
     if kind == "correlate":
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 64), 8, 2
         if ntaps > 16:
             vector, hold = 2, True
             if stride == 1 and phases == 1:
-                block_w, span, block_c, vector, per_thread = covered
+                block_w, span, block_c, vector, per_thread, packed = covered
             elif block_w >= 64:
                 block_c = _pow2_at_most(c, 16)
         elif stride == 1 and phases == 1:
-            block_w, span, block_c, vector, per_thread = covered
+            block_w, span, block_c, vector, per_thread, packed = covered
     elif stride == 1:
-        block_w, span, block_c, vector, per_thread = covered
+        block_w, span, block_c, vector, per_thread, packed = covered
         prefetch = 0 if ntaps > 25 else 1
     elif ntaps > 25:
         block_w, per_thread, prefetch = _pow2_at_most(out_hw[1], 8 if block_c == 32 else 16), 2, 4
@@ -290,7 +316,7 @@ def default_tiling(kind: str, n: int, out_hw: tuple[int, int], c: int, dtype,
     num_warps = max(1, min(8, block_w * block_c // (32 * per_thread)))
     programs = n * -(-out_hw[1] // (block_w * span)) * -(-c // block_c) * phases
     base = Tiling(block_w, block_c, 0, num_warps, prefetch, 1, vector, hold, False, span,
-                  prefetch_all)
+                  prefetch_all, packed)
     if kind == "weight_grad" and programs >= 4 * TARGET_PROGRAMS:
         return dataclasses.replace(base, images=programs // (2 * TARGET_PROGRAMS))
     tiles = max(1, min(-(-TARGET_PROGRAMS // programs), out_hw[0] // max(8, 2 * taps[0])))
@@ -335,8 +361,10 @@ class _Tile:
     """
 
     def __init__(self, col0, c0, block_w: int, block_c: int, channels: int, vector: int = 0,
-                 span: int = 1):
+                 span: int = 1, dtype=None):
         self.block_w, self.block_c = block_w, block_c
+        # The 16-bit dtype of packed sources (channels, block_c and vector then count pairs).
+        self.dtype = dtype
         # Column ``qx + j`` (``j < span``) of the program's ``block_w * span`` columns.
         self.qx = col0 + span * jnp.arange(block_w, dtype=jnp.int32)
         i = jnp.arange(block_c, dtype=jnp.int32)
@@ -376,9 +404,9 @@ class _Tile:
         cols = a * self.qx + b
         return cols, (cols >= 0) & (cols < size)
 
-    def at(self, ref, n, row, cols):
-        """``ref.at[n, row, cols, channels]`` laid out as the tile."""
-        return ref.at[n, row, self.wvec(cols), self.cvec(self.ch)]
+    def at(self, ref, n, row, cols, ch=None):
+        """``ref.at[n, row, cols, ch]`` laid out as the tile (``ch``: the tile's channels)."""
+        return ref.at[n, row, self.wvec(cols), self.cvec(self.ch if ch is None else ch)]
 
     def load(self, plgpu, ref, n, row, size_h: int, cols, n_ok=None):
         """The tile of ``ref[n, row, cols, ch]`` (in ``ref.dtype``), zero outside."""
@@ -391,12 +419,33 @@ class _Tile:
         return plgpu.load(self.at(ref, n, row, cc), mask=mask, other=zero)
 
     def weight(self, plgpu, ref, phase, tap):
-        """The weights of one tap, broadcastable against the tile."""
-        if self.c_ok is None:
-            v = plgpu.load(ref.at[phase, tap, self.ch])
+        """The weights of one tap, one per half (``ref``: :func:`_halves_last`), broadcastable
+        against the tile."""
+        out = []
+        for h in range(ref.shape[2]):
+            at = ref.at[phase, tap, h, self.ch]
+            if self.c_ok is None:
+                v = plgpu.load(at)
+            else:
+                v = plgpu.load(at, mask=self.c_ok, other=jnp.float32(0))
+            out.append(self.cvec(v))
+        return tuple(out)
+
+    def store(self, plgpu, ref, n, row, cols, halves, mask):
+        """Stores float32 ``halves`` into ``ref[n, row, cols, ...]``: one tile per channel of a
+        pair, packed into ``uint32`` words for a packed 16-bit ``ref`` (:func:`_pack`)."""
+        if len(halves) == 1:
+            plgpu.store(self.at(ref, n, row, cols), halves[0].astype(ref.dtype), mask=mask)
+        elif ref.dtype == jnp.uint32:
+            lo, hi = (lax.convert_element_type(
+                lax.bitcast_convert_type(v.astype(self.dtype), jnp.uint16), jnp.uint32)
+                for v in halves)
+            plgpu.store(self.at(ref, n, row, cols), lo | lax.shift_left(hi, jnp.uint32(16)),
+                        mask=mask)
         else:
-            v = plgpu.load(ref.at[phase, tap, self.ch], mask=self.c_ok, other=jnp.float32(0))
-        return self.cvec(v)
+            for h, v in enumerate(halves):
+                plgpu.store(self.at(ref, n, row, cols, 2 * self.ch + h), v.astype(ref.dtype),
+                            mask=mask)
 
 
 def _width_shifts(tile: _Tile, gw: AxisGeometry, b, span: int):
@@ -454,6 +503,25 @@ def _fma(acc, x, y, native: bool):
     return out
 
 
+def _widen(v, dtype) -> tuple:
+    """A loaded tile in float32, as a tuple: one tile, or for a packed ``uint32`` tile of a
+    16-bit ``dtype`` (:func:`_pack`) the tiles of the pair's first and second channel."""
+    if v.dtype != jnp.uint32:
+        return (_f32(v),)
+    if dtype == jnp.bfloat16:
+        # The high half is a float32 as it is, once the low half is cleared.
+        return (lax.bitcast_convert_type(lax.shift_left(v, jnp.uint32(16)), jnp.float32),
+                lax.bitcast_convert_type(v & jnp.uint32(0xFFFF0000), jnp.float32))
+    return tuple(lax.bitcast_convert_type(lax.convert_element_type(h, jnp.uint16), dtype)
+                 .astype(jnp.float32)
+                 for h in (v & jnp.uint32(0xFFFF), lax.shift_right_logical(v, jnp.uint32(16))))
+
+
+def _fmas(accs: tuple, xs: tuple, ys: tuple, native: bool) -> tuple:
+    """:func:`_fma` on each half."""
+    return tuple(_fma(a, x, y, native) for a, x, y in zip(accs, xs, ys))
+
+
 def _f32(v):
     """Widens a loaded tile to float32.
 
@@ -472,7 +540,8 @@ def _f32(v):
 
 
 def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeometry,
-                      n_images: int, channels: int, tiling: Tiling, grid_sizes, native: bool):
+                      n_images: int, channels: int, tiling: Tiling, grid_sizes, native: bool,
+                      dtype):
     pl, plgpu = _pallas()
     bw, bc, th, depth, span = (tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch,
                                tiling.span)
@@ -480,7 +549,7 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     ph_h, ph_w = ph // gw.phases, ph % gw.phases
     b_h, p_h, count_h = (_select(ph_h, v) for v in (gh.b, gh.p, gh.count))
     b_w, p_w, count_w = (_select(ph_w, v) for v in (gw.b, gw.p, gw.count))
-    tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span)
+    tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span, dtype)
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
     cols, pairs = _width_shifts(tile, gw, b_w, span)
@@ -512,13 +581,13 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
         """
         accs = [list(r) for r in accs]
         for sh in range(shifts):
-            x = _f32(load(row, sh) if sh not in pre else pre[sh])
+            x = _widen(load(row, sh) if sh not in pre else pre[sh], dtype)
             for j, tw in pairs[sh]:
                 for i in range(t // a + 1):
-                    accs[i][j] = _fma(accs[i][j], x, weight((t - a * i, tw)), native)
+                    accs[i][j] = _fmas(accs[i][j], x, weight((t - a * i, tw)), native)
         return [tuple(r) for r in accs]
 
-    zeros = jnp.zeros(tile.shape, jnp.float32)
+    zeros = (jnp.zeros(tile.shape, jnp.float32),) * w_ref.shape[2]
     blank = (zeros,) * span
     accs = [blank] * live
     for t in range(max(taps - a, 0)):  # prologue: rows of the first window read before q0
@@ -542,9 +611,8 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
                 accs = accumulate(accs, pre, t, row_of(q, t))
             orow = gh.m * q + p_h
             for j in range(span):
-                plgpu.store(tile.at(out_ref, n, orow, ocols[j]),
-                            accs[0][j].astype(out_ref.dtype),
-                            mask=tile.mask(q < q_end, ocols_ok[j]))
+                tile.store(plgpu, out_ref, n, orow, ocols[j], accs[0][j],
+                           tile.mask(q < q_end, ocols_ok[j]))
             accs = accs[1:] + [blank]
         return tuple(accs), queue
 
@@ -570,19 +638,55 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
                                 (gh.taps, gw.taps), phases, gw.a)
     rows = _rows(tiling, gh.max_count, gh.live)
     tiling = dataclasses.replace(tiling, rows=rows)
-    grid_sizes = (-(-c // tiling.block_c), phases, -(-gw.max_count // tiling.columns),
-                  -(-gh.max_count // rows), n)
-    kernel = functools.partial(_correlate_kernel, gh=gh, gw=gw, n_images=n, channels=c,
-                               tiling=tiling, grid_sizes=grid_sizes, native=not interpret)
-    out_shape = jax.ShapeDtypeStruct((n, gh.out_size, gw.out_size, c), out_dtype)
-    return pl.pallas_call(
+    dtype, tiling, src = _packed(tiling, src)
+    halves = 2 if dtype else 1
+    packed_out = halves == 2 and jnp.dtype(out_dtype) == dtype
+    grid_sizes = (-(-c // halves // tiling.block_c), phases,
+                  -(-gw.max_count // tiling.columns), -(-gh.max_count // rows), n)
+    kernel = functools.partial(_correlate_kernel, gh=gh, gw=gw, n_images=n,
+                               channels=c // halves, tiling=tiling, grid_sizes=grid_sizes,
+                               native=not interpret, dtype=dtype)
+    out_shape = jax.ShapeDtypeStruct(
+        (n, gh.out_size, gw.out_size, c // 2 if packed_out else c),
+        jnp.uint32 if packed_out else out_dtype)
+    out = pl.pallas_call(
         kernel,
         out_shape=out_shape,
         grid=(math.prod(grid_sizes),),
         interpret=interpret,
         compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
         name="convnn_depthwise_correlate",
-    )(src, wt)
+    )(src, _halves_last(wt, halves))
+    return _unpack(out, out_dtype) if packed_out else out
+
+
+def _packed(tiling: Tiling, src):
+    """``(dtype, tiling, src)`` for a kernel: with ``tiling.packed`` and a 16-bit ``src`` of an
+    even number of channels, the 16-bit dtype, the tiling in channel pairs and ``src`` packed
+    (:func:`_pack`); else ``(None, tiling, src)``."""
+    if not (tiling.packed and src.dtype.itemsize == 2 and src.shape[-1] % 2 == 0):
+        return None, tiling, src
+    pairs = dataclasses.replace(tiling, block_c=max(1, tiling.block_c // 2),
+                                vector=tiling.vector // 2)
+    return src.dtype, pairs, _pack(src)
+
+
+def _pack(a):
+    """A 16-bit ``(..., C)`` array (``C`` even) as ``(..., C/2)`` ``uint32`` words: channel
+    ``2k`` in the low half of word ``k``, ``2k+1`` in the high half (a bitcast, no copy)."""
+    return lax.bitcast_convert_type(a.reshape(*a.shape[:-1], a.shape[-1] // 2, 2), jnp.uint32)
+
+
+def _unpack(u, dtype):
+    """The inverse of :func:`_pack`."""
+    return lax.bitcast_convert_type(u, dtype).reshape(*u.shape[:-1], 2 * u.shape[-1])
+
+
+def _halves_last(w, halves: int):
+    """``(phases, taps, C)`` weights as ``(phases, taps, halves, C/halves)``: with two halves,
+    the even channels, then the odd ones (the pair's first and second channel)."""
+    p, t, c = w.shape
+    return jnp.transpose(w.reshape(p, t, c // halves, halves), (0, 1, 3, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,13 +695,14 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
 
 
 def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeometry,
-                        n_images: int, channels: int, tiling: Tiling, grid_sizes, native: bool):
+                        n_images: int, channels: int, tiling: Tiling, grid_sizes, native: bool,
+                        dtype):
     pl, plgpu = _pallas()
     bw, bc, th, depth, per, span = (tiling.block_w, tiling.block_c, tiling.rows,
                                     tiling.prefetch, tiling.images, tiling.span)
     cb, wt, rt, nb = _split(pl.program_id(0), grid_sizes)
     part = (nb * grid_sizes[2] + rt) * grid_sizes[1] + wt
-    tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span)
+    tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span, dtype)
     a, taps, live = gh.a, gh.taps, gh.live
     unroll = live if tiling.unroll else 1
     b_h, count_h = gh.b[0], gh.count[0]
@@ -607,7 +712,8 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
     gcols = [(tile.qx + j, tile.qx + j < gw.count[0]) for j in range(span)]
     q0 = rt * th
     us = list(range(min(a, taps)))  # rows loaded per iteration: a*q + b + u
-    zeros = jnp.zeros(tile.shape, jnp.float32)
+    halves = 2 if dtype else 1
+    zeros = (jnp.zeros(tile.shape, jnp.float32),) * halves
     blank = (zeros,) * span
 
     def pair(accs, gbuf, row, u, n, n_ok, pre, skip):
@@ -618,12 +724,12 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
             return accs
         for sh in range(shifts):
             x = pre.get(sh)
-            x = _f32(tile.load(plgpu, x_ref, n, row, gh.src_size, cols[sh], n_ok) if x is None
-                     else x)
+            x = _widen(tile.load(plgpu, x_ref, n, row, gh.src_size, cols[sh], n_ok)
+                       if x is None else x, dtype)
             for j, tw in pairs[sh]:
                 for i in rows_in:
                     key = (u + a * i, tw)
-                    accs[key] = _fma(accs[key], x, gbuf[i][j], native)
+                    accs[key] = _fmas(accs[key], x, gbuf[i][j], native)
         return accs
 
     def image(i, accs):
@@ -650,7 +756,7 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
                     (g_raw, x_raws), queue = queue[0], queue[1:] + (prefetch(q + depth),)
                 else:
                     g_raw, x_raws = load_g(q), None
-                gbuf = [tuple(_f32(g) for g in g_raw)] + gbuf[:-1]
+                gbuf = [tuple(_widen(g, dtype) for g in g_raw)] + gbuf[:-1]
                 for idx, u in enumerate(us):
                     pre = dict(zip(ahead, x_raws[idx])) if depth else {}
                     accs = pair(accs, gbuf, a * q + b_h + u, u, n, n_ok, pre, 0)
@@ -670,11 +776,13 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
     accs = {key: zeros for key in keys}
     accs = lax.fori_loop(0, per, image, accs)
     for t, tw in keys:
-        total = jnp.sum(accs[(t, tw)], axis=tile.pixel_axis)
-        if tile.c_ok is None:
-            plgpu.store(part_ref.at[part, t * gw.taps + tw, tile.ch], total)
-        else:
-            plgpu.store(part_ref.at[part, t * gw.taps + tw, tile.ch], total, mask=tile.c_ok)
+        for h, acc in enumerate(accs[(t, tw)]):
+            total = jnp.sum(acc, axis=tile.pixel_axis)
+            at = part_ref.at[part, t * gw.taps + tw, halves * tile.ch + h]
+            if tile.c_ok is None:
+                plgpu.store(at, total)
+            else:
+                plgpu.store(at, total, mask=tile.c_ok)
 
 
 def _weight_grad(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None,
@@ -688,11 +796,16 @@ def _weight_grad(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None
     rows = _rows(tiling, gh.count[0], gh.live)
     images = max(1, min(tiling.images or 1, n))
     tiling = dataclasses.replace(tiling, rows=rows, images=images)
-    grid_sizes = (-(-c // tiling.block_c), -(-gw.count[0] // tiling.columns),
+    dtype, tiling, x = _packed(tiling, x) if x.dtype == g.dtype else (None, tiling, x)
+    if dtype:
+        g = _pack(g)
+    halves = 2 if dtype else 1
+    grid_sizes = (-(-c // halves // tiling.block_c), -(-gw.count[0] // tiling.columns),
                   -(-gh.count[0] // rows), -(-n // images))
     parts = grid_sizes[1] * grid_sizes[2] * grid_sizes[3]
-    kernel = functools.partial(_weight_grad_kernel, gh=gh, gw=gw, n_images=n, channels=c,
-                               tiling=tiling, grid_sizes=grid_sizes, native=not interpret)
+    kernel = functools.partial(_weight_grad_kernel, gh=gh, gw=gw, n_images=n,
+                               channels=c // halves, tiling=tiling, grid_sizes=grid_sizes,
+                               native=not interpret, dtype=dtype)
     part = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((parts, gh.taps * gw.taps, c), jnp.float32),
@@ -908,15 +1021,19 @@ def backward_kernels(spec: ConvSpec, dtype, kernel: Sequence[int]) -> str:
       most 9 taps take ``"mixed"``;
     * 16-bit types: since the weight gradient computes 7 columns per thread
       (:func:`default_tiling`) the Pallas kernel is faster for 7x7 kernels at stride 1 (bf16
-      0.34 against 0.41 ms at 56x56x96, 0.19 against 0.22 ms at 28x28x192); for 3x3 kernels it
-      is slower (0.30 against 0.28 ms; at stride 2, 0.24 against 0.22 ms).
+      0.34 against 0.41 ms at 56x56x96, 0.19 against 0.22 ms at 28x28x192). For bf16 3x3
+      kernels at stride 1 with an even number of channels, channel pairs loaded as one word
+      (``Tiling.packed``) made it faster too (0.26 against 0.28 ms at 56x56x144, 0.11 against
+      0.14 at 112x112x32, 0.05 against 0.07 at 14x14x384, equal at 28x28x192); other 3x3
+      kernels are slower (float16 0.26 against 0.19 ms; bf16 at stride 2, 0.24 against 0.22).
 
     ``"mixed"`` takes the Pallas input gradient and XLA's weight gradient.
     """
     taps = math.prod(kernel)
     if jnp.dtype(dtype) == jnp.float32:
         return "pallas" if taps > 9 else "mixed"
-    if taps >= CUDA_MIN_TAPS and all(s == 1 for s in spec.stride):
+    if all(s == 1 for s in spec.stride) and (
+            taps >= CUDA_MIN_TAPS or _packs(dtype, taps, spec.groups)):
         return "pallas"
     return "mixed"
 
@@ -943,15 +1060,34 @@ def supports_config(cfg) -> bool:
 CUDA_MIN_TAPS = 49
 
 
+#: Narrowest output for which "auto" picks the Pallas kernels for small bfloat16 kernels.
+CUDA_MIN_PACKED_WIDTH = 14
+
+
 def preferred_on_cuda(cfg) -> bool:
     """Whether ``"auto"`` picks ``"pallas"`` for ``cfg`` on an NVIDIA GPU.
 
-    From ``benchmarks/bench_depthwise_gpu.py`` on an H100 (batch 256, docs/benchmarks.md): for
-    7x7 depthwise kernels the Pallas forward pass is 2.4-2.5x (bfloat16) and 4.7-4.8x
-    (float32) faster than XLA's. For 3x3 kernels it is about even in bfloat16 (1.03x forward
-    and dx+dw at stride 1, 1.01x forward at stride 2) and slower in float32 (0.91x), too small
-    a gain for the strategy's cost (compiling the kernels, reverse mode of first order only),
-    so those stay on XLA. Kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which
-    was checked for correctness only) take ``"pallas"``.
+    From ``benchmarks/bench_depthwise_gpu.py`` and ``profile_depthwise_gpu.py`` on an H100
+    (docs/benchmarks.md):
+
+    * kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which was checked for
+      correctness only): the Pallas forward pass is 2.4-2.5x (bfloat16) and 4.7-4.8x (float32)
+      faster than XLA's;
+    * bfloat16 kernels of at most 9 taps at stride 1, with an even number of channels, a
+      bfloat16 output and outputs at least :data:`CUDA_MIN_PACKED_WIDTH` wide (the packed
+      tiles of :func:`default_tiling`): 3x3 kernels at widths 14 to 112 ran the forward pass
+      0.98x to 1.26x, the input gradient 1.05x to 1.28x and the weight gradient 1.01x to 1.54x
+      as fast as XLA's; at width 7 the forward pass ran 0.63x;
+    * other small kernels stay on XLA: float32 3x3 is slower (0.91x forward), bf16 at stride 2
+      about even forward (1.01x), float16 was slower in every pass.
     """
-    return supports_config(cfg) and math.prod(cfg.w_shape[1:-1]) >= CUDA_MIN_TAPS
+    if not supports_config(cfg):
+        return False
+    taps = math.prod(cfg.w_shape[1:-1])
+    if taps >= CUDA_MIN_TAPS:
+        return True
+    spec = cfg.spec
+    out_w = cfg.x_shape[2] + sum(spec.padding[1]) - cfg.w_shape[2] + 1
+    out_dtype = jnp.dtype(spec.preferred_element_type or cfg.dtype)
+    return (all(s == 1 for s in spec.stride) and _packs(cfg.dtype, taps, cfg.x_shape[-1])
+            and out_dtype == jnp.bfloat16 and out_w >= CUDA_MIN_PACKED_WIDTH)

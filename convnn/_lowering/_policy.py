@@ -177,7 +177,7 @@ def policy_cuda(cfg: ConvConfig) -> str:
     if cfg.depthwise and cfg.taps >= CUDA_MIXED_MIN_TAPS and \
             np.dtype(cfg.spec.preferred_element_type or cfg.dtype) == np.float32:
         return "pallas" if _pallas.preferred_on_cuda(cfg) else "mixed"
-    if _pallas.preferred_on_cuda(cfg):  # 7x7+ depthwise: the Pallas kernels (_pallas.py)
+    if _pallas.preferred_on_cuda(cfg):  # 7x7+, and bf16 3x3, depthwise: the Pallas kernels
         return "pallas"
     return "xla"
 
