@@ -569,7 +569,10 @@ def fit(
                     f"epoch {epoch}: train loss {loss_sum / steps:.4f}, train acc {correct / (steps * bs):.4f}, "
                     f"test loss {test_loss:.4f}, test acc {test_acc:.4f}"
                 )
-            ckpt.save(epoch, model, optimizer, {"epoch": epoch, "config": config, "history": history})
+            # A copy of the history: the checkpoint's metadata is written by a background thread,
+            # possibly after the next epoch has appended to the live lists.
+            snapshot = {k: list(v) for k, v in history.items()}
+            ckpt.save(epoch, model, optimizer, {"epoch": epoch, "config": config, "history": snapshot})
             write_json(out / "metrics.json", {"config": config, "devices": int(n_dev), **history})
         ckpt.close()
     except BaseException:
