@@ -638,7 +638,7 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
                                 (gh.taps, gw.taps), phases, gw.a)
     rows = _rows(tiling, gh.max_count, gh.live)
     tiling = dataclasses.replace(tiling, rows=rows)
-    dtype, tiling, src = _packed(tiling, src)
+    dtype, tiling, (src,) = _packed(tiling, src)
     halves = 2 if dtype else 1
     packed_out = halves == 2 and jnp.dtype(out_dtype) == dtype
     grid_sizes = (-(-c // halves // tiling.block_c), phases,
@@ -660,15 +660,17 @@ def _correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: T
     return _unpack(out, out_dtype) if packed_out else out
 
 
-def _packed(tiling: Tiling, src):
-    """``(dtype, tiling, src)`` for a kernel: with ``tiling.packed`` and a 16-bit ``src`` of an
-    even number of channels, the 16-bit dtype, the tiling in channel pairs and ``src`` packed
-    (:func:`_pack`); else ``(None, tiling, src)``."""
-    if not (tiling.packed and src.dtype.itemsize == 2 and src.shape[-1] % 2 == 0):
-        return None, tiling, src
+def _packed(tiling: Tiling, *srcs):
+    """``(dtype, tiling, srcs)`` for a kernel: with ``tiling.packed`` and sources of one 16-bit
+    dtype and an even number of channels, that dtype, the tiling in channel pairs and the
+    sources packed (:func:`_pack`); else ``(None, tiling, srcs)``."""
+    dtype = srcs[0].dtype
+    if not (tiling.packed and dtype.itemsize == 2 and srcs[0].shape[-1] % 2 == 0
+            and all(a.dtype == dtype for a in srcs)):
+        return None, tiling, srcs
     pairs = dataclasses.replace(tiling, block_c=max(1, tiling.block_c // 2),
                                 vector=tiling.vector // 2)
-    return src.dtype, pairs, _pack(src)
+    return dtype, pairs, tuple(_pack(a) for a in srcs)
 
 
 def _pack(a):
@@ -796,9 +798,7 @@ def _weight_grad(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None
     rows = _rows(tiling, gh.count[0], gh.live)
     images = max(1, min(tiling.images or 1, n))
     tiling = dataclasses.replace(tiling, rows=rows, images=images)
-    dtype, tiling, x = _packed(tiling, x) if x.dtype == g.dtype else (None, tiling, x)
-    if dtype:
-        g = _pack(g)
+    dtype, tiling, (x, g) = _packed(tiling, x, g)
     halves = 2 if dtype else 1
     grid_sizes = (-(-c // halves // tiling.block_c), -(-gw.count[0] // tiling.columns),
                   -(-gh.count[0] // rows), -(-n // images))
