@@ -10,14 +10,15 @@ several threads, see ``compile_all``):
    float32 / bfloat16 / float16). Nothing is timed before this passes.
 2. ``sweep``: a few tilings of each kernel on one 7x7 and one 3x3 shape.
 3. ``timing``: per shape and dtype, forward and dx+dw (the backward pass alone) for convnn
-   (the ``"pallas"`` strategy: Pallas forward pass with the default tiling, gradients as
-   ``_pallas.backward_kernels`` chooses), ``lax.conv_general_dilated`` and PyTorch
+   (the ``"pallas"`` strategy with the default tilings: each pass the Pallas kernel or XLA's, as
+   ``_pallas.forward_kernel`` and ``_pallas.backward_kernels`` choose),
+   ``lax.conv_general_dilated`` and PyTorch
    (``torch.nn.functional.conv2d``, ``groups=C``, channels_last, cuDNN autotuning on), with the
    memory floor (bytes read + written at ``--bandwidth``) and the fraction of it reached.
    The dx+dw floor counts the two passes as separate minimal computations (read g, write dx; read
    x and g), as in the issue this answers: 4 tensors. Each gradient is also timed alone (Pallas
-   and lax), with both Pallas gradients together and with the Pallas input gradient paired with
-   XLA's weight gradient (``mixed``).
+   and lax), as is the Pallas forward kernel, with both Pallas gradients together and with the
+   Pallas input gradient paired with XLA's weight gradient (``mixed``).
 4. ``convnext``: a ConvNeXt block (7x7 depthwise, LayerNorm, 1x1 conv to 4C, GELU, 1x1 conv
    back, layer scale, residual) training step (loss, gradients, SGD update), with the depthwise
    convolution computed by one ``lax.conv_general_dilated``, by the ``"pallas"`` strategy
@@ -79,6 +80,20 @@ SHAPES = [
     ("28x28x192 3x3", 256, 28, 28, 192, 3, 1, "bfloat16"),
     ("14x14x384 3x3", 256, 14, 14, 384, 3, 1, "bfloat16"),
     ("7x7x960 3x3", 256, 7, 7, 960, 3, 1, "bfloat16"),
+    # EfficientNet-B0-style layers: 5x5 kernels, and strided 3x3 and 5x5 ones
+    ("56x56x144 3x3 s2", 256, 56, 56, 144, 3, 2, "bfloat16"),
+    ("28x28x240 3x3 s2", 256, 28, 28, 240, 3, 2, "bfloat16"),
+    ("56x56x144 5x5 s2", 256, 56, 56, 144, 5, 2, "bfloat16"),
+    ("28x28x240 5x5", 256, 28, 28, 240, 5, 1, "bfloat16"),
+    ("14x14x672 5x5", 256, 14, 14, 672, 5, 1, "bfloat16"),
+    ("28x28x240 5x5", 256, 28, 28, 240, 5, 1, "float32"),
+    ("14x14x576 3x3 s2", 256, 14, 14, 576, 3, 2, "bfloat16"),
+    ("56x56x144 3x3 s2", 256, 56, 56, 144, 3, 2, "float32"),
+    ("56x56x144 3x3 s2", 256, 56, 56, 144, 3, 2, "float16"),
+    ("56x56x144 5x5 s2", 256, 56, 56, 144, 5, 2, "float32"),
+    ("28x28x240 5x5", 256, 28, 28, 240, 5, 1, "float16"),
+    ("56x56x96 7x7 s2", 256, 56, 56, 96, 7, 2, "bfloat16"),
+    ("56x56x96 7x7 s2", 256, 56, 56, 96, 7, 2, "float32"),
 ]
 
 # (N, H, W, C, (KH, KW), (sh, sw), ((lo, hi), (lo, hi)), flip, dtype)
@@ -426,6 +441,10 @@ def timing(budget, bandwidth, shapes):
                 for kind in ("correlate", "weight_grad")]
             # convnn's dx+dw is the strategy's (as ``backward_kernels`` chooses); "pallas_bwd" is
             # both Pallas kernels.
+            # convnn's forward pass is the strategy's too (``forward_kernel``); "pallas_fwd" is
+            # the Pallas kernel.
+            strategy_fwd = jax.jit(lambda x, w: _pallas.conv_pallas(x, w, spec))
+            row["forward_kernel"] = _pallas.forward_kernel(spec, (k, k))
             strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(
                 lambda a, b: _pallas.conv_pallas(a, b, spec), x, w)[1](g))
             row["backward_kernels"] = _pallas.backward_kernels(spec, x.dtype, (k, k))
@@ -435,7 +454,8 @@ def timing(budget, bandwidth, shapes):
             # strategy's own choice in 16-bit types: not compiled and timed twice).
             ldx = jax.jit(lambda x, w, g: jax.vjp(lambda a: lax_conv(a, w, spec), x)[1](g))
             ldw = jax.jit(lambda x, w, g: jax.vjp(lambda b: lax_conv(x, b, spec), w)[1](g))
-            jobs = dict(fwd=(fwd, (x, w)), strategy_bwd=(strategy_bwd, (x, w, g)),
+            jobs = dict(fwd=(fwd, (x, w)), strategy_fwd=(strategy_fwd, (x, w)),
+                        strategy_bwd=(strategy_bwd, (x, w, g)),
                         bwd=(bwd, (x, w, g)), lfwd=(lfwd, (x, w)), lbwd=(lbwd, (x, w, g)),
                         ldx=(ldx, (x, w, g)), ldw=(ldw, (x, w, g)), pdx=(pdx, (g, w)),
                         pdw=(pdw, (x, g)))
@@ -444,11 +464,12 @@ def timing(budget, bandwidth, shapes):
                     lambda a, b: _pallas.depthwise(a, b, spec, None, "mixed"), x, w)[1](g)),
                     (x, w, g))
             fns = compile_all(jobs, xla_only=("lfwd", "lbwd", "ldx", "ldw"))
-            fwd, strategy_bwd, bwd, lfwd, lbwd, ldx, ldw, pdx, pdw = (
-                fns[k_] for k_ in ("fwd", "strategy_bwd", "bwd", "lfwd", "lbwd", "ldx", "ldw",
-                                   "pdx", "pdw"))
+            fwd, strategy_fwd, strategy_bwd, bwd, lfwd, lbwd, ldx, ldw, pdx, pdw = (
+                fns[k_] for k_ in ("fwd", "strategy_fwd", "strategy_bwd", "bwd", "lfwd", "lbwd",
+                                   "ldx", "ldw", "pdx", "pdw"))
             mixed = fns.get("mixed", strategy_bwd)
-            row["convnn_fwd_ms"] = time_jax(fwd, x, w)
+            row["convnn_fwd_ms"] = time_jax(strategy_fwd, x, w)
+            row["pallas_fwd_ms"] = time_jax(fwd, x, w)
             row["convnn_bwd_ms"] = time_jax(strategy_bwd, x, w, g)
             row["pallas_bwd_ms"] = time_jax(bwd, x, w, g)
             row["lax_fwd_ms"] = time_jax(lfwd, x, w)
@@ -664,11 +685,13 @@ def print_tables():
                   f"{f('bwd')} | {frac('bwd'):.0f}% |")
     split = [r for r in rows if "mixed_bwd_ms" in r]
     if split:
-        print("\n| shape | dtype | dx: Pallas / lax | dw: Pallas / lax | dx+dw: Pallas dx with "
-              "lax dw / lax / both Pallas (ms) | mixed vs lax |")
-        print("|---|---|---|---|---|---|")
+        print("\n| shape | dtype | fwd: Pallas / lax | dx: Pallas / lax | dw: Pallas / lax | "
+              "dx+dw: Pallas dx with lax dw / lax / both Pallas (ms) | mixed vs lax |")
+        print("|---|---|---|---|---|---|---|")
         for r in split:
-            print(f"| {r['shape']} | {r['dtype']} | {r['pallas_dx_ms']:.3f} / {r['lax_dx_ms']:.3f} | "
+            print(f"| {r['shape']} | {r['dtype']} | "
+                  f"{r.get('pallas_fwd_ms', float('nan')):.3f} / {r['lax_fwd_ms']:.3f} | "
+                  f"{r['pallas_dx_ms']:.3f} / {r['lax_dx_ms']:.3f} | "
                   f"{r['pallas_dw_ms']:.3f} / {r['lax_dw_ms']:.3f} | {r['mixed_bwd_ms']:.3f} / "
                   f"{r['lax_bwd_ms']:.3f} / {r['pallas_bwd_ms']:.3f} | "
                   f"{r['lax_bwd_ms'] / r['mixed_bwd_ms']:.2f}x |")

@@ -340,11 +340,49 @@ def test_mixed_backward_pairs_the_pallas_input_gradient_with_xlas_weight_gradien
     assert jaxpr.count("pallas_call") == 2 and jaxpr.count("conv_general_dilated") == 1
 
 
-def test_depthwise_rejects_an_unknown_backward():
+def test_depthwise_rejects_an_unknown_backward_or_forward():
     spec = make_spec(2)
     x, w = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((2, 3, 3, 1), jnp.float32)
     with pytest.raises(ValueError, match="backward"):
         _pallas.depthwise(x, w, spec, True, "cudnn")
+    with pytest.raises(ValueError, match="forward"):
+        _pallas.depthwise(x, w, spec, True, "pallas", "cudnn")
+
+
+XLA_FORWARD = [
+    # (x shape, kernel, stride, padding, flip, dtype, backward, Pallas kernels in the gradient)
+    ((2, 9, 8, 4), (3, 3), (2, 2), ((1, 1), (1, 1)), False, jnp.bfloat16, "mixed", 1),
+    ((3, 10, 11, 5), (5, 5), (2, 2), ((2, 1), (2, 2)), True, jnp.float32, "pallas", 2),
+    ((2, 7, 6, 3), (3, 3), (1, 1), ((1, 1), (0, 2)), False, jnp.float16, "xla", 0),
+]
+
+
+@pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,backward,kernels",
+                         XLA_FORWARD)
+def test_xla_forward_with_the_pallas_gradients(x_shape, kernel, stride, padding, flip, dtype,
+                                               backward, kernels):
+    """``forward="xla"``: XLA's forward pass, the gradients ``backward`` names."""
+    c = x_shape[-1]
+    spec = make_spec(c, stride, padding, flip)
+    rng = np.random.default_rng(sum(x_shape) + 9)
+    x = jnp.asarray(rng.standard_normal(x_shape), dtype)
+    w = jnp.asarray(rng.standard_normal((c, *kernel, 1)), dtype)
+
+    def f(a, b):
+        return _pallas.depthwise(a, b, spec, True, backward, "xla")
+
+    out, vjp = jax.vjp(f, x, w)
+    g = jnp.asarray(rng.standard_normal(out.shape), dtype)
+    ref = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
+                     np.asarray(g, np.float64), stride, padding, flip)
+    assert out.shape == ref[0].shape and out.dtype == dtype
+    for got, want, what in zip((out, *vjp(g)), ref, ("value", "input gradient",
+                                                     "weight gradient")):
+        assert_close(got, want, dtype, what=what)
+    assert "pallas_call" not in str(jax.make_jaxpr(f)(x, w))
+    jaxpr = str(jax.make_jaxpr(lambda a, b, t: jax.vjp(f, a, b)[1](t))(x, w, g))
+    assert jaxpr.count("pallas_call") == kernels
+    assert jaxpr.count("conv_general_dilated") == 1 + (2 - kernels)
 
 
 def test_xla_backward_supports_forward_mode_and_second_order():
@@ -394,7 +432,8 @@ def test_pallas_backward_is_reverse_mode_only():
 
 
 def test_public_api_under_lowering_pallas(monkeypatch):
-    """float32 5x5 at stride 2: all three Pallas kernels (see ``backward_kernels``)."""
+    """float32 5x5 at stride 2: XLA's forward pass and both Pallas gradients (see
+    ``forward_kernel`` and ``backward_kernels``)."""
     monkeypatch.setattr(_pallas, "INTERPRET", True)
     c = 3
     rng = np.random.default_rng(7)
@@ -412,7 +451,7 @@ def test_public_api_under_lowering_pallas(monkeypatch):
         jaxpr = str(jax.make_jaxpr(jax.grad(
             lambda a, b: convnn.conv2d(a, b, stride=2, padding=2, groups=c).sum(),
             argnums=(0, 1)))(x, w))
-    assert jaxpr.count("pallas_call") == 3 and "conv_general_dilated" not in jaxpr
+    assert jaxpr.count("pallas_call") == 2 and jaxpr.count("conv_general_dilated") == 1
     ref = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
                      np.asarray(g, np.float64), (2, 2), ((2, 2), (2, 2)), False)
     for got, want, what in zip(run(x, w, g), ref, ("value", "input gradient", "weight gradient")):
@@ -434,7 +473,7 @@ AUTO_CUDA = [
     (7, jnp.float32, 1, (1, 1), True, "pallas", {}),
     (7, jnp.bfloat16, 1, (1, 1), True, "pallas", {}),
     (9, jnp.float16, 1, (2, 2), True, "pallas", {}),
-    (5, jnp.float32, 1, (1, 1), True, "xla", {}),
+    (5, jnp.float32, 1, (1, 1), True, "pallas", {}),
     (7, jnp.float32, 2, (1, 1), True, "mixed", {}),  # channel multiplier 2: no Pallas kernel
     (7, jnp.float32, 1, (1, 1), False, "mixed", {}),  # no GPU: the Pallas kernels do not apply
     (7, jnp.bfloat16, 1, (1, 1), False, "xla", {}),
@@ -444,11 +483,19 @@ AUTO_CUDA = [
     (3, jnp.bfloat16, 1, (1, 1), True, "pallas", dict(x_shape=(8, 5, 14, 16))),
     (3, jnp.bfloat16, 1, (1, 1), True, "xla", dict(x_shape=(8, 28, 13, 16))),
     (3, jnp.bfloat16, 1, (1, 1), True, "xla", dict(x_shape=(8, 28, 28, 15))),
-    (3, jnp.bfloat16, 1, (2, 2), True, "xla", {}),
     (3, jnp.bfloat16, 1, (1, 1), True, "xla", dict(preferred=jnp.float32)),
     (3, jnp.float16, 1, (1, 1), True, "xla", {}),
     (3, jnp.float32, 1, (1, 1), True, "xla", {}),
-    (5, jnp.bfloat16, 1, (1, 1), True, "xla", {}),
+    # 3x3 at stride 2 in both axes (XLA's forward pass, the Pallas input gradient), in every
+    # dtype, with no wider output; 5x5 kernels at strides 1 and 2.
+    (3, jnp.bfloat16, 1, (2, 2), True, "pallas", {}),
+    (3, jnp.float16, 1, (2, 2), True, "pallas", {}),
+    (3, jnp.float32, 1, (2, 2), True, "pallas", dict(x_shape=(8, 7, 7, 15))),
+    (3, jnp.bfloat16, 1, (2, 2), True, "xla", dict(preferred=jnp.float32)),
+    (3, jnp.bfloat16, 1, (2, 1), True, "xla", {}),
+    (5, jnp.bfloat16, 1, (1, 1), True, "pallas", {}),
+    (5, jnp.float16, 1, (2, 2), True, "pallas", {}),
+    (5, jnp.float32, 1, (1, 1), False, "xla", {}),
 ]
 
 
@@ -495,14 +542,34 @@ def test_strategy_gradient_kernels(kernel, dtype, stride, expected, c):
     assert _pallas.backward_kernels(spec, jnp.dtype(dtype), kernel) == expected
 
 
-@pytest.mark.parametrize("kernel,dtype,kernels", [
-    ((7, 7), jnp.bfloat16, 3), ((3, 3), jnp.bfloat16, 3), ((3, 3), jnp.float16, 2),
-    ((3, 3), jnp.float32, 2), ((5, 5), jnp.float32, 3)])
-def test_strategy_passes_the_kernel_size_to_its_gradient_choice(monkeypatch, kernel, dtype,
-                                                                 kernels):
-    """``conv_pallas``: three Pallas kernels, or two and XLA's weight gradient."""
+FORWARD_KERNEL = [
+    # (kernel, stride, expected): XLA's forward pass where it was measured faster.
+    ((3, 3), (2, 2), "xla"),
+    ((5, 5), (2, 2), "xla"),
+    ((7, 5), (2, 2), "xla"),
+    ((7, 7), (2, 2), "pallas"),
+    ((3, 3), (2, 1), "pallas"),
+    ((3, 3), (1, 1), "pallas"),
+    ((5, 5), (1, 1), "pallas"),
+]
+
+
+@pytest.mark.parametrize("kernel,stride,expected", FORWARD_KERNEL)
+def test_strategy_forward_kernel(kernel, stride, expected):
+    spec = make_spec(4, stride=stride)
+    assert _pallas.forward_kernel(spec, kernel) == expected
+
+
+@pytest.mark.parametrize("kernel,dtype,stride,kernels", [
+    ((7, 7), jnp.bfloat16, 1, 3), ((3, 3), jnp.bfloat16, 1, 3), ((3, 3), jnp.float16, 1, 2),
+    ((3, 3), jnp.float32, 1, 2), ((5, 5), jnp.float32, 1, 3), ((3, 3), jnp.bfloat16, 2, 1),
+    ((5, 5), jnp.float32, 2, 2)])
+def test_strategy_passes_the_kernel_size_to_its_kernel_choice(monkeypatch, kernel, dtype,
+                                                               stride, kernels):
+    """``conv_pallas``: three Pallas kernels; two and XLA's weight gradient; or, at stride 2,
+    XLA's forward pass with one or two Pallas gradients."""
     monkeypatch.setattr(_pallas, "INTERPRET", True)
-    spec = make_spec(4, padding=((3, 3), (1, 1)))
+    spec = make_spec(4, stride=(stride, stride), padding=((3, 3), (1, 1)))
     x, w = jnp.ones((1, 8, 8, 4), dtype), jnp.ones((4, *kernel, 1), dtype)
     jaxpr = str(jax.make_jaxpr(jax.grad(
         lambda a, b: _pallas.conv_pallas(a, b, spec).astype(jnp.float32).sum(),

@@ -883,8 +883,9 @@ def weight_grad(x, g, w_shape, w_dtype, spec: ConvSpec, *, tiling: Tiling | None
     return dw[..., None].astype(w_dtype)
 
 
-def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str = "pallas"):
-    """Depthwise 2-D convolution with the Pallas forward kernel and a custom derivative.
+def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str = "pallas",
+              forward: str = "pallas"):
+    """Depthwise 2-D convolution with the Pallas kernels and a custom derivative.
 
     Args:
       x: ``(N, H, W, C)``.
@@ -896,27 +897,43 @@ def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str
         the Pallas kernel and the weight gradient from XLA. ``"xla"``: a ``jax.custom_jvp``
         whose tangent is XLA's convolution, so that reverse mode runs XLA's gradient, and
         forward mode and higher orders work as for the ``"xla"`` strategy.
+      forward: ``"pallas"``: the Pallas forward kernel. ``"xla"``: XLA's convolution, with the
+        gradients ``backward`` names (with ``backward="xla"`` too, plain XLA).
 
     Returns:
       ``(N, H_out, W_out, C)`` in ``spec.preferred_element_type`` or ``x.dtype``.
     """
-    if backward == "xla":
-        return _depthwise_xla_tangent(x, w, spec, interpret)
-    if backward not in ("pallas", "mixed"):
+    if forward not in ("pallas", "xla"):
+        raise ValueError(f"forward must be 'pallas' or 'xla', got {forward!r}")
+    if backward not in ("pallas", "mixed", "xla"):
         raise ValueError(f"backward must be 'pallas', 'mixed' or 'xla', got {backward!r}")
-    return _depthwise_pallas_vjp(x, w, spec, interpret, backward == "mixed")
+    if backward == "xla":
+        if forward == "xla":
+            from convnn._lowering._xla import conv_xla
+
+            return conv_xla(x, w, spec)
+        return _depthwise_xla_tangent(x, w, spec, interpret)
+    return _depthwise_pallas_vjp(x, w, spec, interpret, backward == "mixed", forward == "xla")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _depthwise_pallas_vjp(x, w, spec, interpret, xla_weight_grad):
+def _primal(x, w, spec, interpret, xla_forward):
+    if xla_forward:
+        from convnn._lowering._xla import conv_xla
+
+        return conv_xla(x, w, spec)
     return forward(x, w, spec, interpret=interpret)
 
 
-def _depthwise_fwd(x, w, spec, interpret, xla_weight_grad):
-    return forward(x, w, spec, interpret=interpret), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _depthwise_pallas_vjp(x, w, spec, interpret, xla_weight_grad, xla_forward):
+    return _primal(x, w, spec, interpret, xla_forward)
 
 
-def _depthwise_bwd(spec, interpret, xla_weight_grad, res, g):
+def _depthwise_fwd(x, w, spec, interpret, xla_weight_grad, xla_forward):
+    return _primal(x, w, spec, interpret, xla_forward), (x, w)
+
+
+def _depthwise_bwd(spec, interpret, xla_weight_grad, xla_forward, res, g):
     x, w = res
     dx = input_grad(g, w, x.shape, x.dtype, spec, interpret=interpret)
     if xla_weight_grad:
@@ -1026,6 +1043,9 @@ def backward_kernels(spec: ConvSpec, dtype, kernel: Sequence[int]) -> str:
       (``Tiling.packed``) made it faster too (0.26 against 0.28 ms at 56x56x144, 0.11 against
       0.14 at 112x112x32, 0.05 against 0.07 at 14x14x384, equal at 28x28x192); other 3x3
       kernels are slower (float16 0.26 against 0.19 ms; bf16 at stride 2, 0.24 against 0.22).
+      For 5x5 kernels both choices ran about even at stride 1 (bf16 0.30 against 0.31 ms at
+      28x28x240 and 0.25 against 0.23 at 14x14x672, float16 0.29 against 0.30, both Pallas
+      second), and the Pallas weight gradient was slower at stride 2 (bf16 0.30 against 0.22).
 
     ``"mixed"`` takes the Pallas input gradient and XLA's weight gradient.
     """
@@ -1033,22 +1053,38 @@ def backward_kernels(spec: ConvSpec, dtype, kernel: Sequence[int]) -> str:
     if jnp.dtype(dtype) == jnp.float32:
         return "pallas" if taps > 9 else "mixed"
     if all(s == 1 for s in spec.stride) and (
-            taps >= CUDA_MIN_TAPS or _packs(dtype, taps, spec.groups)):
+            taps >= LARGE_TAPS or _packs(dtype, taps, spec.groups)):
         return "pallas"
     return "mixed"
+
+
+def forward_kernel(spec: ConvSpec, kernel: Sequence[int]) -> str:
+    """Which forward pass the ``"pallas"`` strategy runs: ``"pallas"`` or ``"xla"``.
+
+    XLA's (cuDNN's) at stride 2 in both axes for kernels of fewer than :data:`LARGE_TAPS` taps,
+    whose Pallas forward pass was no faster on an H100 (docs/benchmarks.md, batch 256: 3x3
+    0.66x to 1.07x in bfloat16, float16 and float32; 5x5 1.00x in bfloat16, 0.85x in float32),
+    while their Pallas input gradient was 2.0x to 3.3x faster than XLA's; the Pallas kernel
+    everywhere else.
+    """
+    if math.prod(kernel) < LARGE_TAPS and all(s == 2 for s in spec.stride):
+        return "xla"
+    return "pallas"
 
 
 def conv_pallas(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     """The ``"pallas"`` strategy: :func:`depthwise` where :func:`supports` holds, else ``"xla"``.
 
-    The forward pass is always the Pallas kernel; the gradients are the Pallas kernels or XLA's,
-    whichever :func:`backward_kernels` says was faster.
+    Each pass is the Pallas kernel or XLA's, whichever was measured faster
+    (:func:`forward_kernel`, :func:`backward_kernels`).
     """
     if not supports(spec, x.shape, x.dtype, w.shape) or w.dtype != x.dtype:
         from convnn._lowering._xla import conv_xla
 
         return conv_xla(x, w, spec)
-    return depthwise(x, w, spec, None, backward_kernels(spec, x.dtype, w.shape[1:3]))
+    kernel = w.shape[1:3]
+    return depthwise(x, w, spec, None, backward_kernels(spec, x.dtype, kernel),
+                     forward_kernel(spec, kernel))
 
 
 def supports_config(cfg) -> bool:
@@ -1056,8 +1092,12 @@ def supports_config(cfg) -> bool:
     return supports(cfg.spec, cfg.x_shape, cfg.dtype, cfg.w_shape)
 
 
-#: Smallest kernel (taps) for which "auto" picks the Pallas kernels on an NVIDIA GPU.
-CUDA_MIN_TAPS = 49
+#: Smallest kernel (taps) for which "auto" picks the Pallas kernels on an NVIDIA GPU (5x5).
+CUDA_MIN_TAPS = 25
+
+#: Kernels of at least this many taps (7x7) run the Pallas forward pass at stride 2 too, and
+#: both Pallas gradients in 16-bit types at stride 1.
+LARGE_TAPS = 49
 
 
 #: Narrowest output for which "auto" picks the Pallas kernels for small bfloat16 kernels.
@@ -1070,24 +1110,32 @@ def preferred_on_cuda(cfg) -> bool:
     From ``benchmarks/bench_depthwise_gpu.py`` and ``profile_depthwise_gpu.py`` on an H100
     (docs/benchmarks.md):
 
-    * kernels of at least :data:`CUDA_MIN_TAPS` taps (7x7, and 9x9, which was checked for
-      correctness only): the Pallas forward pass is 2.4-2.5x (bfloat16) and 4.7-4.8x (float32)
-      faster than XLA's;
+    * kernels of at least :data:`CUDA_MIN_TAPS` taps (5x5, 7x7, and 9x9, which was checked
+      for correctness only): at stride 1 the Pallas forward pass is 2.4-2.5x (7x7) and
+      1.7-1.9x (5x5) faster than XLA's in bfloat16, 4.7-4.8x and 2.0x in float32, 1.2x for
+      float16 5x5, and dx+dw 1.1x to 1.9x; at stride 2, where 5x5 kernels keep XLA's forward
+      pass (:func:`forward_kernel`), dx+dw is 1.7x (bfloat16) and 2.0x (float32) faster;
+    * 3x3 kernels at stride 2 in both axes, with no wider output than the input: XLA's forward
+      pass, then the Pallas input gradient and XLA's weight gradient, which made dx+dw 1.5x to
+      1.7x faster than XLA's in bfloat16, float16 and float32;
     * bfloat16 kernels of at most 9 taps at stride 1, with an even number of channels, a
       bfloat16 output and outputs at least :data:`CUDA_MIN_PACKED_WIDTH` wide (the packed
       tiles of :func:`default_tiling`): 3x3 kernels at widths 14 to 112 ran the forward pass
       0.98x to 1.26x, the input gradient 1.05x to 1.28x and the weight gradient 1.01x to 1.54x
       as fast as XLA's; at width 7 the forward pass ran 0.63x;
-    * other small kernels stay on XLA: float32 3x3 is slower (0.91x forward), bf16 at stride 2
-      about even forward (1.01x), float16 was slower in every pass.
+    * other kernels stay on XLA: float32 3x3 at stride 1 is slower (0.91x forward), float16
+      was slower in every pass; kernels of 10 to 24 taps (3x5, 4x4) were not timed.
     """
     if not supports_config(cfg):
         return False
-    taps = math.prod(cfg.w_shape[1:-1])
+    kernel = tuple(cfg.w_shape[1:-1])
+    taps = math.prod(kernel)
     if taps >= CUDA_MIN_TAPS:
         return True
     spec = cfg.spec
-    out_w = cfg.x_shape[2] + sum(spec.padding[1]) - cfg.w_shape[2] + 1
     out_dtype = jnp.dtype(spec.preferred_element_type or cfg.dtype)
+    if kernel == (3, 3) and all(s == 2 for s in spec.stride):
+        return out_dtype == jnp.dtype(cfg.dtype)
+    out_w = cfg.x_shape[2] + sum(spec.padding[1]) - cfg.w_shape[2] + 1
     return (all(s == 1 for s in spec.stride) and _packs(cfg.dtype, taps, cfg.x_shape[-1])
             and out_dtype == jnp.bfloat16 and out_w >= CUDA_MIN_PACKED_WIDTH)

@@ -167,7 +167,9 @@ CUDA_MIXED_MIN_TAPS = 49
 
 
 def policy_cuda(cfg: ConvConfig) -> str:
-    """NVIDIA GPUs: cuDNN through XLA, except the gradients of large float32 depthwise kernels.
+    """NVIDIA GPUs: cuDNN through XLA, except depthwise convolutions that the Pallas kernels
+    compute faster (:func:`_pallas.preferred_on_cuda`), and the gradients of large float32
+    depthwise kernels that they do not cover.
 
     Measured on an H100 (batch 256, docs/benchmarks.md): XLA matches or beats PyTorch on every
     dense, grouped and depthwise layer forward, and the decomposed form loses everywhere but in
@@ -177,7 +179,7 @@ def policy_cuda(cfg: ConvConfig) -> str:
     if cfg.depthwise and cfg.taps >= CUDA_MIXED_MIN_TAPS and \
             np.dtype(cfg.spec.preferred_element_type or cfg.dtype) == np.float32:
         return "pallas" if _pallas.preferred_on_cuda(cfg) else "mixed"
-    if _pallas.preferred_on_cuda(cfg):  # 7x7+, and bf16 3x3, depthwise: the Pallas kernels
+    if _pallas.preferred_on_cuda(cfg):  # depthwise 5x5+, 3x3 at stride 2, packed bf16 3x3
         return "pallas"
     return "xla"
 
