@@ -33,13 +33,14 @@ Everything accumulates in float32, whatever the input dtype (float32, bfloat16, 
 fused multiply-adds issued as inline PTX (:func:`_fma`: the Triton lowering would otherwise
 issue a separate multiply and add).
 
-**The strategy.** :func:`conv_pallas` runs the Pallas forward pass and, through a
-``jax.custom_vjp``, the gradients that were measured fastest (:func:`backward_kernels`): both
-Pallas kernels for kernels larger than 3x3 in float32, for 7x7 and larger at stride 1 in
-16-bit types and for bfloat16 3x3 at stride 1 with an even number of channels, otherwise the
-Pallas input gradient with XLA's weight gradient. ``"auto"`` picks it on NVIDIA GPUs for
-kernels of 7x7 and larger, and for those bfloat16 3x3 kernels where the output is at least 14
-wide (:func:`preferred_on_cuda`); the measurements
+**The strategy.** :func:`conv_pallas` runs each pass with the Pallas kernel or XLA's,
+whichever was measured faster, the gradients through a ``jax.custom_vjp``: the Pallas forward
+pass except at stride 2 for kernels smaller than 7x7 (:func:`forward_kernel`); the Pallas input
+gradient; the Pallas weight gradient for kernels larger than 3x3 in float32, for 7x7 and larger
+at stride 1 in 16-bit types and for bfloat16 3x3 at stride 1 with an even number of channels,
+XLA's otherwise (:func:`backward_kernels`). ``"auto"`` picks it on NVIDIA GPUs for kernels of
+5x5 and larger, for 3x3 kernels at stride 2, and for those bfloat16 3x3 kernels at stride 1
+where the output is at least 14 wide (:func:`preferred_on_cuda`); the measurements
 are in docs/benchmarks.md and the tilings in :func:`default_tiling`. Limits: 2-D, channel
 multiplier 1, kernels up to 9x9, strides 1 and 2, no dilation (:func:`supports`; anything else
 runs ``"xla"``). Derivatives through the strategy are reverse mode of first order only
@@ -68,6 +69,7 @@ import numpy as np
 from jax import lax
 
 from convnn._lowering._spec import ConvSpec
+from convnn._lowering._xla import conv_xla
 
 __all__ = [
     "AxisGeometry",
@@ -909,8 +911,6 @@ def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str
         raise ValueError(f"backward must be 'pallas', 'mixed' or 'xla', got {backward!r}")
     if backward == "xla":
         if forward == "xla":
-            from convnn._lowering._xla import conv_xla
-
             return conv_xla(x, w, spec)
         return _depthwise_xla_tangent(x, w, spec, interpret)
     return _depthwise_pallas_vjp(x, w, spec, interpret, backward == "mixed", forward == "xla")
@@ -918,8 +918,6 @@ def depthwise(x, w, spec: ConvSpec, interpret: bool | None = None, backward: str
 
 def _primal(x, w, spec, interpret, xla_forward):
     if xla_forward:
-        from convnn._lowering._xla import conv_xla
-
         return conv_xla(x, w, spec)
     return forward(x, w, spec, interpret=interpret)
 
@@ -937,8 +935,6 @@ def _depthwise_bwd(spec, interpret, xla_weight_grad, xla_forward, res, g):
     x, w = res
     dx = input_grad(g, w, x.shape, x.dtype, spec, interpret=interpret)
     if xla_weight_grad:
-        from convnn._lowering._xla import conv_xla
-
         # The convolution is linear in the weight: its transpose is XLA's weight gradient.
         (dw,) = jax.linear_transpose(lambda v: conv_xla(x, v, spec), w)(g)
     else:
@@ -956,8 +952,6 @@ def _depthwise_xla_tangent(x, w, spec, interpret):
 
 def _depthwise_jvp(spec, interpret, primals, tangents):
     from jax.custom_derivatives import SymbolicZero
-
-    from convnn._lowering._xla import conv_xla
 
     (x, w), (dx, dw) = primals, tangents
     # The primal through the custom_jvp function itself, so that differentiating this rule
@@ -1079,8 +1073,6 @@ def conv_pallas(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     (:func:`forward_kernel`, :func:`backward_kernels`).
     """
     if not supports(spec, x.shape, x.dtype, w.shape) or w.dtype != x.dtype:
-        from convnn._lowering._xla import conv_xla
-
         return conv_xla(x, w, spec)
     kernel = w.shape[1:3]
     return depthwise(x, w, spec, None, backward_kernels(spec, x.dtype, kernel),
