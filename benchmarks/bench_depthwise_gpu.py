@@ -171,7 +171,7 @@ def lax_conv(x, w, spec):
 
 
 def correctness():
-    from reference import conv_general_ref, conv_general_ref_vjp
+    from convnn._reference import conv_general_ref, conv_general_ref_vjp
 
     rows, ok, jobs, data = [], True, {}, {}
     for i, case in enumerate(CORRECTNESS):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import convnn
-from reference import (
+from convnn._reference import (
     conv_general_ref,
     conv_general_ref_vjp,
     conv_transpose_ref,

@@ -22,7 +22,7 @@ import pytest
 import convnn
 from convnn import _backend, _selfcheck
 from convnn._lowering import ConvConfig, ConvSpec, _apple, _policy
-from reference import (
+from convnn._reference import (
     conv_general_ref,
     conv_general_ref_vjp,
     conv_transpose_ref,

@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 import convnn
-from reference import conv_general_ref
+from convnn._reference import conv_general_ref
 from tolerances import assert_close
 
 F = jnp.float32

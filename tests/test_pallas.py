@@ -23,7 +23,7 @@ import pytest
 import convnn
 from convnn._lowering import _pallas
 from convnn._lowering._spec import ConvSpec
-from reference import conv_general_ref, conv_general_ref_vjp
+from convnn._reference import conv_general_ref, conv_general_ref_vjp
 from tolerances import assert_close
 
 T = _pallas.Tiling

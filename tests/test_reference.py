@@ -1,24 +1,16 @@
-"""Self-tests for the float64 NumPy convolution references in tests/reference.py."""
+"""Self-tests for the float64 NumPy convolution references in convnn/_reference.py."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-try:
-    from tests.reference import (
-        conv_general_ref,
-        conv_general_ref_vjp,
-        conv_transpose_ref,
-        conv_transpose_ref_vjp,
-    )
-except ImportError:  # tests/ itself on sys.path (rootdir-relative import)
-    from reference import (
-        conv_general_ref,
-        conv_general_ref_vjp,
-        conv_transpose_ref,
-        conv_transpose_ref_vjp,
-    )
+from convnn._reference import (
+    conv_general_ref,
+    conv_general_ref_vjp,
+    conv_transpose_ref,
+    conv_transpose_ref_vjp,
+)
 
 
 # ----------------------------------------------------------------------------
