@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import mlx.core as mx
-import mlx.nn as mnn
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import convnn.layers as L
@@ -56,19 +53,26 @@ def _ours(groups, dims, w, b, **kwargs):
 
 @pytest.mark.parametrize("pytorch_compatible", [False, True])
 @pytest.mark.parametrize("shape, groups", CASES)
-def test_against_reference_and_mlx(shape, groups, pytorch_compatible):
+def test_against_reference(shape, groups, pytorch_compatible):
     x, w, b = _operands(shape, 0)
     gn = _ours(groups, shape[-1], w, b, pytorch_compatible=pytorch_compatible)
     out = gn(x)
     ref = groupnorm_ref(x, groups, 1e-5, w, b, pytorch_compatible)
     assert_close(out, ref, np.float32, what="reference")
-    m = mnn.GroupNorm(groups, shape[-1], pytorch_compatible=pytorch_compatible)
-    m.weight, m.bias = mx.array(w), mx.array(b)
-    assert_close(out, np.array(m(mx.array(x))), np.float32, what="mlx")
     # float64 in, float64 out, against the same reference at float64 tolerance
     gn64 = _ours(groups, shape[-1], w, b, pytorch_compatible=pytorch_compatible,
                  param_dtype=jnp.float64)
     assert_close(gn64(x.astype(np.float64)), ref, np.float64, what="float64")
+
+
+@pytest.mark.parametrize("pytorch_compatible", [False, True])
+@pytest.mark.parametrize("shape, groups", CASES)
+def test_against_mlx(shape, groups, pytorch_compatible, mx, mnn):
+    x, w, b = _operands(shape, 0)
+    out = _ours(groups, shape[-1], w, b, pytorch_compatible=pytorch_compatible)(x)
+    m = mnn.GroupNorm(groups, shape[-1], pytorch_compatible=pytorch_compatible)
+    m.weight, m.bias = mx.array(w), mx.array(b)
+    assert_close(out, np.array(m(mx.array(x))), np.float32, what="mlx")
 
 
 def test_groupings_differ():
@@ -79,7 +83,7 @@ def test_groupings_differ():
 
 
 @pytest.mark.parametrize("shape, groups", [((2, 8), 2), ((2, 4, 5, 6), 3), ((1, 3, 4, 2, 4), 2)])
-def test_pytorch_compatible_against_torch_and_flax(shape, groups):
+def test_pytorch_compatible_against_torch(shape, groups, torch):
     x, w, b = _operands(shape, 2)
     x64 = x.astype(np.float64)
     gn = _ours(groups, shape[-1], w, b, pytorch_compatible=True, param_dtype=jnp.float64)
@@ -89,6 +93,13 @@ def test_pytorch_compatible_against_torch_and_flax(shape, groups):
         t.bias.copy_(torch.from_numpy(b.astype(np.float64)))
         ref = t(torch.from_numpy(np.moveaxis(x64, -1, 1))).numpy()
     assert_close(gn(x64), np.moveaxis(ref, 1, -1), np.float64, what="torch")
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 8), 2), ((2, 4, 5, 6), 3), ((1, 3, 4, 2, 4), 2)])
+def test_pytorch_compatible_against_flax(shape, groups):
+    x, w, b = _operands(shape, 2)
+    x64 = x.astype(np.float64)
+    gn = _ours(groups, shape[-1], w, b, pytorch_compatible=True, param_dtype=jnp.float64)
     f = nnx.GroupNorm(shape[-1], num_groups=groups, epsilon=1e-5, param_dtype=jnp.float64,
                       rngs=nnx.Rngs(0))
     set_value(f.scale, jnp.asarray(w, jnp.float64))
@@ -136,7 +147,7 @@ def test_eps_and_grad():
 @pytest.mark.parametrize(
     "args", [(4, 8), (2, 6, 1e-3, False, True), (1, 3, 1e-5, True, False)]
 )
-def test_repr_matches_mlx(args):
+def test_repr_matches_mlx(args, mnn):
     assert repr(L.GroupNorm(*args)) == repr(mnn.GroupNorm(*args))
 
 

@@ -12,17 +12,13 @@ The PyTorch modules are built in float32 explicitly (another test module changes
 dtype). BatchNorm statistics are set to random values first so that they matter.
 """
 
+import types
+
 import jax
 import jax.numpy as jnp
-import mlx.core as mx
-import mlx.nn as mnn
 import numpy as np
 import pytest
-import torch
-import torch.nn as tnn
-import torch.nn.functional as F
 from flax import nnx
-from mlx.utils import tree_flatten
 
 from convnn import layers
 from convnn.interop import LoadResult, load_mlx_weights, load_torch_state_dict, save_mlx_weights
@@ -70,8 +66,9 @@ def _assert_same_state(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
 
 
-def _randomize_torch(module, seed):
+def _randomize_torch(torch, module, seed):
     """Random affine parameters and running statistics for every norm layer."""
+    tnn = torch.nn
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
@@ -99,7 +96,7 @@ TRANSPOSE_CASES = [
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=str)
-def test_torch_conv_transpose_layer_matches_pytorch(case):
+def test_torch_conv_transpose_layer_matches_pytorch(case, torch, tnn):
     """A ConvTranspose layer loaded from PyTorch computes PyTorch's transposed convolution."""
     n, cin, cout, k, stride, padding, output_padding, groups = case
     tmod = getattr(tnn, f"ConvTranspose{n}d")(
@@ -125,7 +122,7 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 @pytest.mark.parametrize("flavour", ["convnn", "flax"])
-def test_torch_conv_layers_match_pytorch(case, flavour):
+def test_torch_conv_layers_match_pytorch(case, flavour, torch, tnn):
     """convnn's Conv (MLX layout) and nnx.Conv (Flax layout) loaded from PyTorch's ConvNd."""
     n, cin, cout, k, stride, padding, dilation, groups = case
     tmod = getattr(tnn, f"Conv{n}d")(cin, cout, k, stride=stride, padding=padding,
@@ -145,25 +142,63 @@ def test_torch_conv_layers_match_pytorch(case, flavour):
     assert_close(model(jnp.asarray(_nhwc(x))), _nhwc(expected), F32, what=f"{flavour} {case}")
 
 
-class TorchFlaxLayers(tnn.Module):
-    """Flax layers with their own names (Embed, norms, Linear) and convnn's GroupNorm."""
+@pytest.fixture(scope="module")
+def torch_models(torch, tnn, F):
+    """The PyTorch models (defined here: PyTorch is optional)."""
 
-    def __init__(self):
-        super().__init__()
-        self.embed = tnn.Embedding(10, 8)
-        self.ln = tnn.LayerNorm(8)
-        self.gn = tnn.GroupNorm(2, 8)
-        self.rms = tnn.RMSNorm(8, eps=1e-6)
-        self.bn = tnn.BatchNorm1d(8)
-        self.gn_convnn = tnn.GroupNorm(4, 8)
-        self.head = tnn.Linear(8, 5)
+    class TorchFlaxLayers(tnn.Module):
+        """Flax layers with their own names (Embed, norms, Linear) and convnn's GroupNorm."""
 
-    def forward(self, ids):
-        x = self.ln(self.embed(ids))  # (B, L, 8)
-        x = self.gn(x.transpose(1, 2)).transpose(1, 2)
-        x = self.bn(self.rms(x).transpose(1, 2)).transpose(1, 2)
-        x = self.gn_convnn(x.transpose(1, 2)).transpose(1, 2)
-        return self.head(x)
+        def __init__(self):
+            super().__init__()
+            self.embed = tnn.Embedding(10, 8)
+            self.ln = tnn.LayerNorm(8)
+            self.gn = tnn.GroupNorm(2, 8)
+            self.rms = tnn.RMSNorm(8, eps=1e-6)
+            self.bn = tnn.BatchNorm1d(8)
+            self.gn_convnn = tnn.GroupNorm(4, 8)
+            self.head = tnn.Linear(8, 5)
+
+        def forward(self, ids):
+            x = self.ln(self.embed(ids))  # (B, L, 8)
+            x = self.gn(x.transpose(1, 2)).transpose(1, 2)
+            x = self.bn(self.rms(x).transpose(1, 2)).transpose(1, 2)
+            x = self.gn_convnn(x.transpose(1, 2)).transpose(1, 2)
+            return self.head(x)
+
+    class TorchBlock(tnn.Module):
+        def __init__(self, c, groups):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(c)
+            self.conv2 = tnn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False)
+            self.bn2 = tnn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+    class TorchNet(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = tnn.Sequential(tnn.Conv2d(3, 8, 3, padding=1), tnn.BatchNorm2d(8),
+                                       tnn.ReLU())
+            self.blocks = tnn.ModuleList([TorchBlock(8, 1), TorchBlock(8, 4)])
+            self.pool = tnn.MaxPool2d(2)
+            self.up = tnn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
+            self.up_grouped = tnn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1,
+                                                  groups=2)
+            self.head = tnn.Linear(4, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            for block in self.blocks:
+                x = block(x)
+            x = F.relu(self.up(self.pool(x)))
+            x = self.up_grouped(x)
+            return self.head(x.mean(dim=(2, 3)))
+
+    return types.SimpleNamespace(TorchFlaxLayers=TorchFlaxLayers, TorchNet=TorchNet)
 
 
 class NnxFlaxLayers(nnx.Module):
@@ -181,9 +216,9 @@ class NnxFlaxLayers(nnx.Module):
         return self.head(self.gn_convnn(x))
 
 
-def test_torch_flax_layers_match_pytorch():
-    tmod = TorchFlaxLayers().float().eval()
-    _randomize_torch(tmod, 1)
+def test_torch_flax_layers_match_pytorch(torch, torch_models):
+    tmod = torch_models.TorchFlaxLayers().float().eval()
+    _randomize_torch(torch, tmod, 1)
     with torch.no_grad():
         tmod.rms.weight.uniform_(0.5, 1.5)
     model = _build(lambda: NnxFlaxLayers(nnx.Rngs(0)))
@@ -196,38 +231,6 @@ def test_torch_flax_layers_match_pytorch():
 # ---------------------------------------------------------------------------------------------
 # Tier 2: a PyTorch CNN
 # ---------------------------------------------------------------------------------------------
-
-
-class TorchBlock(tnn.Module):
-    def __init__(self, c, groups):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(c)
-        self.conv2 = tnn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False)
-        self.bn2 = tnn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-
-
-class TorchNet(tnn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = tnn.Sequential(tnn.Conv2d(3, 8, 3, padding=1), tnn.BatchNorm2d(8), tnn.ReLU())
-        self.blocks = tnn.ModuleList([TorchBlock(8, 1), TorchBlock(8, 4)])
-        self.pool = tnn.MaxPool2d(2)
-        self.up = tnn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
-        self.up_grouped = tnn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1,
-                                              groups=2)
-        self.head = tnn.Linear(4, 10)
-
-    def forward(self, x):
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        x = F.relu(self.up(self.pool(x)))
-        x = self.up_grouped(x)
-        return self.head(x.mean(dim=(2, 3)))
 
 
 class NnxBlock(nnx.Module):
@@ -265,14 +268,14 @@ class NnxNet(nnx.Module):
 
 
 @pytest.fixture(scope="module")
-def torch_net():
+def torch_net(torch, torch_models):
     torch.manual_seed(0)
-    net = TorchNet().float().eval()
-    _randomize_torch(net, 2)
+    net = torch_models.TorchNet().float().eval()
+    _randomize_torch(torch, net, 2)
     return net
 
 
-def test_torch_cnn_port_gives_same_logits(torch_net):
+def test_torch_cnn_port_gives_same_logits(torch_net, torch):
     model = _build(lambda: NnxNet(nnx.Rngs(0)))
     result = load_torch_state_dict(model, torch_net.state_dict())
     assert result == LoadResult([], [], [])
@@ -288,7 +291,7 @@ def test_torch_cnn_port_gives_same_logits(torch_net):
     assert not np.allclose(np.asarray(fresh(jnp.asarray(_nhwc(x)))), expected, atol=1e-3)
 
 
-def test_torch_strict_lists_every_problem_and_loads_nothing(torch_net):
+def test_torch_strict_lists_every_problem_and_loads_nothing(torch_net, torch):
     model = _build(lambda: NnxNet(nnx.Rngs(0)))
     before = _snapshot(model)
     sd = dict(torch_net.state_dict())
@@ -304,7 +307,7 @@ def test_torch_strict_lists_every_problem_and_loads_nothing(torch_net):
     _assert_same_state(_snapshot(model), before)
 
 
-def test_torch_non_strict_loads_what_matches(torch_net):
+def test_torch_non_strict_loads_what_matches(torch_net, torch):
     model = _build(lambda: NnxNet(nnx.Rngs(0)))
     before = _snapshot(model)
     sd = dict(torch_net.state_dict())
@@ -325,7 +328,7 @@ def test_torch_non_strict_loads_what_matches(torch_net):
                                   torch_net.stem[1].running_mean.numpy())
 
 
-def test_torch_num_batches_tracked_only_ignored_for_batch_norm(torch_net):
+def test_torch_num_batches_tracked_only_ignored_for_batch_norm(torch_net, torch):
     sd = dict(torch_net.state_dict())
     assert "stem.1.num_batches_tracked" in sd
     sd["head.num_batches_tracked"] = torch.tensor(0)
@@ -345,7 +348,7 @@ def test_torch_accepts_numpy_module_and_casts_dtype(torch_net):
     np.testing.assert_array_equal(np.asarray(b(x)), np.asarray(a(x)))
 
 
-def test_torch_bfloat16_tensors_are_cast():
+def test_torch_bfloat16_tensors_are_cast(torch, tnn):
     lin = tnn.Linear(3, 2).to(torch.bfloat16)
     model = _build(lambda: nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
     load_torch_state_dict(model, lin.state_dict())
@@ -360,20 +363,6 @@ def test_torch_bfloat16_tensors_are_cast():
 # ---------------------------------------------------------------------------------------------
 # Tier 2: MLX models, both ways
 # ---------------------------------------------------------------------------------------------
-
-
-class MlxNet(mnn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = mnn.Sequential(mnn.Conv2d(3, 8, 3, padding=1), mnn.BatchNorm(8), mnn.ReLU())
-        self.blocks = [mnn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), mnn.LayerNorm(8)]
-        self.head = mnn.Linear(8, 5)
-
-    def __call__(self, x):
-        x = self.stem(x)
-        for layer in self.blocks:
-            x = layer(x)
-        return self.head(x.mean(axis=(1, 2)))
 
 
 class NnxMlxNet(nnx.Module):
@@ -397,19 +386,40 @@ class NnxMlxNet(nnx.Module):
         return self.head(x.mean(axis=(1, 2)))
 
 
-def _random_mlx_net(seed):
-    mx.random.seed(seed)
-    net = MlxNet()
-    rng = np.random.default_rng(seed)
-    bn, ln = net.stem.layers[1], net.blocks[1]
-    bn.update({"weight": mx.array(rng.uniform(0.5, 1.5, 8).astype(F32)),
-               "bias": mx.array(rng.normal(0, 0.5, 8).astype(F32)),
-               "running_mean": mx.array(rng.normal(0, 0.5, 8).astype(F32)),
-               "running_var": mx.array(rng.uniform(0.5, 2, 8).astype(F32))})
-    ln.update({"weight": mx.array(rng.uniform(0.5, 1.5, 8).astype(F32)),
-               "bias": mx.array(rng.normal(0, 0.5, 8).astype(F32))})
-    net.eval()
-    return net
+@pytest.fixture(scope="module")
+def mlx_models(mx, mnn):
+    """The MLX model and MLX's tree_flatten (defined here: MLX is optional)."""
+    from mlx.utils import tree_flatten
+
+    class MlxNet(mnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = mnn.Sequential(mnn.Conv2d(3, 8, 3, padding=1), mnn.BatchNorm(8), mnn.ReLU())
+            self.blocks = [mnn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), mnn.LayerNorm(8)]
+            self.head = mnn.Linear(8, 5)
+
+        def __call__(self, x):
+            x = self.stem(x)
+            for layer in self.blocks:
+                x = layer(x)
+            return self.head(x.mean(axis=(1, 2)))
+
+    def _random_mlx_net(seed):
+        mx.random.seed(seed)
+        net = MlxNet()
+        rng = np.random.default_rng(seed)
+        bn, ln = net.stem.layers[1], net.blocks[1]
+        bn.update({"weight": mx.array(rng.uniform(0.5, 1.5, 8).astype(F32)),
+                   "bias": mx.array(rng.normal(0, 0.5, 8).astype(F32)),
+                   "running_mean": mx.array(rng.normal(0, 0.5, 8).astype(F32)),
+                   "running_var": mx.array(rng.uniform(0.5, 2, 8).astype(F32))})
+        ln.update({"weight": mx.array(rng.uniform(0.5, 1.5, 8).astype(F32)),
+                   "bias": mx.array(rng.normal(0, 0.5, 8).astype(F32))})
+        net.eval()
+        return net
+
+    return types.SimpleNamespace(MlxNet=MlxNet, random_net=_random_mlx_net,
+                                 tree_flatten=tree_flatten)
 
 
 X_MLX = np.random.default_rng(5).standard_normal((2, 9, 9, 3)).astype(F32)
@@ -417,8 +427,8 @@ X_MLX = np.random.default_rng(5).standard_normal((2, 9, 9, 3)).astype(F32)
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 @pytest.mark.parametrize("flavour", ["convnn", "flax"])
-def test_mlx_save_weights_loads_with_same_outputs(tmp_path, suffix, flavour):
-    net = _random_mlx_net(0)
+def test_mlx_save_weights_loads_with_same_outputs(tmp_path, suffix, flavour, mx, mlx_models):
+    net = mlx_models.random_net(0)
     path = str(tmp_path / f"mlx{suffix}")
     net.save_weights(path)
     expected = np.asarray(net(mx.array(X_MLX)))
@@ -429,17 +439,19 @@ def test_mlx_save_weights_loads_with_same_outputs(tmp_path, suffix, flavour):
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 @pytest.mark.parametrize("flavour", ["convnn", "flax"])
-def test_nnx_saved_weights_load_into_mlx_with_same_outputs(tmp_path, suffix, flavour):
+def test_nnx_saved_weights_load_into_mlx_with_same_outputs(tmp_path, suffix, flavour, mx,
+                                                           mlx_models):
     model = _build(lambda: NnxMlxNet(flavour, nnx.Rngs(0)), 3)
     path = str(tmp_path / f"nnx{suffix}")
     save_mlx_weights(model, path)
-    net = MlxNet()
+    net = mlx_models.MlxNet()
     net.load_weights(path, strict=True)  # MLX checks names and shapes itself
     net.eval()
     assert_close(np.asarray(net(mx.array(X_MLX))), model(jnp.asarray(X_MLX)), F32)
 
 
-def test_mlx_keys_match_mlx_parameter_names():
+def test_mlx_keys_match_mlx_parameter_names(mlx_models):
+    MlxNet, tree_flatten = mlx_models.MlxNet, mlx_models.tree_flatten
     mlx_keys = {k for k, _ in tree_flatten(MlxNet().parameters())}
     for flavour in ("convnn", "flax"):
         model = _build(lambda: NnxMlxNet(flavour, nnx.Rngs(0)))
@@ -448,8 +460,9 @@ def test_mlx_keys_match_mlx_parameter_names():
     assert "stem.layers.1.running_var" in mlx_keys and "blocks.1.weight" in mlx_keys
 
 
-def test_mlx_flax_layers_match_mlx():
+def test_mlx_flax_layers_match_mlx(mx, mnn, mlx_models):
     """Embedding, LayerNorm, GroupNorm (both groupings), RMSNorm from MLX."""
+    tree_flatten = mlx_models.tree_flatten
 
     class M(mnn.Module):
         def __init__(self):
@@ -489,10 +502,11 @@ def test_mlx_flax_layers_match_mlx():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_mlx_strict_lists_every_problem_and_loads_nothing():
+def test_mlx_strict_lists_every_problem_and_loads_nothing(mlx_models):
     model = _build(lambda: NnxMlxNet("convnn", nnx.Rngs(0)))
     before = _snapshot(model)
-    weights = {k: np.asarray(v) for k, v in tree_flatten(_random_mlx_net(1).parameters())}
+    weights = {k: np.asarray(v)
+               for k, v in mlx_models.tree_flatten(mlx_models.random_net(1).parameters())}
     del weights["blocks.1.bias"]
     weights["blocks.2.weight"] = np.zeros(3, F32)
     weights["head.weight"] = weights["head.weight"].T  # (8, 5): PyTorch-style mistake
@@ -505,10 +519,11 @@ def test_mlx_strict_lists_every_problem_and_loads_nothing():
     _assert_same_state(_snapshot(model), before)
 
 
-def test_mlx_non_strict_loads_what_matches():
+def test_mlx_non_strict_loads_what_matches(mlx_models):
     model = _build(lambda: NnxMlxNet("convnn", nnx.Rngs(0)))
     before = _snapshot(model)
-    weights = {k: np.asarray(v) for k, v in tree_flatten(_random_mlx_net(1).parameters())}
+    weights = {k: np.asarray(v)
+               for k, v in mlx_models.tree_flatten(mlx_models.random_net(1).parameters())}
     del weights["head.bias"]
     weights["other.weight"] = np.zeros(2, F32)
     result = load_mlx_weights(model, weights, strict=False)
@@ -521,6 +536,19 @@ def test_mlx_non_strict_loads_what_matches():
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 @pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_round_trip(tmp_path, suffix, param_dtype):
+    _round_trip(tmp_path, suffix, param_dtype)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_round_trip_file_reads_in_mlx(tmp_path, suffix, param_dtype, mx):
+    path = _round_trip(tmp_path, suffix, param_dtype)
+    # MLX reads the file with the same dtypes.
+    loaded = mx.load(str(path))
+    assert all(v.dtype == getattr(mx, jnp.dtype(param_dtype).name) for v in loaded.values())
+
+
+def _round_trip(tmp_path, suffix, param_dtype):
     def make(seed):
         if param_dtype == jnp.float32:
             return _build(lambda: NnxNet(nnx.Rngs(0)), seed)
@@ -535,12 +563,10 @@ def test_round_trip(tmp_path, suffix, param_dtype):
     _assert_same_state(_snapshot(b), _snapshot(a))
     for _, v in nnx.to_flat_state(nnx.state(b, nnx.Param)):
         assert get_value(v).dtype == param_dtype
-    # MLX reads the file with the same dtypes.
-    loaded = mx.load(str(path))
-    assert all(v.dtype == getattr(mx, jnp.dtype(param_dtype).name) for v in loaded.values())
+    return path
 
 
-def test_bfloat16_file_written_by_mlx(tmp_path):
+def test_bfloat16_file_written_by_mlx(tmp_path, mx, mnn):
     net = mnn.Sequential(mnn.Linear(3, 2))
     net.set_dtype(mx.bfloat16)
     for suffix in (".safetensors", ".npz"):

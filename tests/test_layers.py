@@ -12,11 +12,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import mlx.nn as mnn
 import numpy as np
 import optax
 import pytest
-import torch
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -166,7 +164,7 @@ def test_padding_mode_equals_pad_then_functional(mode, name, padding, x_shape):
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
 @pytest.mark.parametrize("padding, stride", [(1, 1), ((2, 1), 2), ("same", 1)])
-def test_padding_mode_against_torch(mode, padding, stride):
+def test_padding_mode_against_torch(mode, padding, stride, torch):
     layer = L.Conv2d(3, 4, 3, stride=stride, padding=padding, padding_mode=mode,
                      param_dtype=jnp.float64, **FAST, rngs=nnx.Rngs(3))
     set_value(layer.bias, jnp.linspace(-1, 1, 4, dtype=jnp.float64))
@@ -271,12 +269,12 @@ REPR_CASES = [
 
 
 @pytest.mark.parametrize("name, args, kwargs", REPR_CASES, ids=[c[0] for c in REPR_CASES])
-def test_repr_matches_mlx(name, args, kwargs):
+def test_repr_matches_mlx(name, args, kwargs, mnn):
     ours = getattr(L, name)(*args, **kwargs, **FAST, rngs=nnx.Rngs(0))
     assert repr(ours) == repr(getattr(mnn, name)(*args, **kwargs))
 
 
-def test_repr_extensions():
+def test_repr_extensions(mnn):
     # groups where MLX has none is shown (only) when it is not 1, before bias
     mlx3 = repr(mnn.Conv3d(4, 8, 3))
     assert repr(L.Conv3d(4, 8, 3, groups=2, **FAST, rngs=nnx.Rngs(0))) == mlx3.replace(

@@ -11,12 +11,8 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import mlx.core as mx
-import mlx.nn as mnn
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 import convnn
 import convnn.layers as L
@@ -128,7 +124,7 @@ def test_unbatched_equals_batched(kind):
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_against_torch(kind, case):
+def test_against_torch(kind, case, torch, F):
     n, _, k, s, p, d, ceil, cip = case
     x = _input(case, seed=1)
     t = torch.from_numpy(np.moveaxis(x, -1, 1))
@@ -141,7 +137,7 @@ def test_against_torch(kind, case):
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_gradient_against_torch(kind):
+def test_gradient_against_torch(kind, torch, F):
     case = (2, (7, 8), 3, 2, 1, 1, True, False)
     x = _input(case, seed=2)
     g = np.random.default_rng(3).standard_normal(np.shape(_call(kind, case, x)))
@@ -170,7 +166,7 @@ MLX_CASES = [
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("case", MLX_CASES, ids=[str(c) for c in MLX_CASES])
-def test_layers_against_mlx(kind, case):
+def test_layers_against_mlx(kind, case, mx, mnn):
     n, spatial, k, s, p = case
     x = np.random.default_rng(4).standard_normal((2, *spatial, 3)).astype(np.float32)
     name = f"{'Max' if kind == 'max' else 'Avg'}Pool{n}d"

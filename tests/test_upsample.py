@@ -7,12 +7,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import mlx.core as mx
-import mlx.nn as mnn
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 import convnn.layers as L
 from tolerances import assert_close
@@ -100,7 +96,7 @@ def _cases(reference=False):
 
 
 @pytest.mark.parametrize("shape, scale, mode, align_corners", list(_cases()))
-def test_against_mlx(shape, scale, mode, align_corners):
+def test_against_mlx(shape, scale, mode, align_corners, mx, mnn):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     ref = np.array(mnn.Upsample(scale, mode, align_corners)(mx.array(x)))
     out = L.Upsample(scale, mode, align_corners)(x)
@@ -111,7 +107,7 @@ def test_against_mlx(shape, scale, mode, align_corners):
         assert_close(out, ref, np.float32, what=mode)
 
 
-def test_nearest_non_integer_scales_against_mlx():
+def test_nearest_non_integer_scales_against_mlx(mx, mnn):
     # Ties of the rounding rule appear for even sizes; float32 positions decide as in MLX.
     for n in (2, 4, 6):
         for scale in (1.5, 2.5, 1.25, 0.75):
@@ -139,7 +135,7 @@ def test_against_reference(shape, scale, mode, align_corners):
 )
 @pytest.mark.parametrize("scale", [2, 3, 1.5, 0.5])
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_against_torch(mode, torch_mode, shape, scale, align_corners):
+def test_against_torch(mode, torch_mode, shape, scale, align_corners, torch, F):
     # PyTorch and MLX agree when scale * size is an integer on every axis (true here).
     x = np.random.default_rng(2).standard_normal(shape)
     t = torch.from_numpy(np.moveaxis(x, -1, 1))
@@ -149,7 +145,7 @@ def test_against_torch(mode, torch_mode, shape, scale, align_corners):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cubic_neighbour_rounding(dtype):
+def test_cubic_neighbour_rounding(dtype, torch, F):
     # MLX 0.32 takes the right neighbour as floor(pos + 1): at output 41 of this case pos is
     # just below 16 and pos + 1 rounds to 17 in float32, so MLX skips sample 16 and returns ~0
     # for a ramp 0..16. Cubic convolution reproduces a ramp; PyTorch agrees.
@@ -170,7 +166,7 @@ def test_half_precision_keeps_dtype(mode, dtype):
     assert_close(out, upsample_ref(np.asarray(x, np.float64), 1.5, mode, False), dtype)
 
 
-def test_integer_nearest():
+def test_integer_nearest(mx, mnn):
     x = np.arange(12, dtype=np.int32).reshape(1, 3, 4, 1)
     out = L.Upsample((2, 0.5))(x)
     assert out.dtype == jnp.int32
@@ -197,7 +193,7 @@ def test_jit_and_grad():
         ([3, 2, 1], "linear", True),
     ],
 )
-def test_repr_matches_mlx(scale, mode, align_corners):
+def test_repr_matches_mlx(scale, mode, align_corners, mnn):
     assert repr(L.Upsample(scale, mode, align_corners)) == repr(
         mnn.Upsample(scale, mode, align_corners)
     )
