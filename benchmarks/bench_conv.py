@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import convnn  # noqa: E402
+import convnn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,11 +17,25 @@ import itertools
 import numpy as np
 
 __all__ = [
+    "TOLERANCE",
     "conv_general_ref",
     "conv_general_ref_vjp",
     "conv_transpose_ref",
     "conv_transpose_ref_vjp",
 ]
+
+#: How close to the reference is close enough, per dtype name: ``(rtol, atol)`` for
+#: ``|got - want| <= atol * max(1, max|want|) + rtol * |want|`` elementwise (the test suite's
+#: ``assert_close``). The self-check (``python -m convnn``) accepts a worst error, relative to
+#: the largest magnitude of the reference, of ``rtol + atol``, which the elementwise rule implies.
+#: The cases are small (at most a few hundred terms per output): float32 rounding stays near
+#: 1e-6, while a wrong kernel is off by tens of percent.
+TOLERANCE: dict[str, tuple[float, float]] = {
+    "float64": (1e-10, 1e-10),
+    "float32": (2e-5, 2e-5),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (4e-2, 4e-2),
+}
 
 
 # ----------------------------------------------------------------------------

@@ -1,7 +1,12 @@
-"""Seeded tables of random convolution configurations, shared by the test tiers.
+"""The seeded table of random convolution configurations that every tier shares, and its subsets.
 
 Each case carries the arguments for the public API and the canonical ``(lows, highs)``
 padding that the float64 reference takes, derived here from the definition.
+
+``CORE`` is the table (120 cases: convNd, conv_general and conv_transposeNd, ranks 1 to 3).
+Tests take all of it, a named subset of ``SUBSETS``, or single cases by their features with
+:func:`pick` (``pick("transpose2d", "grouped", "output-padding")``), never by index: a changed
+generator then fails loudly instead of silently testing something else.
 """
 
 from __future__ import annotations
@@ -169,3 +174,80 @@ def table(kind: str, count_per_rank: int, seed: int) -> list[Case]:
     make = {"general": general_case, "conv": conv_case, "transpose": transpose_case}[kind]
     rng = random.Random(seed)
     return [make(rng, n) for n in (1, 2, 3) for _ in range(count_per_rank)]
+
+
+#: The core table: the float64 reference tests, the MLX second opinion and the lowering
+#: strategies all run on it (PyTorch on it too).
+CORE: list[Case] = table("conv", 14, seed=1) + table("general", 14, seed=2) + table(
+    "transpose", 12, seed=3)
+
+
+def _any(values, test=lambda v: v > 1):
+    return any(test(v) for v in values)
+
+
+#: Feature name -> predicate. ``conv1d``/``general2d``/``transpose3d``... name kind and rank
+#: together; ``conv``/``general``/``transpose`` and ``1d``/``2d``/``3d`` each alone.
+FEATURES = {
+    "batched": lambda c: c.batch is not None,
+    "unbatched": lambda c: c.batch is None,
+    "grouped": lambda c: c.groups > 1,
+    "depthwise": lambda c: c.groups > 1 and c.groups == c.c_in,
+    "strided": lambda c: _any(c.stride),
+    "dilated": lambda c: _any(c.dilation),
+    "input-dilated": lambda c: _any(c.input_dilation),
+    "flipped": lambda c: c.flip,
+    "same": lambda c: c.padding == "same",
+    "valid": lambda c: c.padding == "valid",
+    "padded": lambda c: _any(c.lows + c.highs, lambda v: v > 0),
+    "cropped": lambda c: c.kind != "transpose" and _any(c.lows + c.highs, lambda v: v < 0),
+    "asymmetric": lambda c: c.lows != c.highs,
+    "output-padding": lambda c: _any(c.output_padding, lambda v: v > 0),
+    **{kind: (lambda c, k=kind: c.kind == k) for kind in ("conv", "general", "transpose")},
+    **{f"{n}d": (lambda c, n=n: c.n == n) for n in (1, 2, 3)},
+    **{f"{kind}{n}d": (lambda c, k=kind, n=n: c.kind == k and c.n == n)
+       for kind in ("conv", "general", "transpose") for n in (1, 2, 3)},
+}
+
+
+def pick(*features: str, cases: list[Case] | None = None) -> Case:
+    """The first case of ``cases`` (default ``CORE``) that has every named feature."""
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise KeyError(f"unknown case features {unknown}; known: {sorted(FEATURES)}")
+    for case in CORE if cases is None else cases:
+        if all(FEATURES[f](case) for f in features):
+            return case
+    raise LookupError(f"no case has all of {features}")
+
+
+def _distinct(cases: list[Case]) -> list[Case]:
+    if len(set(cases)) != len(cases):
+        raise ValueError("a named subset picks the same case twice: make its features narrower")
+    return cases
+
+
+#: Named subsets of ``CORE``.
+SUBSETS: dict[str, list[Case]] = {
+    # spread samples of every kind and rank (the table is ordered by kind, then rank)
+    "every-4th": CORE[::4],
+    "every-6th": CORE[1::6],
+    "every-9th": CORE[2::9],
+    "every-17th": CORE[3::17],
+    # one case of each kind and rank with the features lowerings treat specially (groups,
+    # strides, dilations, input dilation, flips, cropping, output padding): program inspection
+    "spread": _distinct([
+        pick("conv1d", "dilated", "valid"),
+        pick("conv1d", "grouped", "unbatched"),
+        pick("conv1d", "strided"),
+        pick("conv2d", "same", "strided", "dilated"),
+        pick("conv3d", "padded"),
+        pick("general1d", "grouped", "input-dilated", "flipped"),
+        pick("general2d", "strided", "input-dilated", "dilated"),
+        pick("general3d", "cropped", "flipped"),
+        pick("general3d", "cropped", "input-dilated", "unbatched"),
+        pick("transpose2d", "grouped", "dilated"),
+        pick("transpose3d", "strided", "output-padding"),
+        pick("transpose3d", "grouped"),
+    ]),
+}

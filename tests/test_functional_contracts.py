@@ -12,6 +12,9 @@ import convnn
 from convnn._reference import conv_general_ref
 from tolerances import assert_close
 
+pytestmark = pytest.mark.floor  # runs again at the version floor in CI
+
+
 F = jnp.float32
 
 

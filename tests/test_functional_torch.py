@@ -9,15 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from cases import table
+from cases import CORE
 from helpers import call_api, random_operands
+from references import require
 from tolerances import assert_close
 
-
-CASES = table("conv", 10, seed=11) + table("general", 10, seed=12) + table("transpose", 10, seed=13)
+torch = require("torch")
+F = require("torch.nn.functional")
+pytestmark = pytest.mark.torch
 
 
 def _to_torch_x(x, n):  # (N, *S, C) -> (N, C, *S)
@@ -59,7 +59,7 @@ def torch_conv(case, x, w):
     return _from_torch_y(y, n)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CORE, ids=str)
 def test_values_and_vjps_match_pytorch(case):
     x, w = random_operands(case, 21)
     xb = x if case.batch is not None else x[None]

@@ -25,6 +25,9 @@ from convnn.interop import LoadResult, load_mlx_weights, load_torch_state_dict, 
 from convnn._flax_compat import List, get_value, set_value
 from tolerances import assert_close
 
+pytestmark = pytest.mark.floor  # runs again at the version floor in CI
+
+
 F32 = np.float32
 
 
@@ -176,7 +179,6 @@ def torch_models(torch, tnn, F):
 
         def forward(self, x):
             return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-
 
     class TorchNet(tnn.Module):
         def __init__(self):

@@ -24,6 +24,9 @@ import convnn.layers as L
 from convnn._flax_compat import get_value, optimizer_update, set_value
 from tolerances import assert_close
 
+pytestmark = pytest.mark.floor  # runs again at the version floor in CI
+
+
 def np_init(key, shape, dtype=jnp.float32):
     """A NumPy initializer for tests that do not check the default init: compiling
     jax.random for every new parameter shape dominates the runtime on CPU otherwise."""

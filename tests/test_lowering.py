@@ -11,7 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 import convnn
-from cases import Case, table
+from cases import CORE, SUBSETS, Case, pick
 from convnn import _conv
 from convnn._lowering import _context
 from convnn._lowering import (
@@ -24,12 +24,12 @@ from convnn._lowering import (
     conv_xla,
     current,
 )
+from convnn._reference import conv_general_ref
 from helpers import call_api, random_operands, reference, reference_vjp
 from tolerances import assert_close
 
 # The core tests' tables (tests/test_functional_reference.py): every third case for the
 # strategies new here, every ninth for "xla" (which the core tests cover in full).
-CORE = table("conv", 14, seed=1) + table("general", 14, seed=2) + table("transpose", 12, seed=3)
 STRATEGY_NAMES = ["xla", "decomposed", "mixed"]
 STRATEGY_CASES = ([("decomposed", c) for c in CORE[::3]] + [("mixed", c) for c in CORE[1::3]]
                   + [("xla", c) for c in CORE[2::9]])
@@ -109,7 +109,7 @@ def test_depthwise_matches_reference_float64(case, strategy):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: d.__name__)
-@pytest.mark.parametrize("case", CORE[3::17] + DEPTHWISE[1:3], ids=str)
+@pytest.mark.parametrize("case", SUBSETS["every-17th"] + DEPTHWISE[1:3], ids=str)
 def test_decomposed_low_precision(case, dtype):
     x, w = random_operands(case, 15)
     xj, wj = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
@@ -133,16 +133,17 @@ def test_preferred_element_type_float32_from_bfloat16(strategy, groups, c_out):
     with convnn.lowering(strategy):
         out = convnn.conv2d(x, w, padding=1, groups=groups, preferred_element_type=jnp.float32)
     assert out.dtype == jnp.float32
-    from reference import conv_general_ref
-
     ref = conv_general_ref(np.asarray(x, np.float64), np.asarray(w, np.float64), stride=(1, 1),
                            padding_lo=(1, 1), padding_hi=(1, 1), kernel_dilation=(1, 1),
                            input_dilation=(1, 1), groups=groups, flip=False)
     assert_close(out, ref, jnp.float32)
 
 
-CHECK_GRADS = [("decomposed", DEPTHWISE[0], 2), ("mixed", CORE[2], 2)] + [
-    (s, c, 1) for s in ("decomposed", "mixed") for c in (CORE[50], CORE[101], DEPTHWISE[2])]
+CHECK_GRADS = [("decomposed", DEPTHWISE[0], 2), ("mixed", pick("conv1d", "grouped"), 2)] + [
+    (s, c, 1) for s in ("decomposed", "mixed")
+    for c in (pick("general1d", "input-dilated", "cropped"),
+              pick("transpose2d", "grouped", "strided", "output-padding", "unbatched"),
+              DEPTHWISE[2])]
 
 
 @pytest.mark.parametrize("strategy, case, order", CHECK_GRADS,
@@ -161,7 +162,7 @@ def test_check_grads(case, order, strategy):
 # ---------------------------------------------------------------------------------------------
 
 # grouped, strided, dilated, transposed, 3-D, depthwise (with multiplier) and dense cases
-PROGRAM_CASES = [CORE[i] for i in (0, 5, 9, 20, 33, 45, 60, 70, 83, 100, 110, 119)] + DEPTHWISE
+PROGRAM_CASES = SUBSETS["spread"] + DEPTHWISE
 
 
 def _programs(case, x, w):

@@ -18,6 +18,9 @@ import convnn
 import convnn.layers as L
 from tolerances import assert_close
 
+pytestmark = pytest.mark.floor  # runs again at the version floor in CI
+
+
 # ----------------------------------------------------------------------------------------------
 # Reference from the definition
 

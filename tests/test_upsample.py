@@ -13,6 +13,9 @@ import pytest
 import convnn.layers as L
 from tolerances import assert_close
 
+pytestmark = pytest.mark.floor  # runs again at the version floor in CI
+
+
 # ----------------------------------------------------------------------------------------------
 # Reference: y = A_d ... A_1 x with A (M, N) per axis, from MLX's documented formulas in float64.
 
