@@ -1,4 +1,5 @@
-"""The documentation is tested: guides' code runs, the site builds strictly, docstrings are complete.
+"""The documentation is tested: guides' code runs, the site builds strictly, docstrings are
+complete.
 
 * Every fenced ```python block of every page under ``docs/`` runs, the blocks of one page in
   sequence in one namespace, each page in a fresh Python process with JAX's default settings
@@ -11,6 +12,10 @@
   ``convnn.interop`` has a docstring with the Google-style sections the project promises
   (Args, Returns, Raises, Example with doctests); pytest runs the doctests themselves
   (``--doctest-modules``).
+
+Tiers: the whole module is marked ``docs``; running the guides and building the site are
+``slow`` (minutes on two cores). A page whose code imports MLX or PyTorch is marked ``mlx`` /
+``torch`` and skips without it (see ``references.py``).
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ import inspect
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from references import require
+
+pytestmark = pytest.mark.docs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -60,7 +67,8 @@ def code_blocks(text: str) -> list[tuple[int, str, bool]]:
         ):
             j += 1
         if info.split(" ")[0].split("{")[0] in ("python", "py", "python3"):
-            body = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip() for ln in lines[i + 1:j]]
+            body = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip()
+                    for ln in lines[i + 1:j]]
             prev = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), "")
             blocks.append((i + 2, "\n".join(body) + "\n", prev != SKIP_MARK))
         i = j + 1
@@ -76,7 +84,22 @@ def test_code_blocks_are_found():
                                  (16, "b = a + 1\n", True)]
 
 
-PAGES = sorted(p for p in DOCS.rglob("*.md") if any(run for _, _, run in code_blocks(p.read_text())))
+PAGES = sorted(p for p in DOCS.rglob("*.md")
+               if any(run for _, _, run in code_blocks(p.read_text())))
+#: Second opinions (marker -> module) a page's code may import.
+REFERENCES = {"mlx": "mlx.core", "torch": "torch"}
+
+
+def page_references(page: Path) -> list[str]:
+    """The markers of the second opinions that the page's running code imports."""
+    code = "\n".join(c for _, c, run in code_blocks(page.read_text()) if run)
+    return [m for m in REFERENCES if re.search(rf"^\s*(import|from) {m}\b", code, re.MULTILINE)]
+
+
+def _page_param(page: Path):
+    marks = [getattr(pytest.mark, m) for m in page_references(page)]
+    return pytest.param(page, marks=[pytest.mark.slow, *marks], id=str(page.relative_to(DOCS)))
+
 
 # Runs pages one after the other in one process (imports are paid once), each page in a fresh
 # namespace and a fresh working directory, its blocks in sequence; prints one JSON line of
@@ -111,7 +134,8 @@ def _user_env() -> dict[str, str]:
 def _run_pages(pages: list[Path], cwd: str) -> dict[Path, str | None]:
     """Runs the pages in one process; returns {page: None or what went wrong}."""
     payload = [
-        (str(p.relative_to(ROOT)), [(ln, code) for ln, code, run in code_blocks(p.read_text()) if run])
+        (str(p.relative_to(ROOT)),
+         [(ln, code) for ln, code, run in code_blocks(p.read_text()) if run])
         for p in pages
     ]
     proc = subprocess.run(
@@ -134,19 +158,38 @@ def _build_site(site: Path) -> subprocess.CompletedProcess:
     )
 
 
+def _selected(request):
+    """The pages of the selected tests whose references are installed, and whether the site
+    build is selected."""
+    pages, site = set(), False
+    for item in request.session.items:
+        if getattr(item, "module", None) is not request.module:
+            continue  # (doctest items have no .module)
+        if item.originalname == "test_guide_code_runs":
+            page = item.callspec.params["page"]
+            if all(importlib.util.find_spec(REFERENCES[m].split(".")[0])
+                   for m in page_references(page)):
+                pages.add(page)
+        site = site or item.originalname == "test_mkdocs_build_strict"
+    return sorted(pages), site
+
+
 @pytest.fixture(scope="module")
-def background(tmp_path_factory):
-    """Starts the site build and the pages at once, the pages split into one process per core
-    (balanced by their amount of code); each test then waits for its own result."""
-    n = max(1, min(os.cpu_count() or 1, len(PAGES)))
+def background(request, tmp_path_factory):
+    """Starts the site build and the selected pages at once, the pages split into one process per
+    core (balanced by their amount of code); each test then waits for its own result."""
+    pages, site_selected = _selected(request)
+    n = max(1, min(os.cpu_count() or 1, len(pages)))
     groups, loads = [[] for _ in range(n)], [0] * n
-    for page in sorted(PAGES, key=lambda p: -len(p.read_text())):
+    for page in sorted(pages, key=lambda p: -len(p.read_text())):
         i = loads.index(min(loads))
         groups[i].append(page)
         loads[i] += len(page.read_text())
     pool = ThreadPoolExecutor(max_workers=n + 1)
-    site = tmp_path_factory.mktemp("site") / "site"
-    jobs = {"site": (site, pool.submit(_build_site, site))}
+    jobs = {}
+    if site_selected:
+        site = tmp_path_factory.mktemp("site") / "site"
+        jobs["site"] = (site, pool.submit(_build_site, site))
     for group in filter(None, groups):
         future = pool.submit(_run_pages, group, str(tmp_path_factory.mktemp("pages")))
         jobs.update({page: future for page in group})
@@ -154,8 +197,10 @@ def background(tmp_path_factory):
     pool.shutdown(cancel_futures=True)
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", [_page_param(p) for p in PAGES])
 def test_guide_code_runs(page, background):
+    for marker in page_references(page):
+        require(REFERENCES[marker])
     problem = background[page].result()[page]
     assert problem is None, f"{page.relative_to(ROOT)}: {problem}"
 
@@ -165,6 +210,7 @@ def test_guide_code_runs(page, background):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict(background):
     site, job = background["site"]
     proc = job.result()
@@ -236,7 +282,8 @@ def _parameters(obj) -> list[str]:
 
 def _is_record(cls) -> bool:
     """NamedTuples and dataclasses: plain records, documented by Attributes."""
-    return issubclass(cls, tuple) and hasattr(cls, "_fields") or hasattr(cls, "__dataclass_fields__")
+    return (issubclass(cls, tuple) and hasattr(cls, "_fields")
+            or hasattr(cls, "__dataclass_fields__"))
 
 
 def docstring_problems(name: str, obj) -> list[str]:
@@ -334,7 +381,8 @@ def test_docstring_checker_can_fail():
 
 def test_public_api_is_found():
     names = {name for name, _ in public_objects()}
-    assert {"convnn.conv2d", "convnn.layers.Conv2d", "convnn.interop.load_torch_state_dict"} <= names
+    assert {"convnn.conv2d", "convnn.layers.Conv2d",
+            "convnn.interop.load_torch_state_dict"} <= names
     assert "convnn.functional.conv2d" not in names  # the same object as convnn.conv2d, once
 
 

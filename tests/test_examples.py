@@ -15,6 +15,10 @@ test waits for the ones it reads:
 * data parallelism: 8 simulated CPU devices give the single-device loss curve, and so do two
   processes joined by ``jax.distributed.initialize`` (the multi-host path, on localhost);
 * the CIFAR-10 binary reader against records assembled from the format's description.
+
+Tiers: the module is marked ``examples``; the fast tier runs the digits smoke run (the main job)
+and the CIFAR reader; the kill, NaN, multi-device and multi-process runs and the CIFAR, port and
+filters smoke runs are ``slow``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tolerances import assert_close
+
+pytestmark = pytest.mark.examples
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -326,6 +332,7 @@ def test_digits_resume_with_other_settings_is_refused(jobs):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_digits_killed_during_save_keeps_previous_checkpoint(jobs):
     full = _get(jobs, "digits_full")
     r = _get(jobs, "digits_kill")
@@ -337,6 +344,7 @@ def test_digits_killed_during_save_keeps_previous_checkpoint(jobs):
     _assert_trees_equal(_restore(r["after_kill"] / "1"), _restore(full["ckpt"] / "1"), "epoch-1 checkpoint")
 
 
+@pytest.mark.slow
 def test_digits_resume_equals_uninterrupted_run(jobs):
     full = _get(jobs, "digits_full")
     r = _get(jobs, "digits_kill")
@@ -351,6 +359,7 @@ def test_digits_resume_equals_uninterrupted_run(jobs):
     assert _last_line(resumed) == _last_line(full["full"])
 
 
+@pytest.mark.slow
 def test_digits_non_finite_loss_stops_and_keeps_last_good_checkpoint(jobs):
     full = _get(jobs, "digits_full")
     r = _get(jobs, "digits_nan")
@@ -365,6 +374,7 @@ def test_digits_non_finite_loss_stops_and_keeps_last_good_checkpoint(jobs):
     _assert_trees_equal(restored, _restore(full["ckpt"] / "1"), "last good checkpoint")
 
 
+@pytest.mark.slow
 def test_digits_sharded_matches_single_device(jobs):
     r = _get(jobs, "digits_sharded")
     _ok(r["proc"], "train_digits.py on 8 devices")
@@ -377,6 +387,7 @@ def test_digits_sharded_matches_single_device(jobs):
     assert_close(sharded["test_loss"], single["test_loss"], np.float32, what="test losses")
 
 
+@pytest.mark.slow
 def test_digits_multi_process_matches_single_device(jobs):
     single = json.loads((_get(jobs, "digits_sharded")["single"] / "metrics.json").read_text())
     r = _get(jobs, "digits_multiprocess")
@@ -441,6 +452,7 @@ def test_cifar_reader_errors(tmp_path, capsys):
         train_cifar.read_cifar10_file(bad_label)
 
 
+@pytest.mark.slow
 def test_cifar_smoke(jobs):
     r = _get(jobs, "cifar")
     proc = _ok(r["proc"], "train_cifar.py --bf16")
@@ -465,7 +477,8 @@ def test_cifar_smoke(jobs):
 # --------------------------------------------------------------------------------------------
 
 
-def test_port_from_torch(jobs):
+@pytest.mark.slow
+def test_port_from_torch(jobs, torch):
     proc = _ok(_get(jobs, "port")["proc"], "port_from_torch.py")
     match = re.search(r"largest absolute difference of the outputs: (\S+)", proc.stdout)
     assert match, proc.stdout
@@ -473,6 +486,7 @@ def test_port_from_torch(jobs):
     assert "missing_keys=[]" in proc.stdout and "unexpected_keys=[]" in proc.stdout
 
 
+@pytest.mark.slow
 def test_filters(jobs):
     import matplotlib.image
 

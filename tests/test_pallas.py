@@ -220,6 +220,7 @@ def _reference(x, w, g, stride, padding, flip):
     return (conv_general_ref(x, w, **kw), *conv_general_ref_vjp(x, w, g, **kw))
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("name,x_shape,kernel,stride,padding,flip,dtype,tc,tw", KERNELS,
                          ids=[k[0] for k in KERNELS])
 def test_kernels_match_the_reference(name, x_shape, kernel, stride, padding, flip, dtype, tc, tw):
@@ -249,6 +250,7 @@ def test_kernels_match_the_reference(name, x_shape, kernel, stride, padding, fli
     assert_close(dw, ref_dw, dtype, what=f"{name}: weight gradient")
 
 
+@pytest.mark.interpret
 def test_custom_vjp_and_preferred_element_type():
     """``depthwise`` differentiates through its own kernels; bfloat16 in, float32 out."""
     c = 4
@@ -270,6 +272,7 @@ def test_custom_vjp_and_preferred_element_type():
     assert "conv_general_dilated" not in jaxpr and jaxpr.count("pallas_call") == 3
 
 
+@pytest.mark.interpret
 def test_packed_bfloat16_input_with_float32_output():
     """Packed 16-bit sources with a float32 output store each channel of a pair on its own."""
     c = 6
@@ -314,6 +317,7 @@ MIXED = [
 ]
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,preferred", MIXED)
 def test_mixed_backward_pairs_the_pallas_input_gradient_with_xlas_weight_gradient(
         x_shape, kernel, stride, padding, flip, dtype, preferred):
@@ -357,6 +361,7 @@ XLA_FORWARD = [
 ]
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,backward,kernels",
                          XLA_FORWARD)
 def test_xla_forward_with_the_pallas_gradients(x_shape, kernel, stride, padding, flip, dtype,
@@ -385,6 +390,7 @@ def test_xla_forward_with_the_pallas_gradients(x_shape, kernel, stride, padding,
     assert jaxpr.count("conv_general_dilated") == 1 + (2 - kernels)
 
 
+@pytest.mark.interpret
 def test_xla_backward_supports_forward_mode_and_second_order():
     """``backward="xla"`` is a custom_jvp with XLA's tangent: jvp, grad and Hessians all work and
     equal the float64 reference's; the forward pass stays the Pallas kernel."""
@@ -431,6 +437,7 @@ def test_pallas_backward_is_reverse_mode_only():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.interpret
 def test_public_api_under_lowering_pallas(monkeypatch):
     """float32 5x5 at stride 2: XLA's forward pass and both Pallas gradients (see
     ``forward_kernel`` and ``backward_kernels``)."""
