@@ -220,9 +220,19 @@ def _reference(x, w, g, stride, padding, flip):
     return (conv_general_ref(x, w, **kw), *conv_general_ref_vjp(x, w, g, **kw))
 
 
+# Interpret mode compiles every tap of the kernel body: 5- and 7-tap kernels cost minutes on a
+# small CPU whatever the input size. The fast tier runs the 1-4 tap kernels (tiles, tails,
+# strides, spans); the slow tier the rest.
+SLOW_KERNELS = {"7x7 default tiling", "7x7 default tiling, 7 columns per thread",
+                "5x3 stride (2, 1) flip", "3x3 bf16 default tiling", "7x7 span",
+                "5x3 stride (1, 2) span unrolled", "7x7 packed", "5x3 stride 2 packed"}
+
+
 @pytest.mark.interpret
-@pytest.mark.parametrize("name,x_shape,kernel,stride,padding,flip,dtype,tc,tw", KERNELS,
-                         ids=[k[0] for k in KERNELS])
+@pytest.mark.parametrize("name,x_shape,kernel,stride,padding,flip,dtype,tc,tw",
+                         [pytest.param(*k, id=k[0],
+                                       marks=[pytest.mark.slow] * (k[0] in SLOW_KERNELS))
+                          for k in KERNELS])
 def test_kernels_match_the_reference(name, x_shape, kernel, stride, padding, flip, dtype, tc, tw):
     c = x_shape[-1]
     spec = make_spec(c, stride, padding, flip)
@@ -318,7 +328,9 @@ MIXED = [
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,preferred", MIXED)
+@pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,preferred",
+                         [pytest.param(*m, marks=[pytest.mark.slow] * (m[1] == (5, 5)))
+                          for m in MIXED])
 def test_mixed_backward_pairs_the_pallas_input_gradient_with_xlas_weight_gradient(
         x_shape, kernel, stride, padding, flip, dtype, preferred):
     c = x_shape[-1]
