@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 COLOURS = {"train": "tab:blue", "test": "tab:orange"}
 
 
-def plot_curves(history: dict, path: Path, title: str = "") -> None:
+def plot_curves(history: dict, path: Path, title: str = "") -> plt.Figure:
     """Loss (per step and per epoch, log scale) and accuracy (per epoch) side by side.
 
     ``history`` holds lists ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy``
@@ -43,6 +43,7 @@ def plot_curves(history: dict, path: Path, title: str = "") -> None:
         fig.suptitle(title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def plot_misclassified(
@@ -53,12 +54,12 @@ def plot_misclassified(
     *,
     class_names: list[str] | None = None,
     max_images: int = 40,
-) -> int:
+) -> plt.Figure:
     """A grid of the misclassified images, each titled ``true X`` / ``pred Y``.
 
     The figure is at least 6 inches wide so that the title always fits, also for zero or one
     image. ``images`` are ``(N, H, W)`` or ``(N, H, W, C)`` (C = 1 or 3), floats in [0, 1] or
-    uint8. Returns how many images were misclassified.
+    uint8. Returns the (closed) figure.
     """
     wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predictions))
     shown = wrong[:max_images]
@@ -83,4 +84,4 @@ def plot_misclassified(
     fig.suptitle(f"misclassified: {len(wrong)} of {len(labels)} test images{more}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return len(wrong)
+    return fig

@@ -506,8 +506,9 @@ def run(args: argparse.Namespace) -> int:
         if start < args.epochs:
             print(f"trained epochs {start + 1}..{args.epochs} in {time.perf_counter() - t0:.1f} s")
         plots.plot_curves(history, args.out / "curves.png", title="convnn ResNet on CIFAR-10")
-        wrong = plots.plot_misclassified(data["x_test"], data["y_test"], predictions,
-                                         args.out / "misclassified.png", class_names=CLASSES)
+        wrong = int((predictions != data["y_test"]).sum())
+        plots.plot_misclassified(data["x_test"], data["y_test"], predictions,
+                                 args.out / "misclassified.png", class_names=CLASSES)
         print(f"wrote {args.out}/curves.png, misclassified.png ({wrong} misclassified)")
         print(f"test accuracy: {test_acc:.4f}")
     return 0

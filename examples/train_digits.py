@@ -148,9 +148,9 @@ def train(args: argparse.Namespace) -> None:
     (args.out / "metrics.json").write_text(json.dumps(history, indent=1))
     plots.plot_curves(history, args.out / "curves.png", title="convnn CNN on scikit-learn digits")
     predictions = np.asarray(predict(model, data["x_test"]))
-    wrong = plots.plot_misclassified(
-        data["x_test"], data["y_test"], predictions, args.out / "misclassified.png"
-    )
+    wrong = int((predictions != data["y_test"]).sum())
+    plots.plot_misclassified(data["x_test"], data["y_test"], predictions,
+                             args.out / "misclassified.png")
     print(f"wrote {args.out}/curves.png, misclassified.png ({wrong} misclassified), metrics.json")
     print(f"test accuracy: {history['test_accuracy'][-1]:.4f}")
 
