@@ -563,10 +563,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("--seed", args.seed >= 0, "at least 0"),
         ("--width", args.width >= 1, "at least 1"),
         ("--blocks", args.blocks >= 1, "at least 1"),
-        ("--steps-per-epoch", (args.steps_per_epoch or 1) >= 1, "at least 1"),
+        ("--steps-per-epoch", args.steps_per_epoch is None or args.steps_per_epoch > 0,
+         "at least 1"),
         ("--lr", 0 < args.lr < math.inf, "a positive number"),
         ("--weight-decay", 0 <= args.weight_decay < math.inf, "zero or positive"),
-        ("--num-processes", (args.num_processes or 1) >= 1, "at least 1"),
+        ("--num-processes", args.num_processes is None or args.num_processes > 0,
+         "at least 1"),
         ("--process-id", 0 <= (args.process_id or 0) < (args.num_processes or 1) or
          args.num_processes is None, "between 0 and --num-processes - 1"),
     ]:

@@ -67,8 +67,7 @@ def load_data() -> dict[str, np.ndarray]:
 
 
 def random_shift(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
-    """Shifts each image by up to ``max_shift`` pixels (zero fill): a random crop of the padded
-    images."""
+    """Shifts each image by up to ``max_shift`` pixels (a random crop of the zero-padded image)."""
     n, h, w, _ = x.shape
     padded = np.pad(x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
     dy, dx = rng.integers(0, 2 * max_shift + 1, (2, n))
@@ -175,7 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("--seed", args.seed >= 0, "at least 0"),
         ("--width", args.width >= 1, "at least 1"),
         ("--max-shift", 0 <= args.max_shift < half, f"between 0 and {half - 1} (8 x 8 images)"),
-        ("--steps-per-epoch", (args.steps_per_epoch or 1) >= 1, "at least 1"),
+        ("--steps-per-epoch", args.steps_per_epoch is None or args.steps_per_epoch > 0,
+         "at least 1"),
         ("--lr", 0 < args.lr < float("inf"), "a positive number"),
     ]:
         if not ok:
