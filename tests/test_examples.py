@@ -161,6 +161,8 @@ def test_digits_ctrl_c_prints_one_line(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "train_digits.py", *DIGITS, "--out", str(tmp_path)], cwd=EXAMPLES,
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A child of a background job starts with SIGINT ignored; a terminal's Ctrl-C does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first = proc.stdout.readline()  # printed just before the model is built and compiled
