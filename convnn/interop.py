@@ -46,7 +46,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+
+try:
+    from flax import nnx
+except ImportError as e:
+    raise ImportError(
+        f'convnn.interop needs Flax ({e}); install it with: pip install "convnn[nn]"'
+    ) from e
 
 from convnn import _flax_compat, layers
 
@@ -430,6 +436,16 @@ def _check_path(path: Any, fn: str) -> str:
     return path
 
 
+def _require_safetensors(fn: str) -> None:
+    try:
+        import safetensors.numpy  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f'[{fn}] .safetensors files need the safetensors package ({e}); install it with: '
+            'pip install "convnn[nn]"'
+        ) from e
+
+
 def _read_weights(path: str, fn: str) -> dict[str, np.ndarray]:
     """The arrays of a weight file; a missing, empty, truncated or foreign file is an error
     naming the file and the problem."""
@@ -446,6 +462,8 @@ def _read_weights(path: str, fn: str) -> dict[str, np.ndarray]:
             f"[{fn}] {path!r} is not a .npz file: it does not start with a zip header "
             f"(its first bytes are {head!r})."
         )
+    if kind == "safetensors":
+        _require_safetensors(fn)
     try:
         if kind == "safetensors":
             import safetensors.numpy
@@ -575,6 +593,7 @@ def save_mlx_weights(model: Any, path: str | os.PathLike) -> None:
         value = np.asarray(_flax_compat.get_value(e.variable))
         arrays[e.mlx_key] = np.ascontiguousarray(e.layout.to_mlx(value))
     if path.endswith(".safetensors"):
+        _require_safetensors(fn)
         import safetensors.numpy
 
         safetensors.numpy.save_file(arrays, path, metadata={"format": "mlx"})
