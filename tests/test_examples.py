@@ -42,6 +42,8 @@ CIFAR = ["--synthetic", "--epochs", "3", "--steps-per-epoch", "2", "--batch-size
 
 def _env(devices: int = 1) -> dict[str, str]:
     env = dict(os.environ)
+    # This checkout's convnn, not whichever one is installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     return env
