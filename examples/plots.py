@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 COLOURS = {"train": "tab:blue", "test": "tab:orange"}
@@ -35,6 +36,9 @@ def plot_curves(history: dict, path: Path, title: str = "") -> plt.Figure:
         ax_loss.plot(epochs, history[f"{split}_loss"], marker, color=COLOURS[split], label=split)
         ax_acc.plot(epochs, history[f"{split}_accuracy"], marker, color=COLOURS[split], label=split)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+    # Plain numbers (0.3, not 3 x 10^-1); minor ticks labelled only when under two decades show.
+    ax_loss.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_loss.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(2, 0.5)))
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
