@@ -46,7 +46,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+
+try:
+    from flax import nnx
+except ImportError as e:
+    raise ImportError(
+        f'convnn.interop needs Flax ({e}); install it with: pip install "convnn[nn]"'
+    ) from e
 
 from convnn import _flax_compat, layers
 
@@ -324,6 +330,30 @@ def _to_numpy(value: Any, key: str, fn: str) -> np.ndarray:
     return arr
 
 
+def _check_values(arr: np.ndarray, dtype: Any, key: str, fn: str) -> None:
+    """Refuses values that cannot be what a floating-point variable holds.
+
+    Integer and boolean arrays for a floating-point variable are refused rather than converted:
+    they are almost always the wrong tensor (a counter, a mask, an index table) under a matching
+    key. NaN and infinite values are refused: a damaged or diverged checkpoint.
+    """
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return
+    if not jnp.issubdtype(arr.dtype, jnp.inexact):
+        raise TypeError(
+            f"[{fn}] value for {key!r} has dtype {arr.dtype} (shape {arr.shape}) but the model's "
+            f"variable is {jnp.dtype(dtype)}; integer and boolean weights are refused (cast them "
+            "to floating point first if that is really intended)."
+        )
+    finite = np.isfinite(arr.astype(np.float32) if arr.dtype.itemsize < 4 else arr)
+    if not finite.all():
+        bad = int(arr.size - finite.sum())
+        raise ValueError(
+            f"[{fn}] value for {key!r} (shape {arr.shape}) holds {bad} NaN or infinite "
+            "value(s); non-finite weights are refused (a damaged or diverged checkpoint?)."
+        )
+
+
 def _format_problems(fn, what, missing, unexpected, mismatched):
     lines = [f"[{fn}] Error(s) loading {what}:"]
     if missing:
@@ -362,6 +392,7 @@ def _load(
         shape = tuple(current.shape)
         want = e.layout.torch_shape(shape) if torch else e.layout.mlx_shape(shape)
         arr = _to_numpy(weights[key], key, fn)
+        _check_values(arr, current.dtype, key, fn)
         if tuple(arr.shape) != tuple(want):
             layout = "PyTorch" if torch else "MLX"
             mismatched.append(
@@ -405,18 +436,52 @@ def _check_path(path: Any, fn: str) -> str:
     return path
 
 
-def _read_weights(path: str) -> dict[str, np.ndarray]:
-    if path.endswith(".safetensors"):
-        import safetensors.numpy
+def _require_safetensors(fn: str) -> None:
+    try:
+        import safetensors.numpy  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f'[{fn}] .safetensors files need the safetensors package ({e}); install it with: '
+            'pip install "convnn[nn]"'
+        ) from e
 
-        try:
-            return dict(safetensors.numpy.load_file(path))
-        except TypeError:  # bfloat16 tensors: NumPy lacks the dtype; read through JAX.
-            import safetensors.flax
 
-            return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+def _read_weights(path: str, fn: str) -> dict[str, np.ndarray]:
+    """The arrays of a weight file; a missing, empty, truncated or foreign file is an error
+    naming the file and the problem."""
+    kind = "safetensors" if path.endswith(".safetensors") else "npz"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise FileNotFoundError(f"[{fn}] cannot open {path!r}: {e.strerror}.") from None
+    if not head:
+        raise ValueError(f"[{fn}] {path!r} is empty (0 bytes); expected a .{kind} weight file.")
+    if kind == "npz" and not head.startswith(b"PK"):
+        raise ValueError(
+            f"[{fn}] {path!r} is not a .npz file: it does not start with a zip header "
+            f"(its first bytes are {head!r})."
+        )
+    if kind == "safetensors":
+        _require_safetensors(fn)
+    try:
+        if kind == "safetensors":
+            import safetensors.numpy
+
+            try:
+                return dict(safetensors.numpy.load_file(path))
+            except TypeError:  # bfloat16 tensors: NumPy lacks the dtype; read through JAX.
+                import safetensors.flax
+
+                return {k: np.asarray(v) for k, v in safetensors.flax.load_file(path).items()}
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as e:  # SafetensorError, BadZipFile, EOFError, ValueError, OSError, ...
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"[{fn}] {path!r} is not a readable .{kind} file (damaged or truncated?): "
+            f"{type(e).__name__}{': ' + detail if detail else ''}."
+        ) from e
 
 
 def load_mlx_weights(
@@ -443,10 +508,16 @@ def load_mlx_weights(
     Returns:
       A :class:`LoadResult` with the keys that were not used (all empty after a strict load).
 
+    Every value is validated before anything is assigned: integer and boolean values for
+    floating-point variables are refused, and so are NaN and infinite values.
+
     Raises:
       ValueError: in strict mode, listing every missing, unexpected and mis-shaped key in one
-        message; or for a file extension other than ``.safetensors`` / ``.npz``.
-      TypeError: if ``model`` is not an NNX module or a value is not a numeric array.
+        message; for a file extension other than ``.safetensors`` / ``.npz``; for an empty,
+        truncated or damaged file (naming it); or a value holds NaN or infinity.
+      FileNotFoundError: the file cannot be opened.
+      TypeError: if ``model`` is not an NNX module or a value is not a floating-point array
+        (for a floating-point variable).
 
     Example:
       >>> import os, tempfile
@@ -466,7 +537,7 @@ def load_mlx_weights(
     fn = "load_mlx_weights"
     if isinstance(path_or_mapping, (str, os.PathLike)):
         path = _check_path(path_or_mapping, fn)
-        weights = _read_weights(path)
+        weights = _read_weights(path, fn)
         what = f"MLX weights from {path!r}"
     elif isinstance(path_or_mapping, Mapping):
         weights, what = path_or_mapping, "MLX weights"
@@ -522,6 +593,7 @@ def save_mlx_weights(model: Any, path: str | os.PathLike) -> None:
         value = np.asarray(_flax_compat.get_value(e.variable))
         arrays[e.mlx_key] = np.ascontiguousarray(e.layout.to_mlx(value))
     if path.endswith(".safetensors"):
+        _require_safetensors(fn)
         import safetensors.numpy
 
         safetensors.numpy.save_file(arrays, path, metadata={"format": "mlx"})
@@ -529,8 +601,49 @@ def save_mlx_weights(model: Any, path: str | os.PathLike) -> None:
         _write_npz(path, arrays)
 
 
+def _warn_flatten_order(entries: list[_Entry], fn: str) -> None:
+    """Warns about ``nnx.Linear`` layers that look like they take a flattened feature map.
+
+    PyTorch flattens an ``(N, C, H, W)`` map in ``(C, H, W)`` order; a channels-last model
+    flattens ``(H, W, C)``. The keys and shapes match either way, so only the outputs show it.
+    A Linear layer is suspect when its input size is a multiple (more than once) of some
+    convolution's output channels and is neither those channels (global pooling) nor another
+    Linear layer's output size.
+    """
+    conv_channels: dict[int, str] = {}
+    linear_out: set[int] = set()
+    linears: list[tuple[str, int]] = []
+    for e in entries:
+        prefix, _, name = e.torch_key.rpartition(".")
+        if name != "weight":
+            continue
+        shape = tuple(_flax_compat.get_value(e.variable).shape)
+        if isinstance(e.owner, _CONVNN_CONV + _CONVNN_CONV_TRANSPOSE):
+            conv_channels.setdefault(shape[0], prefix)
+        elif isinstance(e.owner, nnx.Conv):
+            conv_channels.setdefault(shape[-1], prefix)
+        elif isinstance(e.owner, nnx.Linear):
+            linears.append((prefix, shape[0]))
+            linear_out.add(shape[1])
+    for prefix, n_in in linears:
+        if n_in in conv_channels or n_in in linear_out:
+            continue
+        found = [c for c in conv_channels if n_in % c == 0 and n_in // c > 1]
+        if found:
+            c = max(found)
+            warnings.warn(
+                f"[{fn}] {prefix!r} takes {n_in} inputs = {c} channels x {n_in // c} positions. "
+                f"If the PyTorch model flattens a feature map (of {conv_channels[c]!r}, say) "
+                "before it, PyTorch flattens in (C, H, W) order and a channels-last model in "
+                "(H, W, C) order: the keys and shapes match but the outputs differ. Flatten with "
+                "x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1) in the NNX model (as "
+                "examples/port_from_torch.py does), then pass check_flatten=False.",
+                stacklevel=3,
+            )
+
+
 def load_torch_state_dict(
-    model: Any, state_dict: Mapping[str, Any], *, strict: bool = True
+    model: Any, state_dict: Mapping[str, Any], *, strict: bool = True, check_flatten: bool = True
 ) -> LoadResult:
     """Loads a PyTorch ``state_dict`` into an NNX model with the same attribute names.
 
@@ -544,7 +657,14 @@ def load_torch_state_dict(
     imported.
 
     Inputs of the ported model are channels-last (NHWC) where PyTorch's are NCHW, and a
-    ``flatten`` before a linear head must follow the same order on both sides.
+    ``flatten`` before a linear head must follow the same order on both sides: PyTorch flattens
+    ``(C, H, W)``, so the NNX model flattens ``x.transpose(0, 3, 1, 2).reshape(n, -1)``. Since
+    keys and shapes match either way, a ``UserWarning`` points at every ``nnx.Linear`` whose
+    input size looks like a flattened feature map (``check_flatten=False`` turns it off).
+
+    Every value is validated before anything is assigned: integer and boolean values for
+    floating-point variables are refused (``TypeError``), and so are NaN and infinite values
+    (``ValueError``).
 
     Args:
       model: a Flax NNX module.
@@ -553,15 +673,17 @@ def load_torch_state_dict(
       strict: if True (default), any missing, unexpected or mis-shaped key is an error and
         nothing is loaded. If False, loads the keys that match, leaves the other variables
         unchanged, and warns about shape mismatches.
+      check_flatten: warn about ``nnx.Linear`` layers that look like they take a flattened
+        feature map (the flatten-order trap above). Default True.
 
     Returns:
       A :class:`LoadResult` with the keys that were not used (all empty after a strict load).
 
     Raises:
       ValueError: in strict mode, listing every missing, unexpected and mis-shaped key in one
-        message.
+        message; or a value holds NaN or infinity.
       TypeError: if ``model`` is not an NNX module, ``state_dict`` is not a mapping, or a value
-        is not a numeric array.
+        is not a floating-point array (for a floating-point variable).
 
     Example:
       >>> import numpy as np
@@ -583,6 +705,8 @@ def load_torch_state_dict(
             f"got {type(state_dict).__name__}."
         )
     entries = _entries(model, fn)
+    if check_flatten:
+        _warn_flatten_order(entries, fn)
     bn_prefixes = {
         e.torch_key.rsplit(".", 1)[0] if "." in e.torch_key else ""
         for e in entries

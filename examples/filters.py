@@ -26,9 +26,8 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -111,11 +110,17 @@ def to_uint8(image: jnp.ndarray, *, normalise: bool = False) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/filters"), help="output folder (default runs/filters)")
-    parser.add_argument("--sigma", type=float, default=3.0, help="Gaussian blur sigma in pixels (default 3)")
-    parser.add_argument("--shift", type=int, default=4, help="colour shift of the depthwise filter in pixels (default 4)")
-    parser.add_argument("--size", type=int, default=None, help="resize the photo to SIZE x SIZE first (default: 512, as shipped)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/filters"),
+                        help="output folder (default runs/filters)")
+    parser.add_argument("--sigma", type=float, default=3.0,
+                        help="Gaussian blur sigma in pixels (default 3)")
+    parser.add_argument("--shift", type=int, default=4,
+                        help="colour shift of the depthwise filter in pixels (default 4)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="resize the photo to SIZE x SIZE first (default: 512, as shipped)")
     args = parser.parse_args(argv)
     if args.sigma <= 0:
         parser.error(f"--sigma must be positive; got {args.sigma}")
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}  {img.shape}")
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 8.4))
-    for ax, (name, img) in zip(axes.flat, results.items()):
+    for ax, (name, img) in zip(axes.flat, results.items(), strict=True):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
         ax.set_title(name)
         ax.axis("off")

@@ -647,3 +647,149 @@ def _with_weight_attribute(linear):
 def test_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files, refused values, the flatten-order trap, missing optional dependencies
+# ---------------------------------------------------------------------------------------------
+
+
+def _linear_file(tmp_path, suffix):
+    path = tmp_path / f"w{suffix}"
+    save_mlx_weights(nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0))), path)
+    return path
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _bad_npy_member(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("layers.0.weight.npy", b"\x93NUMPY\x01\x00")  # the header stops short
+
+
+@pytest.mark.parametrize(
+    "suffix, damage, match",
+    [
+        (".safetensors", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (".npz", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (".safetensors", _truncate, r"not a readable \.safetensors file .*truncated"),
+        (".npz", _truncate, r"not a readable \.npz file .*BadZipFile"),
+        (".npz", lambda p: p.write_text("layers.0.weight: 1 2 3\n"),
+         r"is not a \.npz file: it does not start with a zip header"),
+        (".npz", lambda p: p.write_bytes(b"PK\x03\x04" + bytes(40)), r"not a readable \.npz"),
+        (".npz", _bad_npy_member, r"not a readable \.npz file .*(EOFError|ValueError)"),
+        (".safetensors", lambda p: p.write_bytes(b"\xff" * 16), r"not a readable \.safetensors"),
+        (".npz", lambda p: p.unlink(), r"cannot open"),
+    ],
+    ids=["empty-safetensors", "empty-npz", "truncated-safetensors", "truncated-npz", "text-npz",
+         "bad-zip", "eof-npy", "garbage-safetensors", "missing"],
+)
+def test_damaged_weight_files_are_named(tmp_path, suffix, damage, match):
+    path = _linear_file(tmp_path, suffix)
+    damage(path)
+    model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(1)))
+    before = np.asarray(model.layers[0].kernel[...])
+    with pytest.raises((ValueError, OSError)) as info:
+        load_mlx_weights(model, path)
+    import re
+
+    message = str(info.value)
+    assert message.startswith("[load_mlx_weights]") and str(path) in message, message
+    assert re.search(match, message), message
+    np.testing.assert_array_equal(np.asarray(model.layers[0].kernel[...]), before)
+
+
+@pytest.mark.parametrize(
+    "value, error, match",
+    [
+        (np.ones((2, 3), np.int64), TypeError, r"'0\.weight' has dtype int64 .* float32"),
+        (np.ones((2, 3), np.int8), TypeError, r"'0\.weight' has dtype int8"),
+        (np.ones((2, 3), bool), TypeError, r"'0\.weight' has dtype bool"),
+        (np.full((2, 3), np.nan, np.float32), ValueError, r"'0\.weight' .* 6 NaN or infinite"),
+        (np.array([[0, 1, np.inf]] * 2, np.float64), ValueError, r"2 NaN or infinite"),
+        (np.array([[0, 1, np.nan]] * 2, np.float16), ValueError, r"2 NaN or infinite"),
+    ],
+    ids=["int64", "int8", "bool", "nan", "inf", "nan-float16"],
+)
+def test_integer_bool_and_non_finite_weights_are_refused(value, error, match):
+    model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    before = np.asarray(model.layers[0].kernel[...])
+    with pytest.raises(error, match=match):
+        load_torch_state_dict(model, {"0.weight": value, "0.bias": np.zeros(2, np.float32)})
+    with pytest.raises(error, match=match.replace("0\\.weight", "layers\\.0\\.weight")):
+        load_mlx_weights(model, {"layers.0.weight": value.T, "layers.0.bias": np.zeros(2)},
+                         strict=False)
+    np.testing.assert_array_equal(np.asarray(model.layers[0].kernel[...]), before)
+
+
+class _FlattenNet(nnx.Module):
+    """conv (8 channels) on 4 x 4 inputs, flattened into a Linear head: the trap."""
+
+    def __init__(self, n_in, hidden=None):
+        rngs = nnx.Rngs(0)
+        self.conv = layers.Conv2d(3, 8, 3, padding=1, rngs=rngs)
+        self.fc = nnx.Linear(n_in, hidden or 10, rngs=rngs)
+        self.out = nnx.Linear(hidden, 10, rngs=rngs) if hidden else None
+
+
+def _torch_weights(model):
+    sd = {"conv.weight": np.zeros((8, 3, 3, 3), F32), "conv.bias": np.zeros(8, F32)}
+    for name in ("fc", "out"):
+        layer = getattr(model, name)
+        if layer is not None:
+            n_in, n_out = layer.kernel.shape
+            sd[f"{name}.weight"] = np.zeros((n_out, n_in), F32)
+            sd[f"{name}.bias"] = np.zeros(n_out, F32)
+    return sd
+
+
+def test_flatten_order_trap_warns():
+    model = _FlattenNet(8 * 16, hidden=32)
+    with pytest.warns(UserWarning, match=r"'fc' takes 128 inputs = 8 channels x 16 positions"
+                      r".*transpose\(0, 3, 1, 2\)"):
+        load_torch_state_dict(model, _torch_weights(model))
+
+
+def test_flatten_order_check_stays_quiet_otherwise(recwarn):
+    pooled = _FlattenNet(8)  # global pooling: the head takes the conv's 8 channels
+    load_torch_state_dict(pooled, _torch_weights(pooled))
+    mlp = _FlattenNet(8, hidden=32)  # 32 inputs of the second Linear: the first one's outputs
+    load_torch_state_dict(mlp, _torch_weights(mlp))
+    flat = _FlattenNet(8 * 16)  # the model flattens channels-first; the check is turned off
+    load_torch_state_dict(flat, _torch_weights(flat), check_flatten=False)
+    assert not [str(w.message) for w in recwarn if "positions" in str(w.message)]
+
+
+def test_flatten_order_trap_is_real(torch, tnn):
+    """Why the warning exists: same keys, same shapes, other logits without the transpose."""
+    torch.manual_seed(0)
+    net = tnn.Sequential(tnn.Conv2d(3, 8, 3, padding=1), tnn.Flatten(), tnn.Linear(8 * 16, 10))
+    net = net.float().eval()
+    model = _FlattenNet(8 * 16)
+    load_torch_state_dict(model, {"conv.weight": net[0].weight, "conv.bias": net[0].bias,
+                                  "fc.weight": net[2].weight, "fc.bias": net[2].bias},
+                          check_flatten=False)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(F32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    h = model.conv(jnp.asarray(_nhwc(x)))
+    nhwc = model.fc(h.reshape(2, -1))
+    nchw = model.fc(h.transpose(0, 3, 1, 2).reshape(2, -1))
+    assert_close(np.asarray(nchw), expected, np.float32, what="channels-first flatten")
+    assert np.abs(np.asarray(nhwc) - expected).max() > 1e-2
+
+
+@pytest.mark.parametrize("module", ["convnn.layers", "convnn.interop"])
+def test_missing_flax_names_the_extra(module):
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules['flax'] = None\ntry:\n    import {module}\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert f"{module} needs Flax" in out and 'pip install "convnn[nn]"' in out, out

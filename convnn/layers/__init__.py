@@ -52,6 +52,13 @@ Example:
   (2, 16, 16, 8)
 """
 
+try:
+    import flax.nnx  # noqa: F401  (the layers are Flax NNX modules)
+except ImportError as e:
+    raise ImportError(
+        f'convnn.layers needs Flax ({e}); install it with: pip install "convnn[nn]"'
+    ) from e
+
 from convnn.layers._conv import (
     Conv1d,
     Conv2d,
