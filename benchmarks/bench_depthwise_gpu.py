@@ -11,7 +11,7 @@ several threads, see ``compile_all``):
 2. ``sweep``: a few tilings of each kernel on one 7x7 and one 3x3 shape.
 3. ``timing``: per shape and dtype, forward and dx+dw (the backward pass alone) for convnn
    (the ``"pallas"`` strategy with the default tilings: each pass the Pallas kernel or XLA's, as
-   ``_pallas.forward_kernel`` and ``_pallas.backward_kernels`` choose),
+   the CUDA policy's ``_cuda.forward_kernel`` and ``_cuda.weight_kernel`` choose),
    ``lax.conv_general_dilated`` and PyTorch
    (``torch.nn.functional.conv2d``, ``groups=C``, channels_last, cuDNN autotuning on), with the
    memory floor (bytes read + written at ``--bandwidth``) and the fraction of it reached.
@@ -22,7 +22,7 @@ several threads, see ``compile_all``):
 4. ``convnext``: a ConvNeXt block (7x7 depthwise, LayerNorm, 1x1 conv to 4C, GELU, 1x1 conv
    back, layer scale, residual) training step (loss, gradients, SGD update), with the depthwise
    convolution computed by one ``lax.conv_general_dilated``, by the ``"pallas"`` strategy
-   (Pallas forward; gradients as ``_pallas.backward_kernels`` chooses), by the Pallas kernels
+   (Pallas forward; gradients as ``_cuda.weight_kernel`` chooses), by the Pallas kernels
    for all three passes (``pallas_all``) and by the Pallas forward pass with XLA's gradients
    (``pallas_xla_grad``); once with the gradients of the parameters only, and once also with
    the gradient of the block's input, as for a block inside a network (``_dx``).
@@ -60,9 +60,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from convnn._lowering import _pallas  # noqa: E402
+import convnn  # noqa: E402
+from convnn._lowering import ConvConfig, _cuda, _pallas  # noqa: E402
 from convnn._lowering._spec import ConvSpec  # noqa: E402
 
+#: Run the kernels in Pallas interpret mode (``--dry-run``: checks the script on a CPU).
+INTERPRET = False
 START = time.perf_counter()
 RESULTS: dict = {"sections": {}}
 
@@ -190,7 +193,8 @@ def correctness():
         assert _pallas.supports(spec, x.shape, jnp.dtype(dt), w.shape), case
 
         def run(x, w, g, spec=spec):
-            out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, None), x, w)
+            out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, interpret=INTERPRET),
+                               x, w)
             return (out, *vjp(g))
 
         args = (jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt))
@@ -263,14 +267,14 @@ def operands(n, h, w_, c, k, dt, stride, seed=0):
 
 
 def pallas_fns(spec, x, w, tiling_c=None, tiling_w=None):
-    fwd = jax.jit(lambda x, w: _pallas.forward(x, w, spec, tiling=tiling_c, interpret=None))
+    fwd = jax.jit(lambda x, w: _pallas.forward(x, w, spec, tiling=tiling_c, interpret=INTERPRET))
     dx = jax.jit(lambda g, w: _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c,
-                                                 interpret=None))
+                                                 interpret=INTERPRET))
     dw = jax.jit(lambda x, g: _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w,
-                                                  interpret=None))
+                                                  interpret=INTERPRET))
     bwd = jax.jit(lambda x, w, g: (
-        _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=None),
-        _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=None)))
+        _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=INTERPRET),
+        _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=INTERPRET)))
     return fwd, dx, dw, bwd
 
 
@@ -280,55 +284,54 @@ def pallas_fns(spec, x, w, tiling_c=None, tiling_w=None):
 
 
 T = _pallas.Tiling
-# Tiling(block_w, block_c, rows, num_warps, prefetch, images, vector, hold_weights, unroll, span)
 # per swept shape: (N, H, W, C, K, dtype), correlation tilings, weight-gradient tilings. The
 # first of each list is the previous default. No unrolled variants: a 7x7 unrolled body takes
 # minutes to compile (and ran slower).
 SWEEP = {
     "56x56x96 7x7 bf16": ((256, 56, 56, 96, 7, "bfloat16"),
-                          [T(64, 32, 0, 8, 2, 1, 2, True), T(16, 32, 0, 8, 2, 1, 2, True, span=4),
-                           T(8, 32, 0, 4, 2, 1, 2, True, span=4),
-                           T(32, 32, 0, 8, 2, 1, 2, True, span=2),
-                           T(16, 32, 0, 4, 2, 1, 2, True, span=2),
-                           T(16, 16, 0, 4, 2, 1, 2, True, span=4),
-                           T(8, 32, 0, 4, 2, 1, 2, True, span=8)],
-                          [T(8, 32, 0, 4, 4, 5, 0), T(8, 32, 0, 4, 4, 5, 0, span=2),
-                           T(8, 32, 0, 4, 4, 5, 0, span=4), T(4, 32, 0, 2, 4, 5, 0, span=4),
-                           T(16, 32, 0, 8, 4, 5, 0, span=4)]),
+                          [T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True), T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=4),
+                           T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
+                           T(block_w=32, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
+                           T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2),
+                           T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
+                           T(block_w=8, block_c=32, vector=2, hold_weights=True, span=8)],
+                          [T(block_w=8, block_c=32, prefetch=4, images=5), T(block_w=8, block_c=32, prefetch=4, images=5, span=2),
+                           T(block_w=8, block_c=32, prefetch=4, images=5, span=4), T(block_w=4, block_c=32, num_warps=2, prefetch=4, images=5, span=4),
+                           T(block_w=16, block_c=32, num_warps=8, prefetch=4, images=5, span=4)]),
     # occupancy and parallelism of the 7x7 forward pass: warps, channels and rows per program,
     # prefetch depth (correlation only).
     "56x56x96 7x7 bf16 occupancy": ((256, 56, 56, 96, 7, "bfloat16"),
-                                    [T(64, 32, 0, 8, 2, 1, 2, True), T(32, 32, 0, 4, 2, 1, 2, True),
-                                     T(64, 32, 28, 8, 2, 1, 2, True), T(64, 32, 14, 8, 2, 1, 2, True),
-                                     T(64, 32, 0, 8, 1, 1, 2, True), T(64, 32, 0, 8, 4, 1, 2, True),
-                                     T(32, 64, 0, 8, 2, 1, 2, True), T(64, 32, 0, 16, 2, 1, 2, True),
-                                     T(64, 16, 0, 4, 2, 1, 2, True), T(64, 32, 0, 8, 0, 1, 2, True),
-                                     T(64, 8, 0, 2, 2, 1, 2, True), T(64, 16, 0, 8, 2, 1, 2, True),
-                                     T(64, 16, 0, 2, 2, 1, 2, True), T(32, 16, 0, 2, 2, 1, 2, True),
-                                     T(64, 16, 0, 4, 1, 1, 2, True)],
+                                    [T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True), T(block_w=32, block_c=32, vector=2, hold_weights=True),
+                                     T(block_w=64, block_c=32, rows=28, num_warps=8, vector=2, hold_weights=True), T(block_w=64, block_c=32, rows=14, num_warps=8, vector=2, hold_weights=True),
+                                     T(block_w=64, block_c=32, num_warps=8, prefetch=1, vector=2, hold_weights=True), T(block_w=64, block_c=32, num_warps=8, prefetch=4, vector=2, hold_weights=True),
+                                     T(block_w=32, block_c=64, num_warps=8, vector=2, hold_weights=True), T(block_w=64, block_c=32, num_warps=16, vector=2, hold_weights=True),
+                                     T(block_w=64, block_c=16, vector=2, hold_weights=True), T(block_w=64, block_c=32, num_warps=8, prefetch=0, vector=2, hold_weights=True),
+                                     T(block_w=64, block_c=8, num_warps=2, vector=2, hold_weights=True), T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True),
+                                     T(block_w=64, block_c=16, num_warps=2, vector=2, hold_weights=True), T(block_w=32, block_c=16, num_warps=2, vector=2, hold_weights=True),
+                                     T(block_w=64, block_c=16, prefetch=1, vector=2, hold_weights=True)],
                                     []),
     "28x28x192 7x7 bf16": ((256, 28, 28, 192, 7, "bfloat16"),
-                           [T(32, 32, 0, 4, 2, 1, 2, True), T(8, 32, 0, 4, 2, 1, 2, True, span=4),
-                            T(16, 32, 0, 8, 2, 1, 2, True, span=2),
-                            T(16, 32, 0, 4, 2, 1, 2, True, span=2)],
-                           [T(8, 32, 0, 4, 4, 5, 0), T(8, 32, 0, 4, 4, 5, 0, span=4),
-                            T(8, 32, 0, 4, 4, 5, 0, span=2)]),
+                           [T(block_w=32, block_c=32, vector=2, hold_weights=True), T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
+                            T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
+                            T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2)],
+                           [T(block_w=8, block_c=32, prefetch=4, images=5), T(block_w=8, block_c=32, prefetch=4, images=5, span=4),
+                            T(block_w=8, block_c=32, prefetch=4, images=5, span=2)]),
     "56x56x144 3x3 bf16": ((256, 56, 56, 144, 3, "bfloat16"),
-                           [T(64, 32, 0, 8, 2), T(32, 32, 0, 4, 2, span=2),
-                            T(16, 32, 0, 2, 2, span=4), T(32, 16, 0, 2, 2, span=2),
-                            T(16, 16, 0, 1, 2, span=4), T(16, 16, 0, 2, 2, span=4, vector=2)],
-                           [T(32, 32, 0, 8, 4, 5, 0), T(16, 32, 0, 4, 4, 5, 0, span=2),
-                            T(8, 32, 0, 2, 4, 5, 0, span=4), T(16, 16, 0, 2, 4, 5, 0, span=4)]),
+                           [T(block_w=64, block_c=32, num_warps=8), T(block_w=32, block_c=32, span=2),
+                            T(block_w=16, block_c=32, num_warps=2, span=4), T(block_w=32, block_c=16, num_warps=2, span=2),
+                            T(block_w=16, block_c=16, num_warps=1, span=4), T(block_w=16, block_c=16, num_warps=2, span=4, vector=2)],
+                           [T(block_w=32, block_c=32, num_warps=8, prefetch=4, images=5), T(block_w=16, block_c=32, prefetch=4, images=5, span=2),
+                            T(block_w=8, block_c=32, num_warps=2, prefetch=4, images=5, span=4), T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=4)]),
     "56x56x96 7x7 fp32": ((256, 56, 56, 96, 7, "float32"),
-                          [T(64, 16, 0, 8, 2, 1, 2, True), T(16, 16, 0, 4, 2, 1, 2, True, span=4),
-                           T(32, 16, 0, 8, 2, 1, 2, True, span=2)],
-                          [T(16, 16, 0, 4, 4, 5, 0), T(16, 16, 0, 4, 4, 5, 0, span=2),
-                           T(8, 16, 0, 2, 4, 5, 0, span=4)]),
+                          [T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True), T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
+                           T(block_w=32, block_c=16, num_warps=8, vector=2, hold_weights=True, span=2)],
+                          [T(block_w=16, block_c=16, prefetch=4, images=5), T(block_w=16, block_c=16, prefetch=4, images=5, span=2),
+                           T(block_w=8, block_c=16, num_warps=2, prefetch=4, images=5, span=4)]),
     "56x56x144 3x3 fp32": ((256, 56, 56, 144, 3, "float32"),
-                           [T(64, 16, 0, 4, 2), T(16, 16, 0, 1, 2, span=4),
-                            T(32, 16, 0, 2, 2, span=2)],
-                           [T(32, 16, 0, 4, 4, 5, 0), T(16, 16, 0, 2, 4, 5, 0, span=2),
-                            T(8, 16, 0, 1, 4, 5, 0, span=4)]),
+                           [T(block_w=64, block_c=16), T(block_w=16, block_c=16, num_warps=1, span=4),
+                            T(block_w=32, block_c=16, num_warps=2, span=2)],
+                           [T(block_w=32, block_c=16, prefetch=4, images=5), T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=2),
+                            T(block_w=8, block_c=16, num_warps=1, prefetch=4, images=5, span=4)]),
 }
 TORCH = True
 CONVNEXT_SIZE = (256, 56, 96)
@@ -367,15 +370,15 @@ def sweep(budget, only=None):
                 try:
                     if kind == "correlate":
                         fn = jax.jit(lambda x, w, t=t: _pallas.forward(x, w, spec, tiling=t,
-                                                                         interpret=None))
+                                                                         interpret=INTERPRET))
                         dxf = jax.jit(lambda g, w, t=t: _pallas.input_grad(
-                            g, w, x.shape, x.dtype, spec, tiling=t, interpret=None))
+                            g, w, x.shape, x.dtype, spec, tiling=t, interpret=INTERPRET))
                         entry["rel_err"] = max(_rel_err(fn(x, w), want_y),
                                                _rel_err(dxf(g, w), want_dx))
                         args = (x, w)
                     else:
                         fn = jax.jit(lambda x, g, t=t: _pallas.weight_grad(
-                            x, g, w.shape, w.dtype, spec, tiling=t, interpret=None))
+                            x, g, w.shape, w.dtype, spec, tiling=t, interpret=INTERPRET))
                         entry["rel_err"] = _rel_err(fn(x, g), want_dw)
                         args = (x, g)
                     entry["passed"] = entry["rel_err"] <= tol
@@ -402,18 +405,26 @@ def sweep(budget, only=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def use_best():
-    """Makes the sweep's fastest tilings the defaults for the swept shapes (timing, ConvNeXt)."""
-    original = _pallas.default_tiling
+def best_tilings(n, h, w_, c, k, dt, stride):
+    """The sweep's fastest ``(correlation, weight-gradient)`` tilings for a swept shape at stride
+    1 ("same" padding: the output is the input's size), else ``(None, None)``: the defaults."""
+    if stride != 1:
+        return None, None
+    return BEST.get((n, h, w_, c, k, jnp.dtype(dt).name), (None, None))
 
-    def tiling(kind, n, out_hw, c, dtype, taps=(3, 3), phases=1, stride=1):
-        for (bn, bh, bw, bc, bk, bdt), best in BEST.items():
-            if (n, tuple(out_hw), c, tuple(taps), jnp.dtype(dtype).name, phases) == \
-                    (bn, (bh, bw), bc, (bk, bk), bdt, 1) and stride == 1:
-                return best[0] if kind == "correlate" else best[1]
-        return original(kind, n, out_hw, c, dtype, taps, phases, stride)
 
-    _pallas.default_tiling = tiling
+def strategy_fn(spec, x, w, tilings=(None, None)):
+    """The ``"pallas"`` strategy as the CUDA policy runs it: each pass's kernel from
+    ``_cuda.forward_kernel`` / ``_cuda.weight_kernel``, with the given tilings."""
+    cfg = ConvConfig(x.shape, w.shape, x.dtype, spec)
+    forward_pass, weight_gradient = _cuda.forward_kernel(cfg), _cuda.weight_kernel(cfg)
+
+    def conv(a, b):
+        return _pallas.depthwise(a, b, spec, forward_pass=forward_pass,
+                                 weight_gradient=weight_gradient, tiling=tilings[0],
+                                 weight_grad_tiling=tilings[1], interpret=INTERPRET)
+
+    return conv, forward_pass, weight_gradient
 
 
 def timing(budget, bandwidth, shapes):
@@ -435,19 +446,23 @@ def timing(budget, bandwidth, shapes):
             wbytes = w.size * item
             row["floor_fwd_ms"] = (tensor_in + tensor_out + wbytes) / bandwidth * 1e3
             row["floor_bwd_ms"] = (2 * tensor_in + 2 * tensor_out + 2 * wbytes) / bandwidth * 1e3
-            fwd, pdx, pdw, bwd = pallas_fns(spec, x, w)
-            row["tilings"] = [dataclasses.asdict(_pallas.default_tiling(
+            best = best_tilings(n, h, w_, c, k, dt, s)
+            fwd, pdx, pdw, bwd = pallas_fns(spec, x, w, *best)
+            row["tilings"] = [dataclasses.asdict(t if t is not None else _pallas.default_tiling(
                 kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s))
-                for kind in ("correlate", "weight_grad")]
+                for t, kind in zip(best, ("correlate", "weight_grad"))]
             # convnn's dx+dw is the strategy's (as ``backward_kernels`` chooses); "pallas_bwd" is
             # both Pallas kernels.
             # convnn's forward pass is the strategy's too (``forward_kernel``); "pallas_fwd" is
             # the Pallas kernel.
-            strategy_fwd = jax.jit(lambda x, w: _pallas.conv_pallas(x, w, spec))
-            row["forward_kernel"] = _pallas.forward_kernel(spec, (k, k))
-            strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(
-                lambda a, b: _pallas.conv_pallas(a, b, spec), x, w)[1](g))
-            row["backward_kernels"] = _pallas.backward_kernels(spec, x.dtype, (k, k))
+            conv, forward_pass, weight_gradient = strategy_fn(spec, x, w, best)
+            strategy_fwd = jax.jit(conv)
+            row["forward_kernel"] = forward_pass
+            strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(conv, x, w)[1](g))
+            # "pallas": both Pallas gradients; "mixed": XLA's weight gradient.
+            row["backward_kernels"] = "pallas" if weight_gradient == "pallas" else "mixed"
+            row["explain"] = str(convnn.explain(
+                convnn.conv2d, x, w, stride=s, padding=k // 2, groups=c, backend="cuda"))
             lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
             lbwd = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: lax_conv(a, b, spec), x, w)[1](g))
             # Each gradient alone, and the Pallas input gradient with XLA's weight gradient (the
@@ -461,7 +476,9 @@ def timing(budget, bandwidth, shapes):
                         pdw=(pdw, (x, g)))
             if row["backward_kernels"] != "mixed":
                 jobs["mixed"] = (jax.jit(lambda x, w, g: jax.vjp(
-                    lambda a, b: _pallas.depthwise(a, b, spec, None, "mixed"), x, w)[1](g)),
+                    lambda a, b: _pallas.depthwise(a, b, spec, weight_gradient="xla",
+                                                   tiling=best[0], interpret=INTERPRET),
+                    x, w)[1](g)),
                     (x, w, g))
             fns = compile_all(jobs, xla_only=("lfwd", "lbwd", "ldx", "ldw"))
             fwd, strategy_fwd, strategy_bwd, bwd, lfwd, lbwd, ldx, ldw, pdx, pdw = (
@@ -542,10 +559,14 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
     x = jax.random.normal(ks[3], (n, size, size, c), jnp.float32).astype(dt)
 
     spec = make_spec(c, (1, 1), ((3, 3), (3, 3)))
+    best = best_tilings(n, size, size, c, 7, dt, 1)
+    strategy, _, _ = strategy_fn(spec, x, params["dw"].astype(dt), best)
     dwconv = {"xla": lambda x, w: lax_conv(x, w, spec),
-              "pallas": lambda x, w: _pallas.conv_pallas(x, w, spec),  # the strategy
-              "pallas_all": lambda x, w: _pallas.depthwise(x, w, spec, None, "pallas"),
-              "pallas_xla_grad": lambda x, w: _pallas.depthwise(x, w, spec, None, "xla")}
+              "pallas": strategy,  # the strategy
+              "pallas_all": lambda x, w: _pallas.depthwise(
+                  x, w, spec, tiling=best[0], weight_grad_tiling=best[1], interpret=INTERPRET),
+              "pallas_xla_grad": lambda x, w: _pallas.depthwise_with_xla_derivatives(
+                  x, w, spec, tiling=best[0], interpret=INTERPRET)}
 
     def block(p, x, strategy):
         h = dwconv[strategy](x, p["dw"].astype(dt)) + p["dw_b"].astype(dt)
@@ -594,13 +615,13 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
 
 def dry_run():
     """Shrinks every table so that the script runs on a CPU in interpret mode."""
-    global SHAPES, CORRECTNESS, SWEEP, TORCH, CONVNEXT_SIZE
-    _pallas.INTERPRET = True
+    global SHAPES, CORRECTNESS, SWEEP, TORCH, CONVNEXT_SIZE, INTERPRET
+    INTERPRET = True
     SHAPES = [("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"), ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16")]
     CORRECTNESS = CORRECTNESS[:1]
     CORRECTNESS = CORRECTNESS[:1] + CORRECTNESS[3:4]
-    SWEEP = {"8x9x8 3x3 fp32": ((2, 8, 9, 8, 3, "float32"), [T(4, 4, 0, 1, 2), T(2, 4, 0, 1, 2, span=3)],
-                                [T(4, 4, 0, 1, 2, 2, 0), T(2, 4, 0, 1, 2, 2, 0, span=2)])}
+    SWEEP = {"8x9x8 3x3 fp32": ((2, 8, 9, 8, 3, "float32"), [T(block_w=4, block_c=4, num_warps=1), T(block_w=2, block_c=4, num_warps=1, span=3)],
+                                [T(block_w=4, block_c=4, num_warps=1, images=2), T(block_w=2, block_c=4, num_warps=1, images=2, span=2)])}
     TORCH = False
     CONVNEXT_SIZE = (2, 8, 8)
 
@@ -645,7 +666,6 @@ def main():
     if args.shapes:
         keep = [o for o in args.shapes.split(",") if o]
         SHAPES = [r for r in SHAPES if any(o in f"{r[0]} {r[-1]}" for o in keep)]
-    use_best()
     RESULTS["best_tilings"] = {repr(k): [dataclasses.asdict(t) for t in v] for k, v in BEST.items()}
     if "timing" in sections:
         RESULTS["sections"]["timing"] = timing(args.budget - 60, args.bandwidth, SHAPES[:5])

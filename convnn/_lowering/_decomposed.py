@@ -184,7 +184,7 @@ def _depthwise_looped(x, w, spec: ConvSpec, acc):
 #: jax < 0.10 cannot transpose the loop of :func:`_depthwise_looped` (AssertionError in the scan
 #: transpose on jax 0.5 to 0.7, TypeError on 0.8 and 0.9); there the weight tangent takes the
 #: fused form, as plain autodiff would (convnn's floor is jax 0.5.0, for Apple's jax-metal).
-_LOOP_TRANSPOSES = tuple(jax.__version_info__[:2]) >= (0, 10)
+LOOP_TRANSPOSES = tuple(jax.__version_info__[:2]) >= (0, 10)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -203,7 +203,7 @@ def _depthwise_jvp(spec, acc, primals, tangents):
     if not isinstance(dx, SymbolicZero):
         terms.append(_depthwise_fused(dx, w, spec, acc))
     if not isinstance(dw, SymbolicZero):
-        weight_form = _depthwise_looped if _LOOP_TRANSPOSES else _depthwise_fused
+        weight_form = _depthwise_looped if LOOP_TRANSPOSES else _depthwise_fused
         terms.append(weight_form(x, dw, spec, acc))
     if not terms:  # not reached: JAX calls the rule only with a nonzero tangent
         return out, jnp.zeros_like(out)
