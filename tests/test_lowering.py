@@ -8,12 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import Case, table
+from helpers import call_api, random_operands, reference, reference_vjp
 from jax.test_util import check_grads
+from tolerances import assert_close
 
 import convnn
-from cases import Case, table
 from convnn import _conv
-from convnn._lowering import _context, _registry
 from convnn._lowering import (
     BACKENDS,
     STRATEGIES,
@@ -21,12 +22,12 @@ from convnn._lowering import (
     ConvSpec,
     Strategy,
     Target,
+    _context,
+    _registry,
     choose,
     conv_xla,
     current,
 )
-from helpers import call_api, random_operands, reference, reference_vjp
-from tolerances import assert_close
 
 # The core tests' tables (tests/test_functional_reference.py): every third case for the
 # strategies new here, every ninth for "xla" (which the core tests cover in full).

@@ -141,15 +141,30 @@ def _scale(window, wt, c_in: int):
     return window.reshape(*window.shape, 1) * wt.reshape(ones + (c_in, m))
 
 
+#: Largest array rank a reduction may see (the multiply-adds' transposes reduce their products):
+#: jax-metal is reported to abort on reductions of rank 5 and 6.
+MAX_REDUCTION_RANK = 4
+
+
+def _flat_outs(outs, c_in: int, c_out: int) -> tuple[int, ...]:
+    """The spatial output axes the multiply-add form works on: as they are, or flattened into
+    one where the product ``(N, *outs, C_in[, multiplier])`` would otherwise exceed
+    :data:`MAX_REDUCTION_RANK` (3-D, and 2-D with a channel multiplier)."""
+    rank = 2 + len(outs) + (c_out != c_in)
+    return tuple(outs) if rank <= MAX_REDUCTION_RANK else (math.prod(outs),)
+
+
 def _depthwise_fused(x, w, spec: ConvSpec, acc):
     """Sum over taps of shifted input times per-channel weights; XLA fuses it into one loop."""
     xb, outs = _depthwise_input(x, w.shape, spec, acc)
     wt = _depthwise_weight(w, spec, acc)
+    flat = _flat_outs(outs, x.shape[-1], w.shape[0])
     total = None
     for i, (tap, _) in enumerate(_taps(w.shape, spec)):
-        term = _scale(_tap(xb, tap, outs, spec, 1), wt[i], x.shape[-1])
+        window = _tap(xb, tap, outs, spec, 1).reshape(x.shape[0], *flat, x.shape[-1])
+        term = _scale(window, wt[i], x.shape[-1])
         total = term if total is None else total + term
-    return total.reshape(*total.shape[: spec.ndim + 1], w.shape[0])
+    return total.reshape(x.shape[0], *outs, w.shape[0])
 
 
 def _depthwise_looped(x, w, spec: ConvSpec, acc):
@@ -167,18 +182,19 @@ def _depthwise_looped(x, w, spec: ConvSpec, acc):
     table = jnp.asarray(np.array([start for start, _ in bounds], np.int32))
     sizes = [hi - lo for lo, hi in zip(*bounds[0])]
     c_in, c_out = x.shape[-1], w.shape[0]
-    out_shape = (x.shape[0], *outs, c_in) if c_out == c_in else (x.shape[0], *outs, c_in,
+    flat = _flat_outs(outs, c_in, c_out)
+    out_shape = (x.shape[0], *flat, c_in) if c_out == c_in else (x.shape[0], *flat, c_in,
                                                                  c_out // c_in)
 
     @jax.checkpoint  # recompute the window in the transposed loop rather than stack T of them
     def body(i, total):
         row = lax.dynamic_index_in_dim(table, i, keepdims=False)
         start = [row[d] for d in range(xb.ndim)]
-        window = lax.dynamic_slice(xb, start, sizes).reshape(x.shape[0], *outs, c_in)
+        window = lax.dynamic_slice(xb, start, sizes).reshape(x.shape[0], *flat, c_in)
         return total + _scale(window, lax.dynamic_index_in_dim(wt, i, keepdims=False), c_in)
 
     total = lax.fori_loop(0, len(taps), body, jnp.zeros(out_shape, acc))
-    return total.reshape(*total.shape[: spec.ndim + 1], c_out)
+    return total.reshape(x.shape[0], *outs, c_out)
 
 
 #: jax < 0.10 cannot transpose the loop of :func:`_depthwise_looped` (AssertionError in the scan
@@ -238,6 +254,8 @@ def _matmul(x, w, spec: ConvSpec, acc):
         xs = [_tap(xb, tap, outs, spec, lead) for tap, _ in part]
         ws = [w[(slice(None), *wtap, slice(None))] for _, wtap in part]  # (C_out, C_in / G)
         xc = xs[0] if len(xs) == 1 else lax.concatenate(xs, xs[0].ndim - 1)
+        if xc.ndim > MAX_REDUCTION_RANK:  # the gradients' dot_generals see at most rank 4
+            xc = xc.reshape(*xc.shape[:lead], math.prod(outs), xc.shape[-1])
         wc = ws[0] if len(ws) == 1 else lax.concatenate(ws, 1)  # (C_out, len(part) * C_in / G)
         if g > 1:
             wc = wc.reshape(g, cg_out, wc.shape[-1])
@@ -247,8 +265,8 @@ def _matmul(x, w, spec: ConvSpec, acc):
         term = lax.dot_general(xc, wc, dims, precision=spec.precision, preferred_element_type=acc)
         total = term if total is None else total + term
     if g > 1:  # (G, N, *outs, C_out / G) -> (N, *outs, C_out)
-        total = jnp.moveaxis(total, 0, -2).reshape(batch, *outs, c_out)
-    return total
+        total = jnp.moveaxis(total, 0, -2)
+    return total.reshape(batch, *outs, c_out)
 
 
 def conv_decomposed(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:

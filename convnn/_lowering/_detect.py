@@ -148,7 +148,7 @@ PLATFORMS: dict[str, str | Callable[[Any], str | None]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def installed_version(plugin: str) -> str | None:
     """An Apple plugin's version from package metadata, else ``_apple.ASSUMED_VERSIONS``."""
     if plugin not in PLUGIN_PACKAGES:
