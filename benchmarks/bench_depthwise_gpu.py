@@ -144,6 +144,7 @@ def compile_all(jobs: dict, xla_only=()) -> dict:
     compilations disturb (a lax 7x7 forward pass of 0.34 ms was once timed at 3.7 ms after
     one), and it keeps the choices for the programs compiled after them.
     """
+
     def build(item):
         fn, args = item
         return fn.lower(*args).compile()
@@ -157,15 +158,26 @@ def compile_all(jobs: dict, xla_only=()) -> dict:
 
 
 def make_spec(c, stride, padding, flip=False):
-    return ConvSpec(stride=tuple(stride), padding=tuple(tuple(p) for p in padding),
-                    kernel_dilation=(1, 1), input_dilation=(1, 1), groups=c, flip=flip)
+    return ConvSpec(
+        stride=tuple(stride),
+        padding=tuple(tuple(p) for p in padding),
+        kernel_dilation=(1, 1),
+        input_dilation=(1, 1),
+        groups=c,
+        flip=flip,
+    )
 
 
 def lax_conv(x, w, spec):
     wk = w[:, ::-1, ::-1, :] if spec.flip else w
     return lax.conv_general_dilated(
-        x, wk, spec.stride, spec.padding, feature_group_count=spec.groups,
-        dimension_numbers=("NHWC", "OHWI", "NHWC"))
+        x,
+        wk,
+        spec.stride,
+        spec.padding,
+        feature_group_count=spec.groups,
+        dimension_numbers=("NHWC", "OHWI", "NHWC"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +194,15 @@ def correctness():
         rng = np.random.default_rng(i)
         x = rng.standard_normal((n, h, w_, c))
         w = rng.standard_normal((c, *k, 1))
-        kw = dict(stride=s, padding_lo=[p[0] for p in pad], padding_hi=[p[1] for p in pad],
-                  kernel_dilation=(1, 1), input_dilation=(1, 1), groups=c, flip=flip)
+        kw = dict(
+            stride=s,
+            padding_lo=[p[0] for p in pad],
+            padding_hi=[p[1] for p in pad],
+            kernel_dilation=(1, 1),
+            input_dilation=(1, 1),
+            groups=c,
+            flip=flip,
+        )
         xd = np.asarray(jnp.asarray(x, dt).astype(jnp.float32), np.float64)  # rounded inputs
         wd = np.asarray(jnp.asarray(w, dt).astype(jnp.float32), np.float64)
         ref = conv_general_ref(xd, wd, **kw)
@@ -193,8 +212,9 @@ def correctness():
         assert _pallas.supports(spec, x.shape, jnp.dtype(dt), w.shape), case
 
         def run(x, w, g, spec=spec):
-            out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, interpret=INTERPRET),
-                               x, w)
+            out, vjp = jax.vjp(
+                lambda a, b: _pallas.depthwise(a, b, spec, interpret=INTERPRET), x, w
+            )
             return (out, *vjp(g))
 
         args = (jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt))
@@ -268,13 +288,22 @@ def operands(n, h, w_, c, k, dt, stride, seed=0):
 
 def pallas_fns(spec, x, w, tiling_c=None, tiling_w=None):
     fwd = jax.jit(lambda x, w: _pallas.forward(x, w, spec, tiling=tiling_c, interpret=INTERPRET))
-    dx = jax.jit(lambda g, w: _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c,
-                                                 interpret=INTERPRET))
-    dw = jax.jit(lambda x, g: _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w,
-                                                  interpret=INTERPRET))
-    bwd = jax.jit(lambda x, w, g: (
-        _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=INTERPRET),
-        _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=INTERPRET)))
+    dx = jax.jit(
+        lambda g, w: _pallas.input_grad(
+            g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=INTERPRET
+        )
+    )
+    dw = jax.jit(
+        lambda x, g: _pallas.weight_grad(
+            x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=INTERPRET
+        )
+    )
+    bwd = jax.jit(
+        lambda x, w, g: (
+            _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=INTERPRET),
+            _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=INTERPRET),
+        )
+    )
     return fwd, dx, dw, bwd
 
 
@@ -288,50 +317,105 @@ T = _pallas.Tiling
 # first of each list is the previous default. No unrolled variants: a 7x7 unrolled body takes
 # minutes to compile (and ran slower).
 SWEEP = {
-    "56x56x96 7x7 bf16": ((256, 56, 56, 96, 7, "bfloat16"),
-                          [T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True), T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=4),
-                           T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
-                           T(block_w=32, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
-                           T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2),
-                           T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
-                           T(block_w=8, block_c=32, vector=2, hold_weights=True, span=8)],
-                          [T(block_w=8, block_c=32, prefetch=4, images=5), T(block_w=8, block_c=32, prefetch=4, images=5, span=2),
-                           T(block_w=8, block_c=32, prefetch=4, images=5, span=4), T(block_w=4, block_c=32, num_warps=2, prefetch=4, images=5, span=4),
-                           T(block_w=16, block_c=32, num_warps=8, prefetch=4, images=5, span=4)]),
+    "56x56x96 7x7 bf16": (
+        (256, 56, 56, 96, 7, "bfloat16"),
+        [
+            T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=4),
+            T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
+            T(block_w=32, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
+            T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2),
+            T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
+            T(block_w=8, block_c=32, vector=2, hold_weights=True, span=8),
+        ],
+        [
+            T(block_w=8, block_c=32, prefetch=4, images=5),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=4),
+            T(block_w=4, block_c=32, num_warps=2, prefetch=4, images=5, span=4),
+            T(block_w=16, block_c=32, num_warps=8, prefetch=4, images=5, span=4),
+        ],
+    ),
     # occupancy and parallelism of the 7x7 forward pass: warps, channels and rows per program,
     # prefetch depth (correlation only).
-    "56x56x96 7x7 bf16 occupancy": ((256, 56, 56, 96, 7, "bfloat16"),
-                                    [T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True), T(block_w=32, block_c=32, vector=2, hold_weights=True),
-                                     T(block_w=64, block_c=32, rows=28, num_warps=8, vector=2, hold_weights=True), T(block_w=64, block_c=32, rows=14, num_warps=8, vector=2, hold_weights=True),
-                                     T(block_w=64, block_c=32, num_warps=8, prefetch=1, vector=2, hold_weights=True), T(block_w=64, block_c=32, num_warps=8, prefetch=4, vector=2, hold_weights=True),
-                                     T(block_w=32, block_c=64, num_warps=8, vector=2, hold_weights=True), T(block_w=64, block_c=32, num_warps=16, vector=2, hold_weights=True),
-                                     T(block_w=64, block_c=16, vector=2, hold_weights=True), T(block_w=64, block_c=32, num_warps=8, prefetch=0, vector=2, hold_weights=True),
-                                     T(block_w=64, block_c=8, num_warps=2, vector=2, hold_weights=True), T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True),
-                                     T(block_w=64, block_c=16, num_warps=2, vector=2, hold_weights=True), T(block_w=32, block_c=16, num_warps=2, vector=2, hold_weights=True),
-                                     T(block_w=64, block_c=16, prefetch=1, vector=2, hold_weights=True)],
-                                    []),
-    "28x28x192 7x7 bf16": ((256, 28, 28, 192, 7, "bfloat16"),
-                           [T(block_w=32, block_c=32, vector=2, hold_weights=True), T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
-                            T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
-                            T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2)],
-                           [T(block_w=8, block_c=32, prefetch=4, images=5), T(block_w=8, block_c=32, prefetch=4, images=5, span=4),
-                            T(block_w=8, block_c=32, prefetch=4, images=5, span=2)]),
-    "56x56x144 3x3 bf16": ((256, 56, 56, 144, 3, "bfloat16"),
-                           [T(block_w=64, block_c=32, num_warps=8), T(block_w=32, block_c=32, span=2),
-                            T(block_w=16, block_c=32, num_warps=2, span=4), T(block_w=32, block_c=16, num_warps=2, span=2),
-                            T(block_w=16, block_c=16, num_warps=1, span=4), T(block_w=16, block_c=16, num_warps=2, span=4, vector=2)],
-                           [T(block_w=32, block_c=32, num_warps=8, prefetch=4, images=5), T(block_w=16, block_c=32, prefetch=4, images=5, span=2),
-                            T(block_w=8, block_c=32, num_warps=2, prefetch=4, images=5, span=4), T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=4)]),
-    "56x56x96 7x7 fp32": ((256, 56, 56, 96, 7, "float32"),
-                          [T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True), T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
-                           T(block_w=32, block_c=16, num_warps=8, vector=2, hold_weights=True, span=2)],
-                          [T(block_w=16, block_c=16, prefetch=4, images=5), T(block_w=16, block_c=16, prefetch=4, images=5, span=2),
-                           T(block_w=8, block_c=16, num_warps=2, prefetch=4, images=5, span=4)]),
-    "56x56x144 3x3 fp32": ((256, 56, 56, 144, 3, "float32"),
-                           [T(block_w=64, block_c=16), T(block_w=16, block_c=16, num_warps=1, span=4),
-                            T(block_w=32, block_c=16, num_warps=2, span=2)],
-                           [T(block_w=32, block_c=16, prefetch=4, images=5), T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=2),
-                            T(block_w=8, block_c=16, num_warps=1, prefetch=4, images=5, span=4)]),
+    "56x56x96 7x7 bf16 occupancy": (
+        (256, 56, 56, 96, 7, "bfloat16"),
+        [
+            T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=32, block_c=32, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, rows=28, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, rows=14, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=8, prefetch=1, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=8, prefetch=4, vector=2, hold_weights=True),
+            T(block_w=32, block_c=64, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=16, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=8, prefetch=0, vector=2, hold_weights=True),
+            T(block_w=64, block_c=8, num_warps=2, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, num_warps=2, vector=2, hold_weights=True),
+            T(block_w=32, block_c=16, num_warps=2, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, prefetch=1, vector=2, hold_weights=True),
+        ],
+        [],
+    ),
+    "28x28x192 7x7 bf16": (
+        (256, 28, 28, 192, 7, "bfloat16"),
+        [
+            T(block_w=32, block_c=32, vector=2, hold_weights=True),
+            T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
+            T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
+            T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2),
+        ],
+        [
+            T(block_w=8, block_c=32, prefetch=4, images=5),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=4),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=2),
+        ],
+    ),
+    "56x56x144 3x3 bf16": (
+        (256, 56, 56, 144, 3, "bfloat16"),
+        [
+            T(block_w=64, block_c=32, num_warps=8),
+            T(block_w=32, block_c=32, span=2),
+            T(block_w=16, block_c=32, num_warps=2, span=4),
+            T(block_w=32, block_c=16, num_warps=2, span=2),
+            T(block_w=16, block_c=16, num_warps=1, span=4),
+            T(block_w=16, block_c=16, num_warps=2, span=4, vector=2),
+        ],
+        [
+            T(block_w=32, block_c=32, num_warps=8, prefetch=4, images=5),
+            T(block_w=16, block_c=32, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=32, num_warps=2, prefetch=4, images=5, span=4),
+            T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=4),
+        ],
+    ),
+    "56x56x96 7x7 fp32": (
+        (256, 56, 56, 96, 7, "float32"),
+        [
+            T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
+            T(block_w=32, block_c=16, num_warps=8, vector=2, hold_weights=True, span=2),
+        ],
+        [
+            T(block_w=16, block_c=16, prefetch=4, images=5),
+            T(block_w=16, block_c=16, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=16, num_warps=2, prefetch=4, images=5, span=4),
+        ],
+    ),
+    "56x56x144 3x3 fp32": (
+        (256, 56, 56, 144, 3, "float32"),
+        [
+            T(block_w=64, block_c=16),
+            T(block_w=16, block_c=16, num_warps=1, span=4),
+            T(block_w=32, block_c=16, num_warps=2, span=2),
+        ],
+        [
+            T(block_w=32, block_c=16, prefetch=4, images=5),
+            T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=16, num_warps=1, prefetch=4, images=5, span=4),
+        ],
+    ),
 }
 TORCH = True
 CONVNEXT_SIZE = (256, 56, 96)
@@ -359,7 +443,9 @@ def sweep(budget, only=None):
         x, w, g, spec = operands(n, h, w_, c, k, dt, 1)
         tol = TOLERANCE[dt]
         x32, w32, g32 = (a.astype(jnp.float32) for a in (x, w, g))
-        want_y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: lax_conv(a, b, spec), a, b))(x32, w32)
+        want_y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: lax_conv(a, b, spec), a, b))(
+            x32, w32
+        )
         want_dx, want_dw = vjp(g32)
         res = {"correlate": [], "weight_grad": []}
         for kind, tilings in (("correlate", corr), ("weight_grad", wgrad)):
@@ -369,22 +455,38 @@ def sweep(budget, only=None):
                 entry = dict(tiling=dataclasses.asdict(t))
                 try:
                     if kind == "correlate":
-                        fn = jax.jit(lambda x, w, t=t: _pallas.forward(x, w, spec, tiling=t,
-                                                                         interpret=INTERPRET))
-                        dxf = jax.jit(lambda g, w, t=t: _pallas.input_grad(
-                            g, w, x.shape, x.dtype, spec, tiling=t, interpret=INTERPRET))
-                        entry["rel_err"] = max(_rel_err(fn(x, w), want_y),
-                                               _rel_err(dxf(g, w), want_dx))
+                        fn = jax.jit(
+                            lambda x, w, t=t: _pallas.forward(
+                                x, w, spec, tiling=t, interpret=INTERPRET
+                            )
+                        )
+                        dxf = jax.jit(
+                            lambda g, w, t=t: _pallas.input_grad(
+                                g, w, x.shape, x.dtype, spec, tiling=t, interpret=INTERPRET
+                            )
+                        )
+                        entry["rel_err"] = max(
+                            _rel_err(fn(x, w), want_y), _rel_err(dxf(g, w), want_dx)
+                        )
                         args = (x, w)
                     else:
-                        fn = jax.jit(lambda x, g, t=t: _pallas.weight_grad(
-                            x, g, w.shape, w.dtype, spec, tiling=t, interpret=INTERPRET))
+                        fn = jax.jit(
+                            lambda x, g, t=t: _pallas.weight_grad(
+                                x, g, w.shape, w.dtype, spec, tiling=t, interpret=INTERPRET
+                            )
+                        )
                         entry["rel_err"] = _rel_err(fn(x, g), want_dw)
                         args = (x, g)
                     entry["passed"] = entry["rel_err"] <= tol
                     if entry["passed"]:
                         entry["ms"] = time_jax(fn, *args, iters=10, reps=5)
-                    log(name, kind, t, f"err {entry['rel_err']:.1e}", f"{entry.get('ms', -1):.3f} ms")
+                    log(
+                        name,
+                        kind,
+                        t,
+                        f"err {entry['rel_err']:.1e}",
+                        f"{entry.get('ms', -1):.3f} ms",
+                    )
                 except Exception as e:  # noqa: BLE001
                     entry["error"] = repr(e)[:500]
                     log(name, kind, t, "ERROR", repr(e)[:300])
@@ -393,8 +495,10 @@ def sweep(budget, only=None):
         ok_c = [r for r in res["correlate"] if "ms" in r]
         ok_w = [r for r in res["weight_grad"] if "ms" in r]
         if ok_c and ok_w:
-            BEST[shape] = (_pallas.Tiling(**min(ok_c, key=lambda r: r["ms"])["tiling"]),
-                           _pallas.Tiling(**min(ok_w, key=lambda r: r["ms"])["tiling"]))
+            BEST[shape] = (
+                _pallas.Tiling(**min(ok_c, key=lambda r: r["ms"])["tiling"]),
+                _pallas.Tiling(**min(ok_w, key=lambda r: r["ms"])["tiling"]),
+            )
             log(name, "best", BEST[shape])
         jax.clear_caches()
     return out
@@ -420,9 +524,16 @@ def strategy_fn(spec, x, w, tilings=(None, None)):
     forward_pass, weight_gradient = _cuda.forward_kernel(cfg), _cuda.weight_kernel(cfg)
 
     def conv(a, b):
-        return _pallas.depthwise(a, b, spec, forward_pass=forward_pass,
-                                 weight_gradient=weight_gradient, tiling=tilings[0],
-                                 weight_grad_tiling=tilings[1], interpret=INTERPRET)
+        return _pallas.depthwise(
+            a,
+            b,
+            spec,
+            forward_pass=forward_pass,
+            weight_gradient=weight_gradient,
+            tiling=tilings[0],
+            weight_grad_tiling=tilings[1],
+            interpret=INTERPRET,
+        )
 
     return conv, forward_pass, weight_gradient
 
@@ -448,9 +559,14 @@ def timing(budget, bandwidth, shapes):
             row["floor_bwd_ms"] = (2 * tensor_in + 2 * tensor_out + 2 * wbytes) / bandwidth * 1e3
             best = best_tilings(n, h, w_, c, k, dt, s)
             fwd, pdx, pdw, bwd = pallas_fns(spec, x, w, *best)
-            row["tilings"] = [dataclasses.asdict(t if t is not None else _pallas.default_tiling(
-                kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s))
-                for t, kind in zip(best, ("correlate", "weight_grad"))]
+            row["tilings"] = [
+                dataclasses.asdict(
+                    t
+                    if t is not None
+                    else _pallas.default_tiling(kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s)
+                )
+                for t, kind in zip(best, ("correlate", "weight_grad"))
+            ]
             # convnn's dx+dw is the strategy's (as ``backward_kernels`` chooses); "pallas_bwd" is
             # both Pallas kernels.
             # convnn's forward pass is the strategy's too (``forward_kernel``); "pallas_fwd" is
@@ -461,29 +577,63 @@ def timing(budget, bandwidth, shapes):
             strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(conv, x, w)[1](g))
             # "pallas": both Pallas gradients; "mixed": XLA's weight gradient.
             row["backward_kernels"] = "pallas" if weight_gradient == "pallas" else "mixed"
-            row["explain"] = str(convnn.explain(
-                convnn.conv2d, x, w, stride=s, padding=k // 2, groups=c, backend="cuda"))
+            row["explain"] = str(
+                convnn.explain(
+                    convnn.conv2d, x, w, stride=s, padding=k // 2, groups=c, backend="cuda"
+                )
+            )
             lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
             lbwd = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: lax_conv(a, b, spec), x, w)[1](g))
             # Each gradient alone, and the Pallas input gradient with XLA's weight gradient (the
             # strategy's own choice in 16-bit types: not compiled and timed twice).
             ldx = jax.jit(lambda x, w, g: jax.vjp(lambda a: lax_conv(a, w, spec), x)[1](g))
             ldw = jax.jit(lambda x, w, g: jax.vjp(lambda b: lax_conv(x, b, spec), w)[1](g))
-            jobs = dict(fwd=(fwd, (x, w)), strategy_fwd=(strategy_fwd, (x, w)),
-                        strategy_bwd=(strategy_bwd, (x, w, g)),
-                        bwd=(bwd, (x, w, g)), lfwd=(lfwd, (x, w)), lbwd=(lbwd, (x, w, g)),
-                        ldx=(ldx, (x, w, g)), ldw=(ldw, (x, w, g)), pdx=(pdx, (g, w)),
-                        pdw=(pdw, (x, g)))
+            jobs = dict(
+                fwd=(fwd, (x, w)),
+                strategy_fwd=(strategy_fwd, (x, w)),
+                strategy_bwd=(strategy_bwd, (x, w, g)),
+                bwd=(bwd, (x, w, g)),
+                lfwd=(lfwd, (x, w)),
+                lbwd=(lbwd, (x, w, g)),
+                ldx=(ldx, (x, w, g)),
+                ldw=(ldw, (x, w, g)),
+                pdx=(pdx, (g, w)),
+                pdw=(pdw, (x, g)),
+            )
             if row["backward_kernels"] != "mixed":
-                jobs["mixed"] = (jax.jit(lambda x, w, g: jax.vjp(
-                    lambda a, b: _pallas.depthwise(a, b, spec, weight_gradient="xla",
-                                                   tiling=best[0], interpret=INTERPRET),
-                    x, w)[1](g)),
-                    (x, w, g))
+                jobs["mixed"] = (
+                    jax.jit(
+                        lambda x, w, g: jax.vjp(
+                            lambda a, b: _pallas.depthwise(
+                                a,
+                                b,
+                                spec,
+                                weight_gradient="xla",
+                                tiling=best[0],
+                                interpret=INTERPRET,
+                            ),
+                            x,
+                            w,
+                        )[1](g)
+                    ),
+                    (x, w, g),
+                )
             fns = compile_all(jobs, xla_only=("lfwd", "lbwd", "ldx", "ldw"))
             fwd, strategy_fwd, strategy_bwd, bwd, lfwd, lbwd, ldx, ldw, pdx, pdw = (
-                fns[k_] for k_ in ("fwd", "strategy_fwd", "strategy_bwd", "bwd", "lfwd", "lbwd",
-                                   "ldx", "ldw", "pdx", "pdw"))
+                fns[k_]
+                for k_ in (
+                    "fwd",
+                    "strategy_fwd",
+                    "strategy_bwd",
+                    "bwd",
+                    "lfwd",
+                    "lbwd",
+                    "ldx",
+                    "ldw",
+                    "pdx",
+                    "pdw",
+                )
+            )
             mixed = fns.get("mixed", strategy_bwd)
             row["convnn_fwd_ms"] = time_jax(strategy_fwd, x, w)
             row["pallas_fwd_ms"] = time_jax(fwd, x, w)
@@ -495,8 +645,9 @@ def timing(budget, bandwidth, shapes):
             row["pallas_dw_ms"] = time_jax(pdw, x, g)
             row["lax_dx_ms"] = time_jax(ldx, x, w, g)
             row["lax_dw_ms"] = time_jax(ldw, x, w, g)
-            row["mixed_bwd_ms"] = (row["convnn_bwd_ms"] if mixed is strategy_bwd
-                                   else time_jax(mixed, x, w, g))
+            row["mixed_bwd_ms"] = (
+                row["convnn_bwd_ms"] if mixed is strategy_bwd else time_jax(mixed, x, w, g)
+            )
             d_mixed, d_lax = mixed(x, w, g), lbwd(x, w, g)
             row["mixed_max_rel_diff_vs_lax"] = max(map(_max_rel_diff, d_mixed, d_lax))
             del d_mixed, d_lax
@@ -521,14 +672,22 @@ def timing(budget, bandwidth, shapes):
                 row["torch_fwd_ms"] = time_torch(lambda: conv(tx, tw, None, s, p, 1, c))
             tout = conv(tx, tw, None, s, p, 1, c)
             row["torch_bwd_ms"] = time_torch(
-                lambda: torch.autograd.grad(tout, (tx, tw), tg, retain_graph=True))
+                lambda: torch.autograd.grad(tout, (tx, tw), tg, retain_graph=True)
+            )
             for kind in ("fwd", "bwd"):
                 ours = row[f"convnn_{kind}_ms"]
                 row[f"speedup_{kind}_vs_lax"] = row[f"lax_{kind}_ms"] / ours
                 row[f"speedup_{kind}_vs_torch"] = row[f"torch_{kind}_ms"] / ours
                 row[f"floor_fraction_{kind}"] = row[f"floor_{kind}_ms"] / ours
-            log(name, dt, {k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in row.items()
-                           if k_.endswith(("ms", "lax", "torch")) or k_.startswith("floor_frac")})
+            log(
+                name,
+                dt,
+                {
+                    k_: (round(v, 3) if isinstance(v, float) else v)
+                    for k_, v in row.items()
+                    if k_.endswith(("ms", "lax", "torch")) or k_.startswith("floor_frac")
+                },
+            )
         except Exception as e:  # noqa: BLE001
             row["error"] = repr(e)[:1000]
             log(name, dt, "ERROR", traceback.format_exc()[-2000:])
@@ -549,7 +708,8 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
     params = dict(
         dw=jax.random.normal(ks[0], (c, 7, 7, 1), jnp.float32) / 7,
         dw_b=jnp.zeros((c,), jnp.float32),
-        ln_s=jnp.ones((c,), jnp.float32), ln_b=jnp.zeros((c,), jnp.float32),
+        ln_s=jnp.ones((c,), jnp.float32),
+        ln_b=jnp.zeros((c,), jnp.float32),
         w1=jax.random.normal(ks[1], (c, 4 * c), jnp.float32) / math.sqrt(c),
         b1=jnp.zeros((4 * c,), jnp.float32),
         w2=jax.random.normal(ks[2], (4 * c, c), jnp.float32) / math.sqrt(4 * c),
@@ -561,12 +721,16 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
     spec = make_spec(c, (1, 1), ((3, 3), (3, 3)))
     best = best_tilings(n, size, size, c, 7, dt, 1)
     strategy, _, _ = strategy_fn(spec, x, params["dw"].astype(dt), best)
-    dwconv = {"xla": lambda x, w: lax_conv(x, w, spec),
-              "pallas": strategy,  # the strategy
-              "pallas_all": lambda x, w: _pallas.depthwise(
-                  x, w, spec, tiling=best[0], weight_grad_tiling=best[1], interpret=INTERPRET),
-              "pallas_xla_grad": lambda x, w: _pallas.depthwise_with_xla_derivatives(
-                  x, w, spec, tiling=best[0], interpret=INTERPRET)}
+    dwconv = {
+        "xla": lambda x, w: lax_conv(x, w, spec),
+        "pallas": strategy,  # the strategy
+        "pallas_all": lambda x, w: _pallas.depthwise(
+            x, w, spec, tiling=best[0], weight_grad_tiling=best[1], interpret=INTERPRET
+        ),
+        "pallas_xla_grad": lambda x, w: _pallas.depthwise_with_xla_derivatives(
+            x, w, spec, tiling=best[0], interpret=INTERPRET
+        ),
+    }
 
     def block(p, x, strategy):
         h = dwconv[strategy](x, p["dw"].astype(dt)) + p["dw_b"].astype(dt)
@@ -584,18 +748,21 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
         return jnp.mean(y * y)
 
     def step(p, x, strategy):
-        l, grads = jax.value_and_grad(loss)(p, x, strategy)
-        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l
+        value, grads = jax.value_and_grad(loss)(p, x, strategy)
+        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), value
 
     def step_dx(p, x, strategy):
         # A block inside a network: the gradient also flows to the block's input.
-        l, (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x, strategy)
-        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l, dx
+        value, (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x, strategy)
+        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), value, dx
 
     out = {}
     names = ("xla", "pallas", "pallas_all", "pallas_xla_grad")
-    jobs = {(suffix, name): (jax.jit(functools.partial(fn, strategy=name)), (params, x))
-            for suffix, fn in (("", step), ("_dx", step_dx)) for name in names}
+    jobs = {
+        (suffix, name): (jax.jit(functools.partial(fn, strategy=name)), (params, x))
+        for suffix, fn in (("", step), ("_dx", step_dx))
+        for name in names
+    }
     compiled = compile_all(jobs, xla_only=(("", "xla"), ("_dx", "xla")))
     for suffix in ("", "_dx"):
         for name in names:
@@ -607,8 +774,9 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
             out[f"{key}_loss"] = float(f(params, x)[1])
             log("convnext", key, out[f"{key}_step_ms"], out[f"{key}_uses_pallas_kernels"])
         for name in ("pallas", "pallas_all", "pallas_xla_grad"):
-            out[f"speedup_{name}{suffix}"] = (out[f"xla{suffix}_step_ms"]
-                                             / out[f"{name}{suffix}_step_ms"])
+            out[f"speedup_{name}{suffix}"] = (
+                out[f"xla{suffix}_step_ms"] / out[f"{name}{suffix}_step_ms"]
+            )
     out["speedup"] = out["speedup_pallas"]
     return out
 
@@ -617,11 +785,22 @@ def dry_run():
     """Shrinks every table so that the script runs on a CPU in interpret mode."""
     global SHAPES, CORRECTNESS, SWEEP, TORCH, CONVNEXT_SIZE, INTERPRET
     INTERPRET = True
-    SHAPES = [("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"), ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16")]
+    SHAPES = [
+        ("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"),
+        ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16"),
+    ]
     CORRECTNESS = CORRECTNESS[:1]
     CORRECTNESS = CORRECTNESS[:1] + CORRECTNESS[3:4]
-    SWEEP = {"8x9x8 3x3 fp32": ((2, 8, 9, 8, 3, "float32"), [T(block_w=4, block_c=4, num_warps=1), T(block_w=2, block_c=4, num_warps=1, span=3)],
-                                [T(block_w=4, block_c=4, num_warps=1, images=2), T(block_w=2, block_c=4, num_warps=1, images=2, span=2)])}
+    SWEEP = {
+        "8x9x8 3x3 fp32": (
+            (2, 8, 9, 8, 3, "float32"),
+            [T(block_w=4, block_c=4, num_warps=1), T(block_w=2, block_c=4, num_warps=1, span=3)],
+            [
+                T(block_w=4, block_c=4, num_warps=1, images=2),
+                T(block_w=2, block_c=4, num_warps=1, images=2, span=2),
+            ],
+        )
+    }
     TORCH = False
     CONVNEXT_SIZE = (2, 8, 8)
 
@@ -635,17 +814,27 @@ def main():
     parser.add_argument("--sections", default="correctness,sweep,timing,convnext")
     parser.add_argument("--sweep-budget", type=float, default=150.0)
     parser.add_argument("--sweep-only", default="", help="comma-separated substrings of SWEEP keys")
-    parser.add_argument("--shapes", default="",
-                        help="time only these SHAPES (comma-separated substrings of 'name dtype')")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="tiny shapes in Pallas interpret mode, no PyTorch (checks the script)")
+    parser.add_argument(
+        "--shapes",
+        default="",
+        help="time only these SHAPES (comma-separated substrings of 'name dtype')",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny shapes in Pallas interpret mode, no PyTorch (checks the script)",
+    )
     args = parser.parse_args()
     if args.dry_run:
         dry_run()
     sections = args.sections.split(",")
     dev = jax.devices()[0]
-    RESULTS["env"] = dict(jax=jax.__version__, device=getattr(dev, "device_kind", str(dev)),
-                          platform=dev.platform, python=platform.python_version())
+    RESULTS["env"] = dict(
+        jax=jax.__version__,
+        device=getattr(dev, "device_kind", str(dev)),
+        platform=dev.platform,
+        python=platform.python_version(),
+    )
     try:
         import torch
 
@@ -687,41 +876,56 @@ def main():
 def print_tables():
     rows = RESULTS["sections"].get("timing", [])
     if rows:
-        print("\n| shape | dtype | fwd convnn / lax / torch / floor (ms) | floor % | "
-              "dx+dw convnn / lax / torch / floor (ms) | floor % |")
+        print(
+            "\n| shape | dtype | fwd convnn / lax / torch / floor (ms) | floor % | "
+            "dx+dw convnn / lax / torch / floor (ms) | floor % |"
+        )
         print("|---|---|---|---|---|---|")
         for r in rows:
             if "error" in r:
                 print(f"| {r['shape']} | {r['dtype']} | error | | | |")
                 continue
+
             def f(kind):
-                return " / ".join(f"{r.get(f'{p}_{kind}_ms', float('nan')):.3f}"
-                                  for p in ("convnn", "lax", "torch", "floor"))
+                return " / ".join(
+                    f"{r.get(f'{p}_{kind}_ms', float('nan')):.3f}"
+                    for p in ("convnn", "lax", "torch", "floor")
+                )
 
             def frac(kind):
                 return 100 * r[f"floor_{kind}_ms"] / r[f"convnn_{kind}_ms"]
 
-            print(f"| {r['shape']} | {r['dtype']} | {f('fwd')} | {frac('fwd'):.0f}% | "
-                  f"{f('bwd')} | {frac('bwd'):.0f}% |")
+            print(
+                f"| {r['shape']} | {r['dtype']} | {f('fwd')} | {frac('fwd'):.0f}% | "
+                f"{f('bwd')} | {frac('bwd'):.0f}% |"
+            )
     split = [r for r in rows if "mixed_bwd_ms" in r]
     if split:
-        print("\n| shape | dtype | fwd: Pallas / lax | dx: Pallas / lax | dw: Pallas / lax | "
-              "dx+dw: Pallas dx with lax dw / lax / both Pallas (ms) | mixed vs lax |")
+        print(
+            "\n| shape | dtype | fwd: Pallas / lax | dx: Pallas / lax | dw: Pallas / lax | "
+            "dx+dw: Pallas dx with lax dw / lax / both Pallas (ms) | mixed vs lax |"
+        )
         print("|---|---|---|---|---|---|---|")
         for r in split:
-            print(f"| {r['shape']} | {r['dtype']} | "
-                  f"{r.get('pallas_fwd_ms', float('nan')):.3f} / {r['lax_fwd_ms']:.3f} | "
-                  f"{r['pallas_dx_ms']:.3f} / {r['lax_dx_ms']:.3f} | "
-                  f"{r['pallas_dw_ms']:.3f} / {r['lax_dw_ms']:.3f} | {r['mixed_bwd_ms']:.3f} / "
-                  f"{r['lax_bwd_ms']:.3f} / {r['pallas_bwd_ms']:.3f} | "
-                  f"{r['lax_bwd_ms'] / r['mixed_bwd_ms']:.2f}x |")
+            print(
+                f"| {r['shape']} | {r['dtype']} | "
+                f"{r.get('pallas_fwd_ms', float('nan')):.3f} / {r['lax_fwd_ms']:.3f} | "
+                f"{r['pallas_dx_ms']:.3f} / {r['lax_dx_ms']:.3f} | "
+                f"{r['pallas_dw_ms']:.3f} / {r['lax_dw_ms']:.3f} | {r['mixed_bwd_ms']:.3f} / "
+                f"{r['lax_bwd_ms']:.3f} / {r['pallas_bwd_ms']:.3f} | "
+                f"{r['lax_bwd_ms'] / r['mixed_bwd_ms']:.2f}x |"
+            )
     cx = RESULTS["sections"].get("convnext")
     if cx and "speedup" in cx:
         for suffix, what in (("", "parameter gradients"), ("_dx", "and input gradient")):
-            print(f"\nConvNeXt block step ({what}): xla {cx[f'xla{suffix}_step_ms']:.3f} ms, "
-                  + ", ".join(f"{name} {cx[f'{name}{suffix}_step_ms']:.3f} ms "
-                              f"({cx[f'speedup_{name}{suffix}']:.2f}x)"
-                              for name in ("pallas", "pallas_all", "pallas_xla_grad")))
+            print(
+                f"\nConvNeXt block step ({what}): xla {cx[f'xla{suffix}_step_ms']:.3f} ms, "
+                + ", ".join(
+                    f"{name} {cx[f'{name}{suffix}_step_ms']:.3f} ms "
+                    f"({cx[f'speedup_{name}{suffix}']:.2f}x)"
+                    for name in ("pallas", "pallas_all", "pallas_xla_grad")
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -336,7 +336,7 @@ def test_policy_uses_the_plugin_version_of_the_target():
     """A jax-mps that has the fixes keeps grouped strided convolutions on the plugin."""
     cfg = _cfg(groups=2, stride=2)
     assert choose(cfg, "auto", None, Target("jax-mps", "0.11.1")) == "xla"
-    assert choose(cfg, "auto", None, Target("jax-mps", "0.10.11")) == "decomposed"
+    assert choose(cfg, "auto", None, Target("jax-mps", "0.10.11")) == "decomposed-rank4"
     # backend= describes the installed plugin (or, without one, its assumed version).
     assert _detect.target_for("jax-mps") == Target("jax-mps", _detect.installed_version("jax-mps"))
     assert _detect.target_for("jax-metal").version == (
@@ -445,7 +445,7 @@ def test_the_policy_detects_apple_platforms(monkeypatch, platform, packages, bac
     monkeypatch.setattr(_detect, "package_version", packages.get)
     assert _detect.detect_backend(FakeDevice(platform)) == backend
     cfg = _cfg(ndim=3, groups=2, stride=2)
-    expected = "xla" if backend == "metal-pjrt" else "decomposed"
+    expected = "xla" if backend == "metal-pjrt" else "decomposed-rank4"
     assert choose(cfg, "auto", None, FakeDevice(platform)) == expected
 
 
@@ -500,12 +500,13 @@ def test_doctor_passes_on_cpu():
 
 
 def test_doctor_applies_an_apple_policy_on_cpu():
-    """The jax-metal table routes six of the cases to the decomposed strategy: they pass."""
+    """The jax-metal table routes six of the cases to the decomposed strategy (its rank-4 form):
+    they pass."""
     proc = _doctor("--backend", "jax-metal")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "jax-metal version 0.1.1 (assumed" in out and "3-D convolutions -> 'decomposed'" in out
-    assert "[decomposed]" in out and "[xla]" in out
+    assert "[decomposed-rank4]" in out and "[xla]" in out
 
 
 def test_doctor_fails_clearly_with_a_broken_strategy():

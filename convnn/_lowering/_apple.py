@@ -75,6 +75,7 @@ __all__ = [
     "Rule",
     "active_rules",
     "in_range",
+    "on_apple",
     "parse_version",
     "policy",
     "route",
@@ -115,7 +116,7 @@ class Rule:
     first: str | None
     last: str | None
     what: str
-    catches: Callable[[Any], bool]
+    catches: Callable[[ConvConfig], bool]
     why: str
     strategy: str = "decomposed"
 
@@ -239,14 +240,26 @@ def _caught(cfg: ConvConfig, plugin: str, version: str | None) -> list[Rule]:
     return [r for r in first + f32 if r is not None]
 
 
+#: The form of each routed strategy that runs on an Apple plugin: the decomposed form with no
+#: reduction over more than 4 axes (jax-metal aborts on rank-5 and rank-6 reductions).
+ON_APPLE = {"decomposed": "decomposed-rank4", "decomposed-float32": "decomposed-rank4-float32"}
+
+
+def on_apple(cfg: ConvConfig, target: Target) -> tuple[str, str]:
+    """A forced ``"decomposed"`` on an Apple plugin: its rank-4 form."""
+    return ON_APPLE["decomposed"], f"{target.backend}: reductions over at most 4 axes"
+
+
 def policy(plugin: str) -> Callable[[ConvConfig, Target], Decision]:
-    """The ``"auto"`` policy of one plugin: :func:`route` at the target's version."""
+    """The ``"auto"`` policy of one plugin: :func:`route` at the target's version (a routed
+    ``"decomposed"`` runs as its rank-4 form, :data:`ON_APPLE`)."""
 
     def decide(cfg: ConvConfig, target: Target) -> Decision:
         version = target.version
         rules = _caught(cfg, plugin, version)
         why = "; ".join(f"{r.what}: {r.why}" for r in rules) or "no routing rule catches it"
-        return Decision((route(cfg, plugin, version),),
+        name = route(cfg, plugin, version)
+        return Decision((ON_APPLE.get(name, name),),
                         f"{plugin} {version or '(version unknown)'}: {why}")
 
     decide.__name__ = f"policy_{plugin.replace('-', '_')}"

@@ -1,5 +1,7 @@
-"""Strategies computed in float32, for devices without bfloat16 (``"xla-float32"``,
-``"decomposed-float32"``; internal: only a policy picks them)."""
+"""Strategy forms for the Apple plugins (internal: only a policy picks them): computed in float32
+for devices without bfloat16 (``"xla-float32"``, ``"decomposed-float32"``), and the decomposed
+form with reductions over at most 4 axes (``"decomposed-rank4"``, ``"decomposed-rank4-float32"``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ from convnn._lowering._decomposed import conv_decomposed
 from convnn._lowering._spec import ConvSpec
 from convnn._lowering._xla import conv_xla
 
-__all__ = ["conv_decomposed_float32", "conv_xla_float32", "in_float32"]
+__all__ = [
+    "conv_decomposed_float32",
+    "conv_decomposed_rank4",
+    "conv_decomposed_rank4_float32",
+    "conv_xla_float32",
+    "in_float32",
+]
 
 
 def in_float32(inner: Callable[[jax.Array, jax.Array, ConvSpec], jax.Array]):
@@ -38,5 +46,11 @@ def in_float32(inner: Callable[[jax.Array, jax.Array, ConvSpec], jax.Array]):
     return conv
 
 
+def conv_decomposed_rank4(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+    """The decomposed form with no reduction over more than 4 axes (``max_rank=4``)."""
+    return conv_decomposed(x, w, spec, max_rank=4)
+
+
 conv_xla_float32 = in_float32(conv_xla)
 conv_decomposed_float32 = in_float32(conv_decomposed)
+conv_decomposed_rank4_float32 = in_float32(conv_decomposed_rank4)

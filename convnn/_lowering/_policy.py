@@ -34,10 +34,18 @@ BACKENDS: dict[str, Callable[[ConvConfig, Target], Decision]] = {
     **{plugin: _apple.policy(plugin) for plugin in _apple.APPLE_BACKENDS},
 }
 
-#: strategy name -> ``cfg -> (registry name of the kernels that run, why)``, for strategies
-#: whose kernels per pass are a policy's choice.
-REFINE: dict[str, Callable[[ConvConfig], tuple[str, str]]] = {
-    "pallas": _cuda.pallas_kernels,
+def _refine_decomposed(cfg: ConvConfig, target: Target) -> tuple[str, str] | None:
+    if target.backend in _apple.APPLE_BACKENDS:
+        return _apple.on_apple(cfg, target)
+    return None
+
+
+#: strategy name -> ``(cfg, device) -> (registry name of the form that runs, why)`` or ``None``
+#: (the strategy as it is), for strategies whose kernels are a policy's choice: the Pallas
+#: kernels of each pass (CUDA), the rank-4 decomposed form (Apple plugins).
+REFINE: dict[str, Callable[[ConvConfig, Target], tuple[str, str] | None]] = {
+    "pallas": lambda cfg, target: _cuda.pallas_kernels(cfg),
+    "decomposed": _refine_decomposed,
 }
 
 
@@ -75,9 +83,9 @@ def decide(cfg: ConvConfig, name: str, policy_target: Target, device_target: Tar
         candidates, rule = (name,), f"forced: convnn.lowering({name!r})"
     for candidate in candidates:
         if STRATEGIES[candidate].can_compute(cfg, device_target):
-            refine = REFINE.get(candidate)
-            if refine is not None:
-                candidate, how = refine(cfg)
+            refined = REFINE[candidate](cfg, device_target) if candidate in REFINE else None
+            if refined is not None:
+                candidate, how = refined
                 rule = f"{rule}; {how}"
             return Choice(candidate, rule)
         rule = f"{rule}; {candidate!r} cannot compute it on {device_target.backend}"

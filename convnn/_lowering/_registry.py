@@ -17,7 +17,12 @@ import jax
 
 from convnn._lowering import _decomposed, _pallas
 from convnn._lowering._config import ConvConfig, Target
-from convnn._lowering._float32 import conv_decomposed_float32, conv_xla_float32
+from convnn._lowering._float32 import (
+    conv_decomposed_float32,
+    conv_decomposed_rank4,
+    conv_decomposed_rank4_float32,
+    conv_xla_float32,
+)
 from convnn._lowering._mixed import conv_mixed
 from convnn._lowering._spec import ConvSpec
 from convnn._lowering._xla import conv_xla
@@ -128,6 +133,15 @@ def _float32_passes(inner: Callable[[ConvConfig], Passes]) -> Callable[[ConvConf
     return passes
 
 
+def _rank4_passes(inner: Callable[[ConvConfig], Passes]) -> Callable[[ConvConfig], Passes]:
+    def passes(cfg: ConvConfig) -> Passes:
+        p = inner(cfg)
+        return Passes(*(f"{k}, reductions over at most 4 axes"
+                        for k in (p.forward, p.input_grad, p.weight_grad)))
+
+    return passes
+
+
 def _on_cuda(cfg: ConvConfig, target: Target) -> bool:
     """The Pallas kernels run on NVIDIA GPUs (they issue PTX), for the shapes they cover."""
     return target.backend == "cuda" and _pallas.supports(cfg.spec, cfg.x_shape, cfg.dtype,
@@ -174,6 +188,10 @@ register(Strategy("xla-float32", conv_xla_float32, _float32_passes(_xla_passes),
                   selectable=False))
 register(Strategy("decomposed-float32", conv_decomposed_float32,
                   _float32_passes(_decomposed_passes), selectable=False))
+register(Strategy("decomposed-rank4", conv_decomposed_rank4,
+                  _rank4_passes(_decomposed_passes), selectable=False))
+register(Strategy("decomposed-rank4-float32", conv_decomposed_rank4_float32,
+                  _float32_passes(_rank4_passes(_decomposed_passes)), selectable=False))
 
 #: The names registered by this module.
 BUILTIN = frozenset(STRATEGIES)
