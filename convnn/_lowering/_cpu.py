@@ -3,7 +3,7 @@ convolution decides. The measurements behind each rule: docs/performance.md, "Th
 policy", and docs/benchmarks.md, "CPU".
 
 XLA's CPU convolution runs feature groups through a slow generic loop and differentiates every
-grouped convolution 10-100x slower than the decomposed form, so grouped convolutions leave it.
+grouped convolution much slower than the decomposed form, so grouped convolutions leave it.
 Each rule that moves a convolution off XLA has a cost bound: the decomposed form unrolls one
 slice (and one multiply-add or matmul) per kernel tap, in the forward pass and in each gradient,
 so its program, compile time and memory grow with the taps; past the bound XLA's convolution is

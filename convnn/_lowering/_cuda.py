@@ -14,7 +14,8 @@ depthwise convolutions. The Pallas depthwise kernels win for:
   output and outputs at least :data:`MIN_PACKED_WIDTH` wide (the packed tiles);
 
 and float32 depthwise kernels of at least :data:`MIXED_MIN_TAPS` taps that the Pallas kernels
-do not cover take ``"mixed"`` (XLA forward, decomposed gradients: 1.04-1.9x).
+do not cover take ``"mixed"`` (XLA forward, decomposed gradients). The numbers behind each rule:
+docs/performance.md, "The "auto" policy".
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def forward_kernel(cfg: ConvConfig) -> str:
     """Which forward pass the ``"pallas"`` strategy runs: ``"pallas"`` or ``"xla"``.
 
     XLA's at stride 2 in both axes for kernels of fewer than ``LARGE_TAPS`` taps, whose Pallas
-    forward pass was no faster on an H100 (docs/benchmarks.md, "5x5 kernels and stride 2: each
-    pass from whichever is faster"), while their Pallas input gradient was 2.0x to 3.3x faster
-    than XLA's; the Pallas kernel everywhere else.
+    forward pass was no faster on an H100 while their Pallas input gradient was (docs/
+    benchmarks.md, "5x5 kernels and stride 2: each pass from whichever is faster"); the Pallas
+    kernel everywhere else.
     """
     if math.prod(cfg.kernel) < LARGE_TAPS and all(s == 2 for s in cfg.spec.stride):
         return "xla"
@@ -84,11 +85,11 @@ def weight_kernel(cfg: ConvConfig) -> str:
     """Which weight gradient the ``"pallas"`` strategy runs: ``"pallas"`` or ``"xla"`` (the
     input gradient is always the Pallas kernel).
 
-    float32: the Pallas kernel above 9 taps (XLA's takes 9-11 ms for 7x7 kernels against
-    0.20-0.37 ms; for 3x3 kernels XLA's is faster). 16-bit types: the Pallas kernel at stride 1
-    for kernels of at least ``LARGE_TAPS`` taps and for the packed bfloat16 tiles; XLA's
-    otherwise (docs/benchmarks.md, "Pallas depthwise kernels on an NVIDIA H100" and "bfloat16
-    3x3: channel pairs loaded as one word").
+    float32: the Pallas kernel above 9 taps (cuDNN's 7x7 weight gradient is tens of times
+    slower; for 3x3 kernels XLA's is faster). 16-bit types: the Pallas kernel at stride 1 for
+    kernels of at least ``LARGE_TAPS`` taps and for the packed bfloat16 tiles; XLA's otherwise
+    (docs/benchmarks.md, "Pallas depthwise kernels on an NVIDIA H100" and "bfloat16 3x3: channel
+    pairs loaded as one word").
     """
     taps = math.prod(cfg.kernel)
     if jnp.dtype(cfg.dtype) == jnp.float32:
@@ -102,8 +103,8 @@ def weight_kernel(cfg: ConvConfig) -> str:
 def pallas_kernels(cfg: ConvConfig) -> tuple[str, str]:
     """The registry name of the ``"pallas"`` strategy's kernels for ``cfg``, and why."""
     forward, weight = forward_kernel(cfg), weight_kernel(cfg)
-    return pallas_name(forward, weight), f"cuda kernels: forward {forward}, weight gradient " \
-        f"{weight}, input gradient pallas"
+    why = f"cuda kernels: forward {forward}, weight gradient {weight}, input gradient pallas"
+    return pallas_name(forward, weight), why
 
 
 def policy(cfg: ConvConfig, target: Target | None = None) -> Decision:

@@ -162,16 +162,19 @@ def pallas_name(forward_pass: str, weight_gradient: str) -> str:
 
 
 def _pallas_strategy(forward_pass: str, weight_gradient: str) -> Strategy:
-    fixed = Passes(
-        _PALLAS_FWD if forward_pass == "pallas" else _XLA_CONV,
-        f"{_PALLAS_FWD} (the flipped kernel; stride 2 as 4 phases)",
-        _PALLAS_DW if weight_gradient == "pallas" else f"{_XLA_CONV} (XLA's transpose)",
-    )
+    def passes(cfg: ConvConfig) -> Passes:
+        phases = "; stride 2 as phases" if any(s > 1 for s in cfg.spec.stride) else ""
+        return Passes(
+            _PALLAS_FWD if forward_pass == "pallas" else _XLA_CONV,
+            f"{_PALLAS_FWD} (the cotangent with the flipped kernel{phases})",
+            _PALLAS_DW if weight_gradient == "pallas" else f"{_XLA_CONV} (XLA's transpose)",
+        )
+
     return Strategy(
         pallas_name(forward_pass, weight_gradient),
         functools.partial(_pallas.depthwise, forward_pass=forward_pass,
                           weight_gradient=weight_gradient),
-        lambda cfg: fixed,
+        passes,
         _on_cuda,
         selectable=(forward_pass, weight_gradient) == ("pallas", "pallas"),
     )

@@ -155,11 +155,8 @@ def _ahead(shifts: int, tiling: Tiling, a: int) -> range:
 
     ``a * span`` consecutive shifts cover every source column of the tile once (columns step by
     ``a * span`` from one thread's first output to the next), so that when the row is used the
-    other shifts' loads hit the L1 cache. With only the centre shift prefetched, ``span - 1`` of
-    ``span`` columns are fetched from device memory inside the loop: a bf16 7x7 kernel with
-    ``span=7`` then stalled on them (long-scoreboard stalls: 4.35 of 6.06 cycles per
-    instruction) and ran 0.56 ms instead of 0.24. Small kernels ran faster with the centre
-    shift alone (``Tiling.prefetch_all=False``; bf16 3x3: 0.275 against 0.301 ms).
+    other shifts' loads hit the L1 cache; with ``Tiling.prefetch_all=False`` only the centre
+    shift (faster for small kernels: docs/performance.md, "The Pallas tilings").
     """
     if not tiling.prefetch_all:
         return range(shifts // 2, shifts // 2 + 1)
