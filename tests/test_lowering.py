@@ -135,7 +135,7 @@ def test_preferred_element_type_float32_from_bfloat16(strategy, groups, c_out):
     with convnn.lowering(strategy):
         out = convnn.conv2d(x, w, padding=1, groups=groups, preferred_element_type=jnp.float32)
     assert out.dtype == jnp.float32
-    from reference import conv_general_ref
+    from convnn._reference import conv_general_ref
 
     ref = conv_general_ref(np.asarray(x, np.float64), np.asarray(w, np.float64), stride=(1, 1),
                            padding_lo=(1, 1), padding_hi=(1, 1), kernel_dilation=(1, 1),

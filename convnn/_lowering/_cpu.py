@@ -18,7 +18,15 @@ from collections.abc import Callable
 
 from convnn._lowering._config import ConvConfig, Decision, Target
 
-__all__ = ["MAX_DECOMPOSED_TAPS", "MAX_GROUPED_TAPS", "RULES", "Rule", "policy"]
+__all__ = [
+    "MAX_DECOMPOSED_TAPS",
+    "MAX_DENSE_MIXED_TAPS",
+    "MAX_DEPTHWISE_TAPS",
+    "MAX_GROUPED_TAPS",
+    "RULES",
+    "Rule",
+    "policy",
+]
 
 #: Grouped convolutions with at most this many input channels per group run decomposed forward
 #: too; wider groups keep XLA's forward pass (its convolution kernels win there).
@@ -34,8 +42,12 @@ MAX_DEPTHWISE_TAPS = 125
 #: Cost bound of the narrow-group rule (per-tap matmuls): at most this many kernel taps.
 MAX_DECOMPOSED_TAPS = 125
 
-#: Cost bound of the rules that take "mixed" (XLA forward, per-tap matmul gradients).
+#: Cost bound of the grouped rule that takes "mixed" (XLA forward, per-tap matmul gradients).
 MAX_GROUPED_TAPS = 125
+
+#: Cost bound of the wide dense rule ("mixed"): measured faster for 3x3 kernels, while a 5x5
+#: kernel at 256 channels ran 1.8x slower than XLA (benchmarks/bench_policy_cpu.py).
+MAX_DENSE_MIXED_TAPS = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +77,9 @@ RULES: tuple[Rule, ...] = (
     Rule("dense, input-dilated (transposed)", lambda c: c.input_dilated, "xla"),
     Rule("dense 1x1 (one matmul)", lambda c: c.taps == 1, "decomposed"),
     Rule(f"dense, at least {MIXED_MIN_DENSE_CHANNELS} input channels, at most "
-         f"{MAX_GROUPED_TAPS} taps",
-         lambda c: c.c_in >= MIXED_MIN_DENSE_CHANNELS and c.taps <= MAX_GROUPED_TAPS, "mixed"),
+         f"{MAX_DENSE_MIXED_TAPS} taps",
+         lambda c: c.c_in >= MIXED_MIN_DENSE_CHANNELS and c.taps <= MAX_DENSE_MIXED_TAPS,
+         "mixed"),
     Rule("other dense convolutions", lambda c: True, "xla"),
 )
 
