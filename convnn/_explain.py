@@ -33,6 +33,16 @@ class Explanation:
       weight_grad: what computes the gradient with respect to the weight.
       config: the convolution the strategies see (input shape after cropping, weight shape,
         compute dtype, spec).
+
+    Example:
+      >>> import jax.numpy as jnp, convnn
+      >>> x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((4, 3, 3, 1))
+      >>> print(convnn.explain(convnn.conv2d, x, w, groups=4, backend="tpu"))
+      strategy:    xla
+      rule:        tpu: every convolution -> 'xla'
+      forward:     lax.conv_general_dilated
+      input grad:  lax.conv_general_dilated (XLA's transpose)
+      weight grad: lax.conv_general_dilated (XLA's transpose)
     """
 
     strategy: str
@@ -81,8 +91,9 @@ def explain(fn: Callable, x: Any, w: Any, *, backend: str | None = None,
     Args:
       fn: a convnn convolution (``convnn.conv2d``, ``convnn.conv_transpose3d``, ...) or any
         function of ``(x, w, **kwargs)`` that makes exactly one.
-      x: the input: an array or a ``jax.ShapeDtypeStruct``.
-      w: the weight, likewise.
+      x: the input ``(N, *spatial, C_in)`` (or unbatched): an array or a
+        ``jax.ShapeDtypeStruct``.
+      w: the weight ``(C_out, *kernel, C_in // groups)``, likewise.
       backend: keyword-only; ``None`` (default): the device the call runs on (and the policy
         ``convnn.lowering`` selects). A backend name (``"cpu"``, ``"cuda"``, ``"jax-metal"``,
         ...) describes a device of that backend instead, on any machine: its policy applies and
