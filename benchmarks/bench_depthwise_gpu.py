@@ -11,7 +11,7 @@ several threads, see ``compile_all``):
 2. ``sweep``: a few tilings of each kernel on one 7x7 and one 3x3 shape.
 3. ``timing``: per shape and dtype, forward and dx+dw (the backward pass alone) for convnn
    (the ``"pallas"`` strategy with the default tilings: each pass the Pallas kernel or XLA's, as
-   ``_pallas.forward_kernel`` and ``_pallas.backward_kernels`` choose),
+   the CUDA policy's ``_cuda.forward_kernel`` and ``_cuda.weight_kernel`` choose),
    ``lax.conv_general_dilated`` and PyTorch
    (``torch.nn.functional.conv2d``, ``groups=C``, channels_last, cuDNN autotuning on), with the
    memory floor (bytes read + written at ``--bandwidth``) and the fraction of it reached.
@@ -22,7 +22,7 @@ several threads, see ``compile_all``):
 4. ``convnext``: a ConvNeXt block (7x7 depthwise, LayerNorm, 1x1 conv to 4C, GELU, 1x1 conv
    back, layer scale, residual) training step (loss, gradients, SGD update), with the depthwise
    convolution computed by one ``lax.conv_general_dilated``, by the ``"pallas"`` strategy
-   (Pallas forward; gradients as ``_pallas.backward_kernels`` chooses), by the Pallas kernels
+   (Pallas forward; gradients as ``_cuda.weight_kernel`` chooses), by the Pallas kernels
    for all three passes (``pallas_all``) and by the Pallas forward pass with XLA's gradients
    (``pallas_xla_grad``); once with the gradients of the parameters only, and once also with
    the gradient of the block's input, as for a block inside a network (``_dx``).
@@ -60,9 +60,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from convnn._lowering import _pallas  # noqa: E402
+import convnn  # noqa: E402
+from convnn._lowering import ConvConfig, _cuda, _pallas  # noqa: E402
 from convnn._lowering._spec import ConvSpec  # noqa: E402
 
+#: Run the kernels in Pallas interpret mode (``--dry-run``: checks the script on a CPU).
+INTERPRET = False
 START = time.perf_counter()
 RESULTS: dict = {"sections": {}}
 
@@ -141,6 +144,7 @@ def compile_all(jobs: dict, xla_only=()) -> dict:
     compilations disturb (a lax 7x7 forward pass of 0.34 ms was once timed at 3.7 ms after
     one), and it keeps the choices for the programs compiled after them.
     """
+
     def build(item):
         fn, args = item
         return fn.lower(*args).compile()
@@ -154,15 +158,26 @@ def compile_all(jobs: dict, xla_only=()) -> dict:
 
 
 def make_spec(c, stride, padding, flip=False):
-    return ConvSpec(stride=tuple(stride), padding=tuple(tuple(p) for p in padding),
-                    kernel_dilation=(1, 1), input_dilation=(1, 1), groups=c, flip=flip)
+    return ConvSpec(
+        stride=tuple(stride),
+        padding=tuple(tuple(p) for p in padding),
+        kernel_dilation=(1, 1),
+        input_dilation=(1, 1),
+        groups=c,
+        flip=flip,
+    )
 
 
 def lax_conv(x, w, spec):
     wk = w[:, ::-1, ::-1, :] if spec.flip else w
     return lax.conv_general_dilated(
-        x, wk, spec.stride, spec.padding, feature_group_count=spec.groups,
-        dimension_numbers=("NHWC", "OHWI", "NHWC"))
+        x,
+        wk,
+        spec.stride,
+        spec.padding,
+        feature_group_count=spec.groups,
+        dimension_numbers=("NHWC", "OHWI", "NHWC"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +194,15 @@ def correctness():
         rng = np.random.default_rng(i)
         x = rng.standard_normal((n, h, w_, c))
         w = rng.standard_normal((c, *k, 1))
-        kw = dict(stride=s, padding_lo=[p[0] for p in pad], padding_hi=[p[1] for p in pad],
-                  kernel_dilation=(1, 1), input_dilation=(1, 1), groups=c, flip=flip)
+        kw = dict(
+            stride=s,
+            padding_lo=[p[0] for p in pad],
+            padding_hi=[p[1] for p in pad],
+            kernel_dilation=(1, 1),
+            input_dilation=(1, 1),
+            groups=c,
+            flip=flip,
+        )
         xd = np.asarray(jnp.asarray(x, dt).astype(jnp.float32), np.float64)  # rounded inputs
         wd = np.asarray(jnp.asarray(w, dt).astype(jnp.float32), np.float64)
         ref = conv_general_ref(xd, wd, **kw)
@@ -190,7 +212,9 @@ def correctness():
         assert _pallas.supports(spec, x.shape, jnp.dtype(dt), w.shape), case
 
         def run(x, w, g, spec=spec):
-            out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, None), x, w)
+            out, vjp = jax.vjp(
+                lambda a, b: _pallas.depthwise(a, b, spec, interpret=INTERPRET), x, w
+            )
             return (out, *vjp(g))
 
         args = (jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt))
@@ -263,14 +287,23 @@ def operands(n, h, w_, c, k, dt, stride, seed=0):
 
 
 def pallas_fns(spec, x, w, tiling_c=None, tiling_w=None):
-    fwd = jax.jit(lambda x, w: _pallas.forward(x, w, spec, tiling=tiling_c, interpret=None))
-    dx = jax.jit(lambda g, w: _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c,
-                                                 interpret=None))
-    dw = jax.jit(lambda x, g: _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w,
-                                                  interpret=None))
-    bwd = jax.jit(lambda x, w, g: (
-        _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=None),
-        _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=None)))
+    fwd = jax.jit(lambda x, w: _pallas.forward(x, w, spec, tiling=tiling_c, interpret=INTERPRET))
+    dx = jax.jit(
+        lambda g, w: _pallas.input_grad(
+            g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=INTERPRET
+        )
+    )
+    dw = jax.jit(
+        lambda x, g: _pallas.weight_grad(
+            x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=INTERPRET
+        )
+    )
+    bwd = jax.jit(
+        lambda x, w, g: (
+            _pallas.input_grad(g, w, x.shape, x.dtype, spec, tiling=tiling_c, interpret=INTERPRET),
+            _pallas.weight_grad(x, g, w.shape, w.dtype, spec, tiling=tiling_w, interpret=INTERPRET),
+        )
+    )
     return fwd, dx, dw, bwd
 
 
@@ -280,55 +313,109 @@ def pallas_fns(spec, x, w, tiling_c=None, tiling_w=None):
 
 
 T = _pallas.Tiling
-# Tiling(block_w, block_c, rows, num_warps, prefetch, images, vector, hold_weights, unroll, span)
 # per swept shape: (N, H, W, C, K, dtype), correlation tilings, weight-gradient tilings. The
 # first of each list is the previous default. No unrolled variants: a 7x7 unrolled body takes
 # minutes to compile (and ran slower).
 SWEEP = {
-    "56x56x96 7x7 bf16": ((256, 56, 56, 96, 7, "bfloat16"),
-                          [T(64, 32, 0, 8, 2, 1, 2, True), T(16, 32, 0, 8, 2, 1, 2, True, span=4),
-                           T(8, 32, 0, 4, 2, 1, 2, True, span=4),
-                           T(32, 32, 0, 8, 2, 1, 2, True, span=2),
-                           T(16, 32, 0, 4, 2, 1, 2, True, span=2),
-                           T(16, 16, 0, 4, 2, 1, 2, True, span=4),
-                           T(8, 32, 0, 4, 2, 1, 2, True, span=8)],
-                          [T(8, 32, 0, 4, 4, 5, 0), T(8, 32, 0, 4, 4, 5, 0, span=2),
-                           T(8, 32, 0, 4, 4, 5, 0, span=4), T(4, 32, 0, 2, 4, 5, 0, span=4),
-                           T(16, 32, 0, 8, 4, 5, 0, span=4)]),
+    "56x56x96 7x7 bf16": (
+        (256, 56, 56, 96, 7, "bfloat16"),
+        [
+            T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=4),
+            T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
+            T(block_w=32, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
+            T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2),
+            T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
+            T(block_w=8, block_c=32, vector=2, hold_weights=True, span=8),
+        ],
+        [
+            T(block_w=8, block_c=32, prefetch=4, images=5),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=4),
+            T(block_w=4, block_c=32, num_warps=2, prefetch=4, images=5, span=4),
+            T(block_w=16, block_c=32, num_warps=8, prefetch=4, images=5, span=4),
+        ],
+    ),
     # occupancy and parallelism of the 7x7 forward pass: warps, channels and rows per program,
     # prefetch depth (correlation only).
-    "56x56x96 7x7 bf16 occupancy": ((256, 56, 56, 96, 7, "bfloat16"),
-                                    [T(64, 32, 0, 8, 2, 1, 2, True), T(32, 32, 0, 4, 2, 1, 2, True),
-                                     T(64, 32, 28, 8, 2, 1, 2, True), T(64, 32, 14, 8, 2, 1, 2, True),
-                                     T(64, 32, 0, 8, 1, 1, 2, True), T(64, 32, 0, 8, 4, 1, 2, True),
-                                     T(32, 64, 0, 8, 2, 1, 2, True), T(64, 32, 0, 16, 2, 1, 2, True),
-                                     T(64, 16, 0, 4, 2, 1, 2, True), T(64, 32, 0, 8, 0, 1, 2, True),
-                                     T(64, 8, 0, 2, 2, 1, 2, True), T(64, 16, 0, 8, 2, 1, 2, True),
-                                     T(64, 16, 0, 2, 2, 1, 2, True), T(32, 16, 0, 2, 2, 1, 2, True),
-                                     T(64, 16, 0, 4, 1, 1, 2, True)],
-                                    []),
-    "28x28x192 7x7 bf16": ((256, 28, 28, 192, 7, "bfloat16"),
-                           [T(32, 32, 0, 4, 2, 1, 2, True), T(8, 32, 0, 4, 2, 1, 2, True, span=4),
-                            T(16, 32, 0, 8, 2, 1, 2, True, span=2),
-                            T(16, 32, 0, 4, 2, 1, 2, True, span=2)],
-                           [T(8, 32, 0, 4, 4, 5, 0), T(8, 32, 0, 4, 4, 5, 0, span=4),
-                            T(8, 32, 0, 4, 4, 5, 0, span=2)]),
-    "56x56x144 3x3 bf16": ((256, 56, 56, 144, 3, "bfloat16"),
-                           [T(64, 32, 0, 8, 2), T(32, 32, 0, 4, 2, span=2),
-                            T(16, 32, 0, 2, 2, span=4), T(32, 16, 0, 2, 2, span=2),
-                            T(16, 16, 0, 1, 2, span=4), T(16, 16, 0, 2, 2, span=4, vector=2)],
-                           [T(32, 32, 0, 8, 4, 5, 0), T(16, 32, 0, 4, 4, 5, 0, span=2),
-                            T(8, 32, 0, 2, 4, 5, 0, span=4), T(16, 16, 0, 2, 4, 5, 0, span=4)]),
-    "56x56x96 7x7 fp32": ((256, 56, 56, 96, 7, "float32"),
-                          [T(64, 16, 0, 8, 2, 1, 2, True), T(16, 16, 0, 4, 2, 1, 2, True, span=4),
-                           T(32, 16, 0, 8, 2, 1, 2, True, span=2)],
-                          [T(16, 16, 0, 4, 4, 5, 0), T(16, 16, 0, 4, 4, 5, 0, span=2),
-                           T(8, 16, 0, 2, 4, 5, 0, span=4)]),
-    "56x56x144 3x3 fp32": ((256, 56, 56, 144, 3, "float32"),
-                           [T(64, 16, 0, 4, 2), T(16, 16, 0, 1, 2, span=4),
-                            T(32, 16, 0, 2, 2, span=2)],
-                           [T(32, 16, 0, 4, 4, 5, 0), T(16, 16, 0, 2, 4, 5, 0, span=2),
-                            T(8, 16, 0, 1, 4, 5, 0, span=4)]),
+    "56x56x96 7x7 bf16 occupancy": (
+        (256, 56, 56, 96, 7, "bfloat16"),
+        [
+            T(block_w=64, block_c=32, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=32, block_c=32, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, rows=28, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, rows=14, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=8, prefetch=1, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=8, prefetch=4, vector=2, hold_weights=True),
+            T(block_w=32, block_c=64, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=16, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, vector=2, hold_weights=True),
+            T(block_w=64, block_c=32, num_warps=8, prefetch=0, vector=2, hold_weights=True),
+            T(block_w=64, block_c=8, num_warps=2, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, num_warps=2, vector=2, hold_weights=True),
+            T(block_w=32, block_c=16, num_warps=2, vector=2, hold_weights=True),
+            T(block_w=64, block_c=16, prefetch=1, vector=2, hold_weights=True),
+        ],
+        [],
+    ),
+    "28x28x192 7x7 bf16": (
+        (256, 28, 28, 192, 7, "bfloat16"),
+        [
+            T(block_w=32, block_c=32, vector=2, hold_weights=True),
+            T(block_w=8, block_c=32, vector=2, hold_weights=True, span=4),
+            T(block_w=16, block_c=32, num_warps=8, vector=2, hold_weights=True, span=2),
+            T(block_w=16, block_c=32, vector=2, hold_weights=True, span=2),
+        ],
+        [
+            T(block_w=8, block_c=32, prefetch=4, images=5),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=4),
+            T(block_w=8, block_c=32, prefetch=4, images=5, span=2),
+        ],
+    ),
+    "56x56x144 3x3 bf16": (
+        (256, 56, 56, 144, 3, "bfloat16"),
+        [
+            T(block_w=64, block_c=32, num_warps=8),
+            T(block_w=32, block_c=32, span=2),
+            T(block_w=16, block_c=32, num_warps=2, span=4),
+            T(block_w=32, block_c=16, num_warps=2, span=2),
+            T(block_w=16, block_c=16, num_warps=1, span=4),
+            T(block_w=16, block_c=16, num_warps=2, span=4, vector=2),
+        ],
+        [
+            T(block_w=32, block_c=32, num_warps=8, prefetch=4, images=5),
+            T(block_w=16, block_c=32, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=32, num_warps=2, prefetch=4, images=5, span=4),
+            T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=4),
+        ],
+    ),
+    "56x56x96 7x7 fp32": (
+        (256, 56, 56, 96, 7, "float32"),
+        [
+            T(block_w=64, block_c=16, num_warps=8, vector=2, hold_weights=True),
+            T(block_w=16, block_c=16, vector=2, hold_weights=True, span=4),
+            T(block_w=32, block_c=16, num_warps=8, vector=2, hold_weights=True, span=2),
+        ],
+        [
+            T(block_w=16, block_c=16, prefetch=4, images=5),
+            T(block_w=16, block_c=16, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=16, num_warps=2, prefetch=4, images=5, span=4),
+        ],
+    ),
+    "56x56x144 3x3 fp32": (
+        (256, 56, 56, 144, 3, "float32"),
+        [
+            T(block_w=64, block_c=16),
+            T(block_w=16, block_c=16, num_warps=1, span=4),
+            T(block_w=32, block_c=16, num_warps=2, span=2),
+        ],
+        [
+            T(block_w=32, block_c=16, prefetch=4, images=5),
+            T(block_w=16, block_c=16, num_warps=2, prefetch=4, images=5, span=2),
+            T(block_w=8, block_c=16, num_warps=1, prefetch=4, images=5, span=4),
+        ],
+    ),
 }
 TORCH = True
 CONVNEXT_SIZE = (256, 56, 96)
@@ -356,7 +443,9 @@ def sweep(budget, only=None):
         x, w, g, spec = operands(n, h, w_, c, k, dt, 1)
         tol = TOLERANCE[dt]
         x32, w32, g32 = (a.astype(jnp.float32) for a in (x, w, g))
-        want_y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: lax_conv(a, b, spec), a, b))(x32, w32)
+        want_y, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: lax_conv(a, b, spec), a, b))(
+            x32, w32
+        )
         want_dx, want_dw = vjp(g32)
         res = {"correlate": [], "weight_grad": []}
         for kind, tilings in (("correlate", corr), ("weight_grad", wgrad)):
@@ -366,22 +455,38 @@ def sweep(budget, only=None):
                 entry = dict(tiling=dataclasses.asdict(t))
                 try:
                     if kind == "correlate":
-                        fn = jax.jit(lambda x, w, t=t: _pallas.forward(x, w, spec, tiling=t,
-                                                                         interpret=None))
-                        dxf = jax.jit(lambda g, w, t=t: _pallas.input_grad(
-                            g, w, x.shape, x.dtype, spec, tiling=t, interpret=None))
-                        entry["rel_err"] = max(_rel_err(fn(x, w), want_y),
-                                               _rel_err(dxf(g, w), want_dx))
+                        fn = jax.jit(
+                            lambda x, w, t=t: _pallas.forward(
+                                x, w, spec, tiling=t, interpret=INTERPRET
+                            )
+                        )
+                        dxf = jax.jit(
+                            lambda g, w, t=t: _pallas.input_grad(
+                                g, w, x.shape, x.dtype, spec, tiling=t, interpret=INTERPRET
+                            )
+                        )
+                        entry["rel_err"] = max(
+                            _rel_err(fn(x, w), want_y), _rel_err(dxf(g, w), want_dx)
+                        )
                         args = (x, w)
                     else:
-                        fn = jax.jit(lambda x, g, t=t: _pallas.weight_grad(
-                            x, g, w.shape, w.dtype, spec, tiling=t, interpret=None))
+                        fn = jax.jit(
+                            lambda x, g, t=t: _pallas.weight_grad(
+                                x, g, w.shape, w.dtype, spec, tiling=t, interpret=INTERPRET
+                            )
+                        )
                         entry["rel_err"] = _rel_err(fn(x, g), want_dw)
                         args = (x, g)
                     entry["passed"] = entry["rel_err"] <= tol
                     if entry["passed"]:
                         entry["ms"] = time_jax(fn, *args, iters=10, reps=5)
-                    log(name, kind, t, f"err {entry['rel_err']:.1e}", f"{entry.get('ms', -1):.3f} ms")
+                    log(
+                        name,
+                        kind,
+                        t,
+                        f"err {entry['rel_err']:.1e}",
+                        f"{entry.get('ms', -1):.3f} ms",
+                    )
                 except Exception as e:  # noqa: BLE001
                     entry["error"] = repr(e)[:500]
                     log(name, kind, t, "ERROR", repr(e)[:300])
@@ -390,8 +495,10 @@ def sweep(budget, only=None):
         ok_c = [r for r in res["correlate"] if "ms" in r]
         ok_w = [r for r in res["weight_grad"] if "ms" in r]
         if ok_c and ok_w:
-            BEST[shape] = (_pallas.Tiling(**min(ok_c, key=lambda r: r["ms"])["tiling"]),
-                           _pallas.Tiling(**min(ok_w, key=lambda r: r["ms"])["tiling"]))
+            BEST[shape] = (
+                _pallas.Tiling(**min(ok_c, key=lambda r: r["ms"])["tiling"]),
+                _pallas.Tiling(**min(ok_w, key=lambda r: r["ms"])["tiling"]),
+            )
             log(name, "best", BEST[shape])
         jax.clear_caches()
     return out
@@ -402,18 +509,33 @@ def sweep(budget, only=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def use_best():
-    """Makes the sweep's fastest tilings the defaults for the swept shapes (timing, ConvNeXt)."""
-    original = _pallas.default_tiling
+def best_tilings(n, h, w_, c, k, dt, stride):
+    """The sweep's fastest ``(correlation, weight-gradient)`` tilings for a swept shape at stride
+    1 ("same" padding: the output is the input's size), else ``(None, None)``: the defaults."""
+    if stride != 1:
+        return None, None
+    return BEST.get((n, h, w_, c, k, jnp.dtype(dt).name), (None, None))
 
-    def tiling(kind, n, out_hw, c, dtype, taps=(3, 3), phases=1, stride=1):
-        for (bn, bh, bw, bc, bk, bdt), best in BEST.items():
-            if (n, tuple(out_hw), c, tuple(taps), jnp.dtype(dtype).name, phases) == \
-                    (bn, (bh, bw), bc, (bk, bk), bdt, 1) and stride == 1:
-                return best[0] if kind == "correlate" else best[1]
-        return original(kind, n, out_hw, c, dtype, taps, phases, stride)
 
-    _pallas.default_tiling = tiling
+def strategy_fn(spec, x, w, tilings=(None, None)):
+    """The ``"pallas"`` strategy as the CUDA policy runs it: each pass's kernel from
+    ``_cuda.forward_kernel`` / ``_cuda.weight_kernel``, with the given tilings."""
+    cfg = ConvConfig(x.shape, w.shape, x.dtype, spec)
+    forward_pass, weight_gradient = _cuda.forward_kernel(cfg), _cuda.weight_kernel(cfg)
+
+    def conv(a, b):
+        return _pallas.depthwise(
+            a,
+            b,
+            spec,
+            forward_pass=forward_pass,
+            weight_gradient=weight_gradient,
+            tiling=tilings[0],
+            weight_grad_tiling=tilings[1],
+            interpret=INTERPRET,
+        )
+
+    return conv, forward_pass, weight_gradient
 
 
 def timing(budget, bandwidth, shapes):
@@ -435,38 +557,83 @@ def timing(budget, bandwidth, shapes):
             wbytes = w.size * item
             row["floor_fwd_ms"] = (tensor_in + tensor_out + wbytes) / bandwidth * 1e3
             row["floor_bwd_ms"] = (2 * tensor_in + 2 * tensor_out + 2 * wbytes) / bandwidth * 1e3
-            fwd, pdx, pdw, bwd = pallas_fns(spec, x, w)
-            row["tilings"] = [dataclasses.asdict(_pallas.default_tiling(
-                kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s))
-                for kind in ("correlate", "weight_grad")]
+            best = best_tilings(n, h, w_, c, k, dt, s)
+            fwd, pdx, pdw, bwd = pallas_fns(spec, x, w, *best)
+            row["tilings"] = [
+                dataclasses.asdict(
+                    t
+                    if t is not None
+                    else _pallas.default_tiling(kind, n, g.shape[1:3], c, x.dtype, (k, k), 1, s)
+                )
+                for t, kind in zip(best, ("correlate", "weight_grad"))
+            ]
             # convnn's dx+dw is the strategy's (as ``backward_kernels`` chooses); "pallas_bwd" is
             # both Pallas kernels.
             # convnn's forward pass is the strategy's too (``forward_kernel``); "pallas_fwd" is
             # the Pallas kernel.
-            strategy_fwd = jax.jit(lambda x, w: _pallas.conv_pallas(x, w, spec))
-            row["forward_kernel"] = _pallas.forward_kernel(spec, (k, k))
-            strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(
-                lambda a, b: _pallas.conv_pallas(a, b, spec), x, w)[1](g))
-            row["backward_kernels"] = _pallas.backward_kernels(spec, x.dtype, (k, k))
+            conv, forward_pass, weight_gradient = strategy_fn(spec, x, w, best)
+            strategy_fwd = jax.jit(conv)
+            row["forward_kernel"] = forward_pass
+            strategy_bwd = jax.jit(lambda x, w, g: jax.vjp(conv, x, w)[1](g))
+            # "pallas": both Pallas gradients; "mixed": XLA's weight gradient.
+            row["backward_kernels"] = "pallas" if weight_gradient == "pallas" else "mixed"
+            row["explain"] = str(
+                convnn.explain(
+                    convnn.conv2d, x, w, stride=s, padding=k // 2, groups=c, backend="cuda"
+                )
+            )
             lfwd = jax.jit(lambda x, w: lax_conv(x, w, spec))
             lbwd = jax.jit(lambda x, w, g: jax.vjp(lambda a, b: lax_conv(a, b, spec), x, w)[1](g))
             # Each gradient alone, and the Pallas input gradient with XLA's weight gradient (the
             # strategy's own choice in 16-bit types: not compiled and timed twice).
             ldx = jax.jit(lambda x, w, g: jax.vjp(lambda a: lax_conv(a, w, spec), x)[1](g))
             ldw = jax.jit(lambda x, w, g: jax.vjp(lambda b: lax_conv(x, b, spec), w)[1](g))
-            jobs = dict(fwd=(fwd, (x, w)), strategy_fwd=(strategy_fwd, (x, w)),
-                        strategy_bwd=(strategy_bwd, (x, w, g)),
-                        bwd=(bwd, (x, w, g)), lfwd=(lfwd, (x, w)), lbwd=(lbwd, (x, w, g)),
-                        ldx=(ldx, (x, w, g)), ldw=(ldw, (x, w, g)), pdx=(pdx, (g, w)),
-                        pdw=(pdw, (x, g)))
+            jobs = dict(
+                fwd=(fwd, (x, w)),
+                strategy_fwd=(strategy_fwd, (x, w)),
+                strategy_bwd=(strategy_bwd, (x, w, g)),
+                bwd=(bwd, (x, w, g)),
+                lfwd=(lfwd, (x, w)),
+                lbwd=(lbwd, (x, w, g)),
+                ldx=(ldx, (x, w, g)),
+                ldw=(ldw, (x, w, g)),
+                pdx=(pdx, (g, w)),
+                pdw=(pdw, (x, g)),
+            )
             if row["backward_kernels"] != "mixed":
-                jobs["mixed"] = (jax.jit(lambda x, w, g: jax.vjp(
-                    lambda a, b: _pallas.depthwise(a, b, spec, None, "mixed"), x, w)[1](g)),
-                    (x, w, g))
+                jobs["mixed"] = (
+                    jax.jit(
+                        lambda x, w, g: jax.vjp(
+                            lambda a, b: _pallas.depthwise(
+                                a,
+                                b,
+                                spec,
+                                weight_gradient="xla",
+                                tiling=best[0],
+                                interpret=INTERPRET,
+                            ),
+                            x,
+                            w,
+                        )[1](g)
+                    ),
+                    (x, w, g),
+                )
             fns = compile_all(jobs, xla_only=("lfwd", "lbwd", "ldx", "ldw"))
             fwd, strategy_fwd, strategy_bwd, bwd, lfwd, lbwd, ldx, ldw, pdx, pdw = (
-                fns[k_] for k_ in ("fwd", "strategy_fwd", "strategy_bwd", "bwd", "lfwd", "lbwd",
-                                   "ldx", "ldw", "pdx", "pdw"))
+                fns[k_]
+                for k_ in (
+                    "fwd",
+                    "strategy_fwd",
+                    "strategy_bwd",
+                    "bwd",
+                    "lfwd",
+                    "lbwd",
+                    "ldx",
+                    "ldw",
+                    "pdx",
+                    "pdw",
+                )
+            )
             mixed = fns.get("mixed", strategy_bwd)
             row["convnn_fwd_ms"] = time_jax(strategy_fwd, x, w)
             row["pallas_fwd_ms"] = time_jax(fwd, x, w)
@@ -478,8 +645,9 @@ def timing(budget, bandwidth, shapes):
             row["pallas_dw_ms"] = time_jax(pdw, x, g)
             row["lax_dx_ms"] = time_jax(ldx, x, w, g)
             row["lax_dw_ms"] = time_jax(ldw, x, w, g)
-            row["mixed_bwd_ms"] = (row["convnn_bwd_ms"] if mixed is strategy_bwd
-                                   else time_jax(mixed, x, w, g))
+            row["mixed_bwd_ms"] = (
+                row["convnn_bwd_ms"] if mixed is strategy_bwd else time_jax(mixed, x, w, g)
+            )
             d_mixed, d_lax = mixed(x, w, g), lbwd(x, w, g)
             row["mixed_max_rel_diff_vs_lax"] = max(map(_max_rel_diff, d_mixed, d_lax))
             del d_mixed, d_lax
@@ -504,14 +672,22 @@ def timing(budget, bandwidth, shapes):
                 row["torch_fwd_ms"] = time_torch(lambda: conv(tx, tw, None, s, p, 1, c))
             tout = conv(tx, tw, None, s, p, 1, c)
             row["torch_bwd_ms"] = time_torch(
-                lambda: torch.autograd.grad(tout, (tx, tw), tg, retain_graph=True))
+                lambda: torch.autograd.grad(tout, (tx, tw), tg, retain_graph=True)
+            )
             for kind in ("fwd", "bwd"):
                 ours = row[f"convnn_{kind}_ms"]
                 row[f"speedup_{kind}_vs_lax"] = row[f"lax_{kind}_ms"] / ours
                 row[f"speedup_{kind}_vs_torch"] = row[f"torch_{kind}_ms"] / ours
                 row[f"floor_fraction_{kind}"] = row[f"floor_{kind}_ms"] / ours
-            log(name, dt, {k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in row.items()
-                           if k_.endswith(("ms", "lax", "torch")) or k_.startswith("floor_frac")})
+            log(
+                name,
+                dt,
+                {
+                    k_: (round(v, 3) if isinstance(v, float) else v)
+                    for k_, v in row.items()
+                    if k_.endswith(("ms", "lax", "torch")) or k_.startswith("floor_frac")
+                },
+            )
         except Exception as e:  # noqa: BLE001
             row["error"] = repr(e)[:1000]
             log(name, dt, "ERROR", traceback.format_exc()[-2000:])
@@ -532,7 +708,8 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
     params = dict(
         dw=jax.random.normal(ks[0], (c, 7, 7, 1), jnp.float32) / 7,
         dw_b=jnp.zeros((c,), jnp.float32),
-        ln_s=jnp.ones((c,), jnp.float32), ln_b=jnp.zeros((c,), jnp.float32),
+        ln_s=jnp.ones((c,), jnp.float32),
+        ln_b=jnp.zeros((c,), jnp.float32),
         w1=jax.random.normal(ks[1], (c, 4 * c), jnp.float32) / math.sqrt(c),
         b1=jnp.zeros((4 * c,), jnp.float32),
         w2=jax.random.normal(ks[2], (4 * c, c), jnp.float32) / math.sqrt(4 * c),
@@ -542,10 +719,18 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
     x = jax.random.normal(ks[3], (n, size, size, c), jnp.float32).astype(dt)
 
     spec = make_spec(c, (1, 1), ((3, 3), (3, 3)))
-    dwconv = {"xla": lambda x, w: lax_conv(x, w, spec),
-              "pallas": lambda x, w: _pallas.conv_pallas(x, w, spec),  # the strategy
-              "pallas_all": lambda x, w: _pallas.depthwise(x, w, spec, None, "pallas"),
-              "pallas_xla_grad": lambda x, w: _pallas.depthwise(x, w, spec, None, "xla")}
+    best = best_tilings(n, size, size, c, 7, dt, 1)
+    strategy, _, _ = strategy_fn(spec, x, params["dw"].astype(dt), best)
+    dwconv = {
+        "xla": lambda x, w: lax_conv(x, w, spec),
+        "pallas": strategy,  # the strategy
+        "pallas_all": lambda x, w: _pallas.depthwise(
+            x, w, spec, tiling=best[0], weight_grad_tiling=best[1], interpret=INTERPRET
+        ),
+        "pallas_xla_grad": lambda x, w: _pallas.depthwise_with_xla_derivatives(
+            x, w, spec, tiling=best[0], interpret=INTERPRET
+        ),
+    }
 
     def block(p, x, strategy):
         h = dwconv[strategy](x, p["dw"].astype(dt)) + p["dw_b"].astype(dt)
@@ -563,18 +748,21 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
         return jnp.mean(y * y)
 
     def step(p, x, strategy):
-        l, grads = jax.value_and_grad(loss)(p, x, strategy)
-        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l
+        value, grads = jax.value_and_grad(loss)(p, x, strategy)
+        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), value
 
     def step_dx(p, x, strategy):
         # A block inside a network: the gradient also flows to the block's input.
-        l, (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x, strategy)
-        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), l, dx
+        value, (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x, strategy)
+        return jax.tree.map(lambda a, b: a - 1e-3 * b, p, grads), value, dx
 
     out = {}
     names = ("xla", "pallas", "pallas_all", "pallas_xla_grad")
-    jobs = {(suffix, name): (jax.jit(functools.partial(fn, strategy=name)), (params, x))
-            for suffix, fn in (("", step), ("_dx", step_dx)) for name in names}
+    jobs = {
+        (suffix, name): (jax.jit(functools.partial(fn, strategy=name)), (params, x))
+        for suffix, fn in (("", step), ("_dx", step_dx))
+        for name in names
+    }
     compiled = compile_all(jobs, xla_only=(("", "xla"), ("_dx", "xla")))
     for suffix in ("", "_dx"):
         for name in names:
@@ -586,21 +774,33 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
             out[f"{key}_loss"] = float(f(params, x)[1])
             log("convnext", key, out[f"{key}_step_ms"], out[f"{key}_uses_pallas_kernels"])
         for name in ("pallas", "pallas_all", "pallas_xla_grad"):
-            out[f"speedup_{name}{suffix}"] = (out[f"xla{suffix}_step_ms"]
-                                             / out[f"{name}{suffix}_step_ms"])
+            out[f"speedup_{name}{suffix}"] = (
+                out[f"xla{suffix}_step_ms"] / out[f"{name}{suffix}_step_ms"]
+            )
     out["speedup"] = out["speedup_pallas"]
     return out
 
 
 def dry_run():
     """Shrinks every table so that the script runs on a CPU in interpret mode."""
-    global SHAPES, CORRECTNESS, SWEEP, TORCH, CONVNEXT_SIZE
-    _pallas.INTERPRET = True
-    SHAPES = [("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"), ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16")]
+    global SHAPES, CORRECTNESS, SWEEP, TORCH, CONVNEXT_SIZE, INTERPRET
+    INTERPRET = True
+    SHAPES = [
+        ("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"),
+        ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16"),
+    ]
     CORRECTNESS = CORRECTNESS[:1]
     CORRECTNESS = CORRECTNESS[:1] + CORRECTNESS[3:4]
-    SWEEP = {"8x9x8 3x3 fp32": ((2, 8, 9, 8, 3, "float32"), [T(4, 4, 0, 1, 2), T(2, 4, 0, 1, 2, span=3)],
-                                [T(4, 4, 0, 1, 2, 2, 0), T(2, 4, 0, 1, 2, 2, 0, span=2)])}
+    SWEEP = {
+        "8x9x8 3x3 fp32": (
+            (2, 8, 9, 8, 3, "float32"),
+            [T(block_w=4, block_c=4, num_warps=1), T(block_w=2, block_c=4, num_warps=1, span=3)],
+            [
+                T(block_w=4, block_c=4, num_warps=1, images=2),
+                T(block_w=2, block_c=4, num_warps=1, images=2, span=2),
+            ],
+        )
+    }
     TORCH = False
     CONVNEXT_SIZE = (2, 8, 8)
 
@@ -614,17 +814,27 @@ def main():
     parser.add_argument("--sections", default="correctness,sweep,timing,convnext")
     parser.add_argument("--sweep-budget", type=float, default=150.0)
     parser.add_argument("--sweep-only", default="", help="comma-separated substrings of SWEEP keys")
-    parser.add_argument("--shapes", default="",
-                        help="time only these SHAPES (comma-separated substrings of 'name dtype')")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="tiny shapes in Pallas interpret mode, no PyTorch (checks the script)")
+    parser.add_argument(
+        "--shapes",
+        default="",
+        help="time only these SHAPES (comma-separated substrings of 'name dtype')",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny shapes in Pallas interpret mode, no PyTorch (checks the script)",
+    )
     args = parser.parse_args()
     if args.dry_run:
         dry_run()
     sections = args.sections.split(",")
     dev = jax.devices()[0]
-    RESULTS["env"] = dict(jax=jax.__version__, device=getattr(dev, "device_kind", str(dev)),
-                          platform=dev.platform, python=platform.python_version())
+    RESULTS["env"] = dict(
+        jax=jax.__version__,
+        device=getattr(dev, "device_kind", str(dev)),
+        platform=dev.platform,
+        python=platform.python_version(),
+    )
     try:
         import torch
 
@@ -645,7 +855,6 @@ def main():
     if args.shapes:
         keep = [o for o in args.shapes.split(",") if o]
         SHAPES = [r for r in SHAPES if any(o in f"{r[0]} {r[-1]}" for o in keep)]
-    use_best()
     RESULTS["best_tilings"] = {repr(k): [dataclasses.asdict(t) for t in v] for k, v in BEST.items()}
     if "timing" in sections:
         RESULTS["sections"]["timing"] = timing(args.budget - 60, args.bandwidth, SHAPES[:5])
@@ -667,41 +876,56 @@ def main():
 def print_tables():
     rows = RESULTS["sections"].get("timing", [])
     if rows:
-        print("\n| shape | dtype | fwd convnn / lax / torch / floor (ms) | floor % | "
-              "dx+dw convnn / lax / torch / floor (ms) | floor % |")
+        print(
+            "\n| shape | dtype | fwd convnn / lax / torch / floor (ms) | floor % | "
+            "dx+dw convnn / lax / torch / floor (ms) | floor % |"
+        )
         print("|---|---|---|---|---|---|")
         for r in rows:
             if "error" in r:
                 print(f"| {r['shape']} | {r['dtype']} | error | | | |")
                 continue
+
             def f(kind):
-                return " / ".join(f"{r.get(f'{p}_{kind}_ms', float('nan')):.3f}"
-                                  for p in ("convnn", "lax", "torch", "floor"))
+                return " / ".join(
+                    f"{r.get(f'{p}_{kind}_ms', float('nan')):.3f}"
+                    for p in ("convnn", "lax", "torch", "floor")
+                )
 
             def frac(kind):
                 return 100 * r[f"floor_{kind}_ms"] / r[f"convnn_{kind}_ms"]
 
-            print(f"| {r['shape']} | {r['dtype']} | {f('fwd')} | {frac('fwd'):.0f}% | "
-                  f"{f('bwd')} | {frac('bwd'):.0f}% |")
+            print(
+                f"| {r['shape']} | {r['dtype']} | {f('fwd')} | {frac('fwd'):.0f}% | "
+                f"{f('bwd')} | {frac('bwd'):.0f}% |"
+            )
     split = [r for r in rows if "mixed_bwd_ms" in r]
     if split:
-        print("\n| shape | dtype | fwd: Pallas / lax | dx: Pallas / lax | dw: Pallas / lax | "
-              "dx+dw: Pallas dx with lax dw / lax / both Pallas (ms) | mixed vs lax |")
+        print(
+            "\n| shape | dtype | fwd: Pallas / lax | dx: Pallas / lax | dw: Pallas / lax | "
+            "dx+dw: Pallas dx with lax dw / lax / both Pallas (ms) | mixed vs lax |"
+        )
         print("|---|---|---|---|---|---|---|")
         for r in split:
-            print(f"| {r['shape']} | {r['dtype']} | "
-                  f"{r.get('pallas_fwd_ms', float('nan')):.3f} / {r['lax_fwd_ms']:.3f} | "
-                  f"{r['pallas_dx_ms']:.3f} / {r['lax_dx_ms']:.3f} | "
-                  f"{r['pallas_dw_ms']:.3f} / {r['lax_dw_ms']:.3f} | {r['mixed_bwd_ms']:.3f} / "
-                  f"{r['lax_bwd_ms']:.3f} / {r['pallas_bwd_ms']:.3f} | "
-                  f"{r['lax_bwd_ms'] / r['mixed_bwd_ms']:.2f}x |")
+            print(
+                f"| {r['shape']} | {r['dtype']} | "
+                f"{r.get('pallas_fwd_ms', float('nan')):.3f} / {r['lax_fwd_ms']:.3f} | "
+                f"{r['pallas_dx_ms']:.3f} / {r['lax_dx_ms']:.3f} | "
+                f"{r['pallas_dw_ms']:.3f} / {r['lax_dw_ms']:.3f} | {r['mixed_bwd_ms']:.3f} / "
+                f"{r['lax_bwd_ms']:.3f} / {r['pallas_bwd_ms']:.3f} | "
+                f"{r['lax_bwd_ms'] / r['mixed_bwd_ms']:.2f}x |"
+            )
     cx = RESULTS["sections"].get("convnext")
     if cx and "speedup" in cx:
         for suffix, what in (("", "parameter gradients"), ("_dx", "and input gradient")):
-            print(f"\nConvNeXt block step ({what}): xla {cx[f'xla{suffix}_step_ms']:.3f} ms, "
-                  + ", ".join(f"{name} {cx[f'{name}{suffix}_step_ms']:.3f} ms "
-                              f"({cx[f'speedup_{name}{suffix}']:.2f}x)"
-                              for name in ("pallas", "pallas_all", "pallas_xla_grad")))
+            print(
+                f"\nConvNeXt block step ({what}): xla {cx[f'xla{suffix}_step_ms']:.3f} ms, "
+                + ", ".join(
+                    f"{name} {cx[f'{name}{suffix}_step_ms']:.3f} ms "
+                    f"({cx[f'speedup_{name}{suffix}']:.2f}x)"
+                    for name in ("pallas", "pallas_all", "pallas_xla_grad")
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ def _kernel(x_ref, t_ref, o_ref, *, kh_taps, pad_h, pad_w, rm, bc, bn, kk, grid_
     for t in range(kh_taps):
         irow = rows + t - pad_h
         if natural:
-            m = ((irow >= 0) & (irow < h))[:, None, None] & ((icol >= 0) & (icol < w))[None, :, None]
+            m = (((irow >= 0) & (irow < h))[:, None, None]
+                 & ((icol >= 0) & (icol < w))[None, :, None])
             if c_ok is not None:
                 m = m & c_ok[None, None, :]
             m = jnp.broadcast_to(m, (rm, kk, bc))
@@ -110,7 +111,8 @@ def _kernel(x_ref, t_ref, o_ref, *, kh_taps, pad_h, pad_w, rm, bc, bn, kk, grid_
                            mask=m, other=jnp.zeros((), x_ref.dtype))
             a = jnp.transpose(a, (2, 0, 1))
         else:
-            m = ((irow >= 0) & (irow < h))[None, :, None] & ((icol >= 0) & (icol < w))[None, None, :]
+            m = (((irow >= 0) & (irow < h))[None, :, None]
+                 & ((icol >= 0) & (icol < w))[None, None, :])
             if c_ok is not None:
                 m = m & c_ok[:, None, None]
             m = jnp.broadcast_to(m, (bc, rm, kk))

@@ -32,9 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
-from bench_depthwise_gpu import (  # noqa: E402
-    _pallas, _rel_err, compile_all, lax_conv, operands, time_jax)
+from bench_depthwise_gpu import _pallas, _rel_err, compile_all, lax_conv, operands, time_jax  # noqa: E402
 
 
 def _profiler():

@@ -5,6 +5,9 @@
 (1, 4, 4, 4)
 """
 
+from convnn._backend import BackendInfo, backend_info
+from convnn._explain import Explanation, explain
+from convnn._lowering import lowering
 from convnn.functional import (
     avg_pool1d,
     avg_pool2d,
@@ -20,8 +23,6 @@ from convnn.functional import (
     max_pool2d,
     max_pool3d,
 )
-from convnn._lowering import lowering
-from convnn._backend import BackendInfo, backend_info
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "avg_pool2d",
     "avg_pool3d",
     "lowering",
+    "explain",
+    "Explanation",
     "backend_info",
     "BackendInfo",
 ]

@@ -46,7 +46,7 @@ def _broken_strategy():
     """The ``"xla"`` strategy with a wrong input gradient (scaled by 1.5), for testing."""
     import jax
 
-    from convnn._lowering import _policy
+    from convnn._lowering import _registry
     from convnn._lowering._xla import conv_xla
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -65,21 +65,26 @@ def _broken_strategy():
     def conv(x, w, spec):
         return broken(x, w, spec)
 
-    return _policy.Strategy("broken", conv, doc="deliberately wrong input gradient (testing)")
+    def passes(cfg):
+        return _registry.Passes("lax.conv_general_dilated",
+                                "XLA's transpose, scaled by 1.5 (deliberately wrong)",
+                                "XLA's transpose")
+
+    return _registry.Strategy("broken", conv, passes)
 
 
 def _print_routing(info, backend: str | None, strategy: str) -> None:
-    from convnn._lowering import _apple, _policy
+    from convnn._lowering import _apple, _detect, _policy
 
     _write("routing:\n")
     if strategy != "auto":
         _write(f"  every convolution is forced to the strategy {strategy!r}\n")
         return
     backend = backend if backend is not None else info.backend
-    policy = _policy.BACKENDS.get(backend, _policy.DEFAULT_POLICY)
-    _write(f"  policy \"auto\" for backend {backend!r}: {policy.__name__}\n")
+    policy = _policy.policy_for(backend)
+    _write(f"  policy \"auto\" for backend {backend!r}: {policy.__module__}.{policy.__name__}\n")
     if backend in _apple.APPLE_BACKENDS:
-        version = _apple.installed_version(backend)
+        version = _detect.installed_version(backend)
         assumed = info.plugin != backend or info.plugin_version is None
         _write(f"  {backend} version {version or 'unknown'}"
                f"{' (assumed: package not installed)' if assumed else ''}\n")
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import convnn
     from convnn import _selfcheck
-    from convnn._lowering import _policy
+    from convnn._lowering import _registry
 
     _write("convnn doctor\n")
     for name, version in _versions():
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     added = None
     if broken:
         added = _broken_strategy()
-        _policy.STRATEGIES[added.name] = added
+        _registry.register(added)
         strategy = added.name
         _write(f"  ({BREAK_ENV} / --break-for-testing: checking a deliberately broken strategy)\n")
     try:
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             results = _selfcheck.run_all(args.dtype, report=_write)
     finally:
         if added is not None:
-            _policy.STRATEGIES.pop(added.name, None)
+            _registry.unregister(added.name)
 
     failed = [r for r in results if not r.ok]
     if not failed:

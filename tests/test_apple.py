@@ -18,12 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import assert_close
 
 import convnn
 from convnn import _backend, _selfcheck
-from convnn._lowering import ConvConfig, ConvSpec, _apple, _policy
-from convnn._reference import conv_general_ref, conv_general_ref_vjp
-from tolerances import assert_close
+from convnn._lowering import ConvConfig, ConvSpec, Target, _apple, _detect, choose
+from convnn._reference import (
+    conv_general_ref,
+    conv_general_ref_vjp,
+    conv_transpose_ref,
+    conv_transpose_ref_vjp,
+)
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
 
@@ -47,6 +52,18 @@ def _eqns(jaxpr):
 
 def _convs(jaxpr):
     return [e for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated"]
+
+
+#: Reductions (and contractions) whose operand rank the Apple plugins are sensitive to:
+#: jax-metal is reported to abort on reductions over rank-5 and rank-6 arrays.
+REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
+              "dot_general")
+
+
+def _reduction_ranks(jaxpr):
+    """``(primitive, largest operand rank)`` of every reduction in a jaxpr."""
+    return [(e.primitive.name, max(v.aval.ndim for v in e.invars)) for e in _eqns(jaxpr)
+            if e.primitive.name in REDUCTIONS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,15 +112,20 @@ CONFIGS = [
     ("dense 3-D", "conv3d", (1, 5, 4, 5, 3), (4, 3, 2, 3, 3), dict(padding=1)),
     ("grouped strided 3-D", "conv3d", (1, 6, 5, 6, 4), (4, 2, 3, 2, 2),
      dict(groups=2, stride=(2, 1, 2))),
+    ("depthwise strided 3-D, multiplier 2", "conv3d", (1, 5, 4, 5, 2), (4, 3, 2, 3, 1),
+     dict(groups=2, stride=(2, 1, 1), padding=1)),
 ]
 
 #: Which configurations each plugin's table sends to the conv-free strategy (unknown versions).
 ROUTED = {
     "jax-metal": {"grouped 2-D", "grouped dilated 1-D", "depthwise strided 2-D",
-                  "grouped transposed 2-D", "dense 3-D", "grouped strided 3-D"},
+                  "grouped transposed 2-D", "dense 3-D", "grouped strided 3-D",
+                  "depthwise strided 3-D, multiplier 2"},
     "jax-mps": {"grouped 2-D", "grouped dilated 1-D", "depthwise strided 2-D",
-                "grouped transposed 2-D", "grouped strided 3-D"},
-    "metaljax": {"depthwise strided 2-D", "grouped transposed 2-D", "grouped strided 3-D"},
+                "grouped transposed 2-D", "grouped strided 3-D",
+                "depthwise strided 3-D, multiplier 2"},
+    "metaljax": {"depthwise strided 2-D", "grouped transposed 2-D", "grouped strided 3-D",
+                 "depthwise strided 3-D, multiplier 2"},
     "metal-pjrt": set(),
 }
 
@@ -168,6 +190,8 @@ def test_routed_programs_hold_no_risky_convolution(backend, config):
         convs = [Conv.of(e) for e in _convs(jaxpr)]
         risky = [c for c in convs if RISKY[backend](c)]
         assert not risky, f"{backend}, {config[0]}, {what}: risky convolutions {risky}"
+        high = [r for r in _reduction_ranks(jaxpr) if r[1] > 4]
+        assert not high, f"{backend}, {config[0]}, {what}: reductions over rank > 4: {high}"
         if routed:
             assert not convs, f"{backend}, {config[0]}, {what}: routed yet convolves: {convs}"
         else:  # not routed: the plugin's own convolution does the work
@@ -188,15 +212,16 @@ def test_routed_values_equal_the_default_strategy(backend):
             assert_close(a, b, jnp.float64, what=f"{backend}, {config[0]}, {name}")
 
 
-def test_routed_values_equal_the_float64_reference():
+@pytest.mark.parametrize("config, stride, pad", [
+    (CONFIGS[8], (2, 1, 2), 0), (CONFIGS[9], (2, 1, 1), 1)], ids=["grouped", "depthwise x2"])
+def test_routed_values_equal_the_float64_reference(config, stride, pad):
     """One independent check besides the default strategy: jax-metal's routing of the grouped
-    strided 3-D case against the test suite's float64 reference."""
-    config = CONFIGS[-1]
+    strided 3-D cases (their reductions reshaped to rank 4) against the float64 reference."""
     x, w = _operands(config)
     g = _cotangent(config, x, w)
     with convnn.lowering("auto", backend="jax-metal"):
         out, dx, dw = _values(config, x, w, g)
-    kw = dict(stride=(2, 1, 2), padding_lo=(0,) * 3, padding_hi=(0,) * 3,
+    kw = dict(stride=stride, padding_lo=(pad,) * 3, padding_hi=(pad,) * 3,
               kernel_dilation=(1,) * 3, input_dilation=(1,) * 3, groups=2, flip=False)
     assert_close(out, conv_general_ref(x, w, **kw), jnp.float64, what="output")
     want_dx, want_dw = conv_general_ref_vjp(x, w, g, **kw)
@@ -310,21 +335,19 @@ def test_parse_version_orders_releases(lower, higher):
     assert _apple.parse_version("0.11.0") == _apple.parse_version("0.11")
 
 
-def test_policy_uses_the_installed_plugin_version(monkeypatch):
+def test_policy_uses_the_plugin_version_of_the_target():
     """A jax-mps that has the fixes keeps grouped strided convolutions on the plugin."""
-    config = CONFIGS[5]  # depthwise strided 2-D
-    x, w = _operands(config)
-    versions = {"jax-mps": "0.11.1"}
-    monkeypatch.setattr(_apple, "installed_version", lambda plugin: versions.get(plugin))
-    with convnn.lowering("auto", backend="jax-mps"):
-        assert _convs(jax.make_jaxpr(_fn(config))(x, w))
-    versions["jax-mps"] = "0.10.11"
-    with convnn.lowering("auto", backend="jax-mps"):
-        assert not _convs(jax.make_jaxpr(_fn(config))(x, w))
+    cfg = _cfg(groups=2, stride=2)
+    assert choose(cfg, "auto", None, Target("jax-mps", "0.11.1")) == "xla"
+    assert choose(cfg, "auto", None, Target("jax-mps", "0.10.11")) == "decomposed-rank4"
+    # backend= describes the installed plugin (or, without one, its assumed version).
+    assert _detect.target_for("jax-mps") == Target("jax-mps", _detect.installed_version("jax-mps"))
+    assert _detect.target_for("jax-metal").version == (
+        _detect.plugin_version("jax-metal", _detect.package_version) or "0.1.1")
 
 
 def test_unknown_versions_assume_the_worst_except_where_convnn_pins_them():
-    assert _apple.ASSUMED_VERSIONS["jax-metal"] == "0.1.1"  # convnn needs jax >= 0.4.34
+    assert _apple.ASSUMED_VERSIONS["jax-metal"] == "0.1.1"  # convnn needs jax >= 0.5.0
     rules = _apple.active_rules("jax-mps", None)
     assert {r.last for r in rules} == {"0.10.2", "0.10.11"}
     assert _apple.active_rules("jax-mps", "0.11.1") == []
@@ -421,12 +444,12 @@ def test_backend_info_on_cpu():
 ])
 def test_the_policy_detects_apple_platforms(monkeypatch, platform, packages, backend):
     """``"auto"`` on an Apple platform applies that plugin's table (no backend= needed)."""
-    monkeypatch.setattr(_policy, "_DETECTED", {})
-    monkeypatch.setattr(_backend, "_installed_version", packages.get)
-    assert _policy.detect_backend(FakeDevice(platform)) == backend
+    monkeypatch.setattr(_detect, "_DETECTED", {})
+    monkeypatch.setattr(_detect, "package_version", packages.get)
+    assert _detect.detect_backend(FakeDevice(platform)) == backend
     cfg = _cfg(ndim=3, groups=2, stride=2)
-    expected = "xla" if backend == "metal-pjrt" else "decomposed"
-    assert _policy.choose(cfg, "auto", None, FakeDevice(platform)) == expected
+    expected = "xla" if backend == "metal-pjrt" else "decomposed-rank4"
+    assert choose(cfg, "auto", None, FakeDevice(platform)) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,12 +490,13 @@ def test_doctor_passes_on_cpu():
 
 
 def test_doctor_applies_an_apple_policy_on_cpu():
-    """The jax-metal table routes six of the cases to the decomposed strategy: they pass."""
+    """The jax-metal table routes six of the cases to the decomposed strategy (its rank-4 form):
+    they pass."""
     proc = _doctor("--backend", "jax-metal")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "jax-metal version 0.1.1 (assumed" in out and "3-D convolutions -> 'decomposed'" in out
-    assert "[decomposed]" in out and "[xla]" in out
+    assert "[decomposed-rank4]" in out and "[xla]" in out
 
 
 def test_doctor_fails_clearly_with_a_broken_strategy():

@@ -13,13 +13,15 @@ from jax.test_util import check_grads
 import convnn
 from cases import CORE, SUBSETS, Case, pick
 from convnn import _conv
-from convnn._lowering import _context
 from convnn._lowering import (
     BACKENDS,
     STRATEGIES,
     ConvConfig,
     ConvSpec,
     Strategy,
+    Target,
+    _context,
+    _registry,
     choose,
     conv_xla,
     current,
@@ -268,18 +270,50 @@ def test_forced_strategy_ignores_policy_and_backend():
         assert choose(_cfg(64, 64, 1), name, "tpu") == name
 
 
-def test_unsupported_strategy_falls_back_to_xla(monkeypatch):
-    monkeypatch.setitem(STRATEGIES, "never", Strategy("never", conv_xla, lambda cfg: False))
+@pytest.fixture
+def registered():
+    """Registers strategies for one test (``registered(strategy)``), removed afterwards."""
+    names = []
+
+    def add(strategy):
+        names.append(_registry.register(strategy).name)
+        return strategy
+
+    yield add
+    for name in names:
+        _registry.unregister(name)
+
+
+def test_unsupported_strategy_falls_back_to_xla(registered):
+    registered(Strategy("never", _registry.STRATEGIES["decomposed"].fn,
+                        _registry.STRATEGIES["decomposed"].passes, lambda cfg, target: False))
     assert choose(_cfg(8, 8, 1), "never") == "xla"
     x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((2, 3, 3, 2))
     with convnn.lowering("never"):
         assert "conv_general_dilated" in primitives(lambda a, b: convnn.conv2d(a, b), x, w)
 
 
+def test_internal_strategies_cannot_be_selected():
+    for name in ("decomposed-float32", "xla-float32", "pallas[forward=xla]"):
+        assert name in STRATEGIES
+        with pytest.raises(ValueError, match="unknown strategy"):
+            convnn.lowering(name)
+    assert set(_registry.selectable()) == {"xla", "decomposed", "mixed", "pallas"}
+
+
+def test_a_name_is_registered_once_and_builtins_stay():
+    with pytest.raises(ValueError, match="registered already"):
+        _registry.register(STRATEGIES["xla"])
+    with pytest.raises(ValueError, match="built-in"):
+        _registry.unregister("xla")
+
+
 def test_every_backend_policy_returns_a_strategy():
     for backend, policy in BACKENDS.items():
         for cfg in (_cfg(64, 64, 1), _cfg(64, 64, 64), _cfg(128, 128, 32), _cfg(8, 8, 2, (3,))):
-            assert policy(cfg) in STRATEGIES, backend
+            decision = policy(cfg, Target(backend))
+            assert decision.strategies and decision.rule, backend
+            assert all(name in STRATEGIES for name in decision.strategies), backend
 
 
 @pytest.mark.parametrize("backend, convolves", [("cpu", False), ("tpu", True)])
@@ -410,7 +444,7 @@ def test_public_name_is_the_context_manager():
 
 
 @pytest.fixture
-def spy(monkeypatch):
+def spy(registered):
     """A strategy "spy" (XLA's) that counts how often it is traced."""
     traces = []
 
@@ -418,7 +452,7 @@ def spy(monkeypatch):
         traces.append(spec)
         return conv_xla(x, w, spec)
 
-    monkeypatch.setitem(STRATEGIES, "spy", Strategy("spy", traced))
+    registered(Strategy("spy", traced, STRATEGIES["xla"].passes))
     _conv.EAGER_CACHE.clear()
     yield traces
     _conv.EAGER_CACHE.clear()

@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import assert_close
 
 import convnn
-from convnn._lowering import _pallas
+from convnn._lowering import STRATEGIES, ConvConfig, Target, _cuda, _pallas, choose
+from convnn._lowering._pallas import common, tiling
 from convnn._lowering._spec import ConvSpec
 from convnn._reference import conv_general_ref, conv_general_ref_vjp
-from tolerances import assert_close
 
 T = _pallas.Tiling
 
@@ -52,7 +53,8 @@ GEOMETRY = [
 
 @pytest.mark.parametrize("size,k,s,lo,hi", GEOMETRY)
 def test_input_grad_phases_cover_every_term_once(size, k, s, lo, hi):
-    """dx[i] = sum over (o, t) with s*o + t - lo == i of g[o] * w[t]: the phases list each term once."""
+    """dx[i] = sum over (o, t) with s*o + t - lo == i of g[o] * w[t]: the phases list each term
+    once."""
     out = (size + lo + hi - k) // s + 1
     expected = sorted((i, o, t) for o in range(out) for t in range(k)
                       if 0 <= s * o + t - lo < size for i in [s * o + t - lo])
@@ -108,17 +110,17 @@ SUPPORTS = [
 
 @pytest.mark.parametrize("what,kw,x_shape,w_shape,dtype,expected", SUPPORTS,
                          ids=[s[0] for s in SUPPORTS])
-def test_supports(monkeypatch, what, kw, x_shape, w_shape, dtype, expected):
-    monkeypatch.setattr(_pallas, "INTERPRET", True)
+def test_supports(what, kw, x_shape, w_shape, dtype, expected):
     spec = make_spec(x_shape[-1], **kw)
     assert _pallas.supports(spec, x_shape, jnp.dtype(dtype), w_shape) is expected
 
 
-def test_supports_needs_a_gpu_or_interpret_mode(monkeypatch):
-    monkeypatch.setattr(_pallas, "INTERPRET", None)
-    spec = make_spec(4)
-    assert jax.default_backend() == "cpu"
-    assert not _pallas.supports(spec, (1, 8, 8, 4), jnp.float32, (4, 3, 3, 1))
+@pytest.mark.parametrize("backend, expected", [("cuda", True), ("cpu", False), ("rocm", False),
+                                               ("tpu", False), ("jax-metal", False)])
+def test_the_strategy_computes_on_nvidia_gpus_only(backend, expected):
+    """The device the convolution runs on decides (not JAX's default backend)."""
+    cfg = ConvConfig((1, 8, 8, 4), (4, 3, 3, 1), jnp.dtype(jnp.float32), make_spec(4))
+    assert STRATEGIES["pallas"].can_compute(cfg, Target(backend)) is expected
 
 
 def test_default_tiling_is_powers_of_two():
@@ -139,18 +141,18 @@ def test_default_tiling_is_powers_of_two():
 @pytest.mark.parametrize("taps,a,span", [(7, 1, 7), (7, 1, 4), (3, 2, 1), (3, 2, 2), (1, 1, 3)])
 def test_prefetched_shifts_cover_every_source_column(taps, a, span):
     shifts = a * (span - 1) + taps
-    ahead = _pallas._ahead(shifts, T(4, 4, span=span), a)
+    ahead = common._ahead(shifts, T(block_w=4, block_c=4, span=span), a)
     # A thread's source columns step by a*span: the prefetched shifts hit every residue once.
     assert sorted(sh % (a * span) for sh in ahead) == list(range(a * span))
     assert 0 <= ahead.start and ahead.stop <= shifts
-    centre = _pallas._ahead(shifts, T(4, 4, span=span, prefetch_all=False), a)
+    centre = common._ahead(shifts, T(block_w=4, block_c=4, span=span, prefetch_all=False), a)
     assert list(centre) == [shifts // 2]
 
 
 @pytest.mark.parametrize("width,expected", [(56, (8, 7)), (28, (4, 7)), (14, (2, 7)),
                                             (7, (1, 7)), (64, (8, 4)), (16, (4, 4)), (3, (1, 3))])
 def test_width_cover(width, expected):
-    assert _pallas._width_cover(width) == expected
+    assert tiling._width_cover(width) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,9 +162,10 @@ def test_width_cover(width, expected):
 # (name, x_shape, kernel, stride, padding, flip, dtype, correlate tiling, weight-grad tiling)
 KERNELS = [
     # column, row and channel tiles with a channel tail (5 = 4 + 1), channel groups of 2
-    # swapped, weights re-read every iteration, no unrolling, prefetch 1.
+    # swapped, weights re-read every iteration, prefetch 1.
     ("3x3 tiles and tails", (2, 7, 6, 5), (3, 3), (1, 1), ((1, 1), (1, 1)), False, jnp.float32,
-     T(4, 4, 3, 1, 1, 1, 2, False, False), T(4, 4, 3, 1, 1, 1, 2, False, False)),
+     T(block_w=4, block_c=4, rows=3, num_warps=1, prefetch=1, vector=2),
+     T(block_w=4, block_c=4, rows=3, num_warps=1, prefetch=1, vector=2)),
     # the default tilings of a 7x7 kernel (two channels per thread, weights held in registers,
     # 4 and 7 consecutive columns per thread: widths 8 and 14).
     ("7x7 default tiling", (1, 9, 8, 4), (7, 7), (1, 1), ((3, 3), (3, 3)), False, jnp.float32,
@@ -170,12 +173,15 @@ KERNELS = [
     ("7x7 default tiling, 7 columns per thread", (2, 8, 14, 5), (7, 7), (1, 1),
      ((3, 3), (3, 3)), False, jnp.bfloat16, None, None),
     # stride 2 (input gradient in 2 x 2 phases), asymmetric padding, flip, bfloat16; one channel
-    # per thread (channels-first tiles), unrolled row loops.
+    # per thread (channels-first tiles).
     ("5x3 stride (2, 1) flip", (2, 8, 9, 6), (5, 3), (2, 1), ((2, 1), (0, 2)), True,
-     jnp.bfloat16, T(8, 4, 2, 1, 2, 1, 1, True, True), T(4, 8, 0, 1, 3, 1, 0, True, True)),
+     jnp.bfloat16, T(block_w=8, block_c=4, rows=2, num_warps=1, vector=1, hold_weights=True),
+     T(block_w=4, block_c=8, num_warps=1, prefetch=3, hold_weights=True)),
     # even kernel, stride 2, float16; several images per weight-gradient program with a tail.
     ("4x2 stride 2 even kernel", (5, 7, 7, 3), (4, 2), (2, 2), ((2, 1), (1, 0)), False,
-     jnp.float16, T(2, 2, 0, 1, 0, 1, 0, True, False), T(2, 4, 2, 1, 0, 2, 1, True, True)),
+     jnp.float16, T(block_w=2, block_c=2, num_warps=1, prefetch=0, hold_weights=True),
+     T(block_w=2, block_c=4, rows=2, num_warps=1, prefetch=0, images=2, vector=1,
+       hold_weights=True)),
     # 1x1 kernel, stride 2 (one of the two phases has no tap at all); default tilings.
     ("1x1 stride 2", (2, 5, 6, 3), (1, 1), (2, 2), ((0, 0), (0, 0)), False, jnp.float32,
      None, None),
@@ -188,28 +194,31 @@ KERNELS = [
     # register blocking along the width (span): 4 and 3 columns per thread with column tails
     # (11 = 2 * 4 + 3, 10 = 2 * 3 + 3 + 1), held weights, bfloat16.
     ("7x7 span", (1, 9, 11, 4), (7, 7), (1, 1), ((3, 3), (3, 3)), False, jnp.bfloat16,
-     T(2, 4, 0, 1, 2, 1, 2, True, False, 4), T(2, 4, 0, 1, 2, 1, 0, False, False, 3)),
+     T(block_w=2, block_c=4, num_warps=1, vector=2, hold_weights=True, span=4),
+     T(block_w=2, block_c=4, num_warps=1, span=3)),
     # span with stride 2 (shifts a*j + tw) and the input gradient's phases, flip, channel tail;
     # only the centre shift prefetched (correlation), every column (weight gradient).
     ("3x3 stride 2 span", (2, 9, 10, 5), (3, 3), (2, 2), ((1, 0), (1, 1)), True, jnp.float32,
-     T(2, 4, 3, 1, 1, 1, 0, False, False, 2, False), T(4, 2, 2, 1, 1, 2, 0, False, False, 2)),
-    # span with unrolled row loops, width stride 2 only, float16.
-    ("5x3 stride (1, 2) span unrolled", (2, 8, 13, 3), (5, 3), (1, 2), ((2, 2), (1, 1)), False,
-     jnp.float16, T(2, 2, 0, 1, 2, 1, 0, True, True, 3), T(2, 2, 0, 1, 2, 1, 0, True, True, 3)),
+     T(block_w=2, block_c=4, rows=3, num_warps=1, prefetch=1, span=2, prefetch_all=False),
+     T(block_w=4, block_c=2, rows=2, num_warps=1, prefetch=1, images=2, span=2)),
+    # span, width stride 2 only, float16.
+    ("5x3 stride (1, 2) span", (2, 8, 13, 3), (5, 3), (1, 2), ((2, 2), (1, 1)), False,
+     jnp.float16, T(block_w=2, block_c=2, num_warps=1, hold_weights=True, span=3),
+     T(block_w=2, block_c=2, num_warps=1, hold_weights=True, span=3)),
     # channel pairs loaded as 32-bit words (packed): 7 columns per thread, a pair tail (6
     # channels = 2 + 1 pairs of 2-pair tiles), row tiles; bfloat16.
     ("7x7 packed", (2, 9, 14, 6), (7, 7), (1, 1), ((3, 3), (2, 4)), False, jnp.bfloat16,
-     T(2, 4, 4, 1, 2, 1, 2, True, False, 7, packed=True),
-     T(2, 4, 4, 1, 0, 1, 2, False, False, 7, packed=True)),
+     T(block_w=2, block_c=4, rows=4, num_warps=1, vector=2, hold_weights=True, span=7, packed=True),
+     T(block_w=2, block_c=4, rows=4, num_warps=1, prefetch=0, vector=2, span=7, packed=True)),
     # packed float16 with stride 2 (the input gradient's phases), flip, 16-byte vectors of
-    # pairs, several images per weight-gradient program, unrolled; packed is ignored for the
+    # pairs, several images per weight-gradient program; packed is ignored for the
     # odd channel count of the next case.
     ("5x3 stride 2 packed", (3, 9, 10, 10), (5, 3), (2, 2), ((2, 1), (1, 1)), True,
-     jnp.float16, T(4, 8, 0, 1, 1, 1, 0, False, True, 2, packed=True),
-     T(2, 4, 0, 1, 1, 2, 4, False, False, 1, packed=True)),
+     jnp.float16, T(block_w=4, block_c=8, num_warps=1, prefetch=1, span=2, packed=True),
+     T(block_w=2, block_c=4, num_warps=1, prefetch=1, images=2, vector=4, packed=True)),
     ("3x3 packed, odd channels", (2, 6, 7, 5), (3, 3), (1, 1), ((1, 1), (1, 1)), False,
-     jnp.bfloat16, T(4, 4, 0, 1, 2, 1, 2, False, False, 2, packed=True),
-     T(4, 4, 0, 1, 1, 1, 2, False, False, 2, packed=True)),
+     jnp.bfloat16, T(block_w=4, block_c=4, num_warps=1, vector=2, span=2, packed=True),
+     T(block_w=4, block_c=4, num_warps=1, prefetch=1, vector=2, span=2, packed=True)),
 ]
 
 
@@ -269,7 +278,7 @@ def test_custom_vjp_and_preferred_element_type():
     x = jnp.asarray(rng.standard_normal((2, 6, 5, c)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((c, 2, 2, 1)), jnp.bfloat16)
     g = jnp.asarray(rng.standard_normal((2, 6, 5, c)), jnp.float32)
-    out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, True), x, w)
+    out, vjp = jax.vjp(lambda a, b: _pallas.depthwise(a, b, spec, interpret=True), x, w)
     dx, dw = vjp(g)
     ref, ref_dx, ref_dw = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
                                      np.asarray(g, np.float64), (1, 1), spec.padding, False)
@@ -278,7 +287,7 @@ def test_custom_vjp_and_preferred_element_type():
     assert_close(dx, ref_dx, jnp.bfloat16, what="input gradient")
     assert_close(dw, ref_dw, jnp.bfloat16, what="weight gradient")
     jaxpr = str(jax.make_jaxpr(jax.grad(
-        lambda a, b: _pallas.depthwise(a, b, spec, True).sum(), argnums=(0, 1)))(x, w))
+        lambda a, b: _pallas.depthwise(a, b, spec, interpret=True).sum(), argnums=(0, 1)))(x, w))
     assert "conv_general_dilated" not in jaxpr and jaxpr.count("pallas_call") == 3
 
 
@@ -289,8 +298,9 @@ def test_packed_bfloat16_input_with_float32_output():
     spec = make_spec(c, padding=((2, 1), (1, 2)), preferred=jnp.float32)
     rng = np.random.default_rng(4)
     x, w = (jnp.asarray(rng.standard_normal(s), jnp.bfloat16) for s in ((2, 7, 9, c), (c, 4, 4, 1)))
-    out = _pallas.forward(x, w, spec, tiling=T(4, 4, 0, 1, 1, 1, 2, True, False, 3, packed=True),
-                          interpret=True)
+    tiling = T(block_w=4, block_c=4, num_warps=1, prefetch=1, vector=2, hold_weights=True,
+               span=3, packed=True)
+    out = _pallas.forward(x, w, spec, tiling=tiling, interpret=True)
     ref = conv_general_ref(np.asarray(x, np.float64), np.asarray(w, np.float64), stride=(1, 1),
                            padding_lo=[2, 1], padding_hi=[1, 2], kernel_dilation=(1, 1),
                            input_dilation=(1, 1), groups=c, flip=False)
@@ -300,20 +310,22 @@ def test_packed_bfloat16_input_with_float32_output():
 
 def test_pack_puts_the_even_channel_in_the_low_half():
     a = jnp.asarray([[1.0, 2.0, -3.0, 0.5]], jnp.bfloat16)
-    words = np.asarray(_pallas._pack(a))
+    words = np.asarray(common._pack(a))
     bits = np.asarray(a).view(np.uint16).astype(np.uint32)
     np.testing.assert_array_equal(words, [[bits[0, 0] | bits[0, 1] << 16,
                                            bits[0, 2] | bits[0, 3] << 16]])
-    np.testing.assert_array_equal(np.asarray(_pallas._unpack(_pallas._pack(a), a.dtype)),
+    np.testing.assert_array_equal(np.asarray(common._unpack(common._pack(a), a.dtype)),
                                   np.asarray(a))
 
 
-def test_backward_xla_option_uses_xlas_gradient():
+@pytest.mark.interpret
+def test_xla_derivatives_use_xlas_gradient():
     c = 4
     spec = make_spec(c)
     x, w = jnp.ones((1, 6, 5, c), jnp.bfloat16), jnp.ones((c, 3, 3, 1), jnp.bfloat16)
     jaxpr = str(jax.make_jaxpr(jax.grad(
-        lambda a, b: _pallas.depthwise(a, b, spec, True, "xla").astype(jnp.float32).sum(),
+        lambda a, b: _pallas.depthwise_with_xla_derivatives(a, b, spec, interpret=True)
+        .astype(jnp.float32).sum(),
         argnums=(0, 1)))(x, w))
     assert jaxpr.count("pallas_call") == 1 and "conv_general_dilated" in jaxpr
 
@@ -340,7 +352,7 @@ def test_mixed_backward_pairs_the_pallas_input_gradient_with_xlas_weight_gradien
     w = jnp.asarray(rng.standard_normal((c, *kernel, 1)), dtype)
 
     def f(a, b):
-        return _pallas.depthwise(a, b, spec, True, "mixed")
+        return _pallas.depthwise(a, b, spec, weight_gradient="xla", interpret=True)
 
     out, vjp = jax.vjp(f, x, w)
     assert out.dtype == (preferred or dtype)
@@ -356,20 +368,20 @@ def test_mixed_backward_pairs_the_pallas_input_gradient_with_xlas_weight_gradien
     assert jaxpr.count("pallas_call") == 2 and jaxpr.count("conv_general_dilated") == 1
 
 
-def test_depthwise_rejects_an_unknown_backward_or_forward():
+def test_depthwise_rejects_an_unknown_kernel():
     spec = make_spec(2)
     x, w = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((2, 3, 3, 1), jnp.float32)
-    with pytest.raises(ValueError, match="backward"):
-        _pallas.depthwise(x, w, spec, True, "cudnn")
-    with pytest.raises(ValueError, match="forward"):
-        _pallas.depthwise(x, w, spec, True, "pallas", "cudnn")
+    with pytest.raises(ValueError, match="weight_gradient"):
+        _pallas.depthwise(x, w, spec, weight_gradient="cudnn", interpret=True)
+    with pytest.raises(ValueError, match="forward_pass"):
+        _pallas.depthwise(x, w, spec, forward_pass="cudnn", interpret=True)
 
 
 XLA_FORWARD = [
-    # (x shape, kernel, stride, padding, flip, dtype, backward, Pallas kernels in the gradient)
-    ((2, 9, 8, 4), (3, 3), (2, 2), ((1, 1), (1, 1)), False, jnp.bfloat16, "mixed", 1),
+    # (x shape, kernel, stride, padding, flip, dtype, weight gradient, Pallas kernels in the
+    # gradient)
+    ((2, 9, 8, 4), (3, 3), (2, 2), ((1, 1), (1, 1)), False, jnp.bfloat16, "xla", 1),
     ((3, 10, 11, 5), (5, 5), (2, 2), ((2, 1), (2, 2)), True, jnp.float32, "pallas", 2),
-    ((2, 7, 6, 3), (3, 3), (1, 1), ((1, 1), (0, 2)), False, jnp.float16, "xla", 0),
 ]
 
 
@@ -378,7 +390,8 @@ XLA_FORWARD = [
                          XLA_FORWARD)
 def test_xla_forward_with_the_pallas_gradients(x_shape, kernel, stride, padding, flip, dtype,
                                                backward, kernels):
-    """``forward="xla"``: XLA's forward pass, the gradients ``backward`` names."""
+    """``forward_pass="xla"``: XLA's forward pass, then the Pallas input gradient and the weight
+    gradient ``weight_gradient`` names."""
     c = x_shape[-1]
     spec = make_spec(c, stride, padding, flip)
     rng = np.random.default_rng(sum(x_shape) + 9)
@@ -386,7 +399,8 @@ def test_xla_forward_with_the_pallas_gradients(x_shape, kernel, stride, padding,
     w = jnp.asarray(rng.standard_normal((c, *kernel, 1)), dtype)
 
     def f(a, b):
-        return _pallas.depthwise(a, b, spec, True, backward, "xla")
+        return _pallas.depthwise(a, b, spec, forward_pass="xla", weight_gradient=backward,
+                                 interpret=True)
 
     out, vjp = jax.vjp(f, x, w)
     g = jnp.asarray(rng.standard_normal(out.shape), dtype)
@@ -404,8 +418,9 @@ def test_xla_forward_with_the_pallas_gradients(x_shape, kernel, stride, padding,
 
 @pytest.mark.interpret
 def test_xla_backward_supports_forward_mode_and_second_order():
-    """``backward="xla"`` is a custom_jvp with XLA's tangent: jvp, grad and Hessians all work and
-    equal the float64 reference's; the forward pass stays the Pallas kernel."""
+    """``depthwise_with_xla_derivatives`` is a custom_jvp with XLA's tangent: jvp, grad and
+    Hessians all work and equal the float64 reference's; the forward pass stays the Pallas
+    kernel."""
     c = 3
     spec = make_spec(c, stride=(2, 1), padding=((1, 2), (0, 1)))
     rng = np.random.default_rng(11)
@@ -415,7 +430,7 @@ def test_xla_backward_supports_forward_mode_and_second_order():
     tw = jnp.asarray(rng.standard_normal(w.shape), jnp.float32)
 
     def f(a, b):
-        return _pallas.depthwise(a, b, spec, True, "xla")
+        return _pallas.depthwise_with_xla_derivatives(a, b, spec, interpret=True)
 
     kw = dict(stride=(2, 1), padding_lo=[1, 0], padding_hi=[2, 1], kernel_dilation=(1, 1),
               input_dilation=(1, 1), groups=c, flip=False)
@@ -436,12 +451,13 @@ def test_xla_backward_supports_forward_mode_and_second_order():
     assert jaxpr.count("pallas_call") == 1 and "conv_general_dilated" not in jaxpr
 
 
+@pytest.mark.interpret
 def test_pallas_backward_is_reverse_mode_only():
     """The Pallas gradients are a custom_vjp: forward mode is refused by JAX (documented)."""
     spec = make_spec(2)
     x, w = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((2, 3, 3, 1), jnp.float32)
     with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda a: _pallas.depthwise(a, w, spec, True, "pallas"), (x,), (x,))
+        jax.jvp(lambda a: _pallas.depthwise(a, w, spec, interpret=True), (x,), (x,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,27 +475,26 @@ def test_public_api_under_lowering_pallas(monkeypatch):
     x = jnp.asarray(rng.standard_normal((2, 6, 5, c)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((c, 5, 5, 1)), jnp.float32)
     g = jnp.asarray(rng.standard_normal((2, 3, 3, c)), jnp.float32)
-
-    @jax.jit
-    @convnn.lowering("pallas")
-    def run(x, w, g):
-        out, vjp = jax.vjp(lambda a, b: convnn.conv2d(a, b, stride=2, padding=2, groups=c), x, w)
-        return (out, *vjp(g))
-
     with convnn.lowering("pallas"):
-        jaxpr = str(jax.make_jaxpr(jax.grad(
-            lambda a, b: convnn.conv2d(a, b, stride=2, padding=2, groups=c).sum(),
-            argnums=(0, 1)))(x, w))
+        e = convnn.explain(convnn.conv2d, x, w, stride=2, padding=2, groups=c, backend="cuda")
+    assert e.strategy == "pallas[forward=xla]" and e.rule.startswith("forced")
+    assert "Pallas" not in e.forward and "Pallas" in e.input_grad and "Pallas" in e.weight_grad
+    spec = e.config.spec
+
+    def f(a, b):
+        return STRATEGIES[e.strategy].fn(a, b, spec, interpret=True)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(x, w))
     assert jaxpr.count("pallas_call") == 2 and jaxpr.count("conv_general_dilated") == 1
+    out, vjp = jax.jit(lambda a, b: jax.vjp(f, a, b))(x, w)
     ref = _reference(np.asarray(x, np.float64), np.asarray(w, np.float64),
                      np.asarray(g, np.float64), (2, 2), ((2, 2), (2, 2)), False)
-    for got, want, what in zip(run(x, w, g), ref, ("value", "input gradient", "weight gradient")):
+    for got, want, what in zip((out, *vjp(g)), ref, ("value", "input gradient",
+                                                     "weight gradient")):
         assert_close(got, want, jnp.float32, what=what)
 
 
 def _config(kernel, dtype, c_out=16, stride=(1, 1), x_shape=(8, 28, 28, 16), preferred=None):
-    from convnn._lowering import ConvConfig
-
     k, c = kernel, x_shape[-1]
     spec = make_spec(c, stride=stride, padding=((k // 2, k // 2), (k // 2, k // 2)),
                      preferred=preferred)
@@ -487,14 +502,14 @@ def _config(kernel, dtype, c_out=16, stride=(1, 1), x_shape=(8, 28, 28, 16), pre
 
 
 AUTO_CUDA = [
-    # (kernel, dtype, channel multiplier, stride, with a GPU (or interpret mode), expected,
-    #  other _config arguments)
+    # (kernel, dtype, channel multiplier, stride, on an NVIDIA GPU, expected, other _config
+    #  arguments)
     (7, jnp.float32, 1, (1, 1), True, "pallas", {}),
     (7, jnp.bfloat16, 1, (1, 1), True, "pallas", {}),
     (9, jnp.float16, 1, (2, 2), True, "pallas", {}),
     (5, jnp.float32, 1, (1, 1), True, "pallas", {}),
     (7, jnp.float32, 2, (1, 1), True, "mixed", {}),  # channel multiplier 2: no Pallas kernel
-    (7, jnp.float32, 1, (1, 1), False, "mixed", {}),  # no GPU: the Pallas kernels do not apply
+    (7, jnp.float32, 1, (1, 1), False, "mixed", {}),  # on a CPU: the Pallas kernels do not apply
     (7, jnp.bfloat16, 1, (1, 1), False, "xla", {}),
     # small bfloat16 kernels: the packed tiles, at stride 1, an even number of channels, a
     # bfloat16 output and outputs at least 14 wide.
@@ -519,46 +534,53 @@ AUTO_CUDA = [
 
 
 @pytest.mark.parametrize("kernel,dtype,mult,stride,gpu,expected,more", AUTO_CUDA)
-def test_auto_policy_on_cuda(monkeypatch, kernel, dtype, mult, stride, gpu, expected, more):
-    from convnn._lowering import choose
+def test_auto_policy_on_cuda(kernel, dtype, mult, stride, gpu, expected, more):
+    cfg = _config(kernel, dtype, 16 * mult, stride, **more)
+    device = Target("cuda" if gpu else "cpu")
+    assert choose(cfg, "auto", "cuda", device).split("[")[0] == expected
 
-    monkeypatch.setattr(_pallas, "INTERPRET", True if gpu else None)
-    assert choose(_config(kernel, dtype, 16 * mult, stride, **more), "auto", "cuda") == expected
 
-
-def test_forced_pallas_without_a_gpu_falls_back_to_xla(monkeypatch):
-    from convnn._lowering import choose
-
-    monkeypatch.setattr(_pallas, "INTERPRET", None)
-    assert choose(_config(7, jnp.float32), "pallas", "cuda") == "xla"
+def test_forced_pallas_on_a_cpu_device_falls_back_to_xla():
+    """The device the call runs on is asked, whatever JAX's default backend is."""
+    cfg = _config(7, jnp.float32)
+    assert choose(cfg, "pallas", "cuda", Target("cuda")) == "pallas"
+    assert choose(cfg, "pallas", "cuda", Target("cpu")) == "xla"
+    assert choose(cfg, "pallas", None, jax.devices("cpu")[0]) == "xla"
     x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((4, 3, 3, 1))
     with convnn.lowering("pallas"):
-        jaxpr = str(jax.make_jaxpr(lambda a, b: convnn.conv2d(a, b, padding=1, groups=4))(x, w))
+        jaxpr = str(jax.make_jaxpr(lambda a, b: convnn.conv2d(
+            a, b, padding=1, groups=4, stream=jax.devices("cpu")[0]))(x, w))
+        e = convnn.explain(convnn.conv2d, x, w, padding=1, groups=4)
     assert "pallas_call" not in jaxpr and "conv_general_dilated" in jaxpr
+    assert e.strategy == "xla" and "'pallas' cannot compute it on cpu" in e.rule
 
 
-BACKWARD_KERNELS = [
+WEIGHT_KERNEL = [
     # (kernel, dtype, stride, expected, channels): XLA's weight gradient where it was
     # measured faster.
     ((7, 7), jnp.bfloat16, (1, 1), "pallas", 4),
     ((7, 7), jnp.float16, (1, 1), "pallas", 4),
     ((9, 9), jnp.bfloat16, (1, 1), "pallas", 4),
     ((3, 3), jnp.bfloat16, (1, 1), "pallas", 4),  # packed channel pairs
-    ((3, 3), jnp.bfloat16, (1, 1), "mixed", 5),  # an odd number of channels: not packed
-    ((3, 3), jnp.bfloat16, (2, 2), "mixed", 4),
-    ((7, 5), jnp.bfloat16, (1, 1), "mixed", 4),
-    ((7, 7), jnp.bfloat16, (2, 1), "mixed", 4),
-    ((3, 3), jnp.float16, (1, 1), "mixed", 4),
-    ((3, 3), jnp.float32, (1, 1), "mixed", 4),
+    ((3, 3), jnp.bfloat16, (1, 1), "xla", 5),  # an odd number of channels: not packed
+    ((3, 3), jnp.bfloat16, (2, 2), "xla", 4),
+    ((7, 5), jnp.bfloat16, (1, 1), "xla", 4),
+    ((7, 7), jnp.bfloat16, (2, 1), "xla", 4),
+    ((3, 3), jnp.float16, (1, 1), "xla", 4),
+    ((3, 3), jnp.float32, (1, 1), "xla", 4),
     ((5, 5), jnp.float32, (1, 1), "pallas", 4),
     ((7, 7), jnp.float32, (2, 2), "pallas", 4),
 ]
 
 
-@pytest.mark.parametrize("kernel,dtype,stride,expected,c", BACKWARD_KERNELS)
-def test_strategy_gradient_kernels(kernel, dtype, stride, expected, c):
-    spec = make_spec(c, stride=stride)
-    assert _pallas.backward_kernels(spec, jnp.dtype(dtype), kernel) == expected
+def _kernel_config(kernel, dtype, stride, c=4):
+    return ConvConfig((1, 16, 16, c), (c, *kernel, 1), jnp.dtype(dtype),
+                      make_spec(c, stride=stride))
+
+
+@pytest.mark.parametrize("kernel,dtype,stride,expected,c", WEIGHT_KERNEL)
+def test_strategy_weight_gradient_kernel(kernel, dtype, stride, expected, c):
+    assert _cuda.weight_kernel(_kernel_config(kernel, dtype, stride, c)) == expected
 
 
 FORWARD_KERNEL = [
@@ -575,23 +597,23 @@ FORWARD_KERNEL = [
 
 @pytest.mark.parametrize("kernel,stride,expected", FORWARD_KERNEL)
 def test_strategy_forward_kernel(kernel, stride, expected):
-    spec = make_spec(4, stride=stride)
-    assert _pallas.forward_kernel(spec, kernel) == expected
+    assert _cuda.forward_kernel(_kernel_config(kernel, jnp.float32, stride)) == expected
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("kernel,dtype,stride,kernels", [
     ((7, 7), jnp.bfloat16, 1, 3), ((3, 3), jnp.bfloat16, 1, 3), ((3, 3), jnp.float16, 1, 2),
     ((3, 3), jnp.float32, 1, 2), ((5, 5), jnp.float32, 1, 3), ((3, 3), jnp.bfloat16, 2, 1),
     ((5, 5), jnp.float32, 2, 2)])
-def test_strategy_passes_the_kernel_size_to_its_kernel_choice(monkeypatch, kernel, dtype,
-                                                               stride, kernels):
-    """``conv_pallas``: three Pallas kernels; two and XLA's weight gradient; or, at stride 2,
-    XLA's forward pass with one or two Pallas gradients."""
-    monkeypatch.setattr(_pallas, "INTERPRET", True)
+def test_the_chosen_strategy_runs_the_chosen_kernels(kernel, dtype, stride, kernels):
+    """Forced "pallas" on a described NVIDIA GPU: three Pallas kernels; two and XLA's weight
+    gradient; or, at stride 2, XLA's forward pass with one or two Pallas gradients."""
     spec = make_spec(4, stride=(stride, stride), padding=((3, 3), (1, 1)))
     x, w = jnp.ones((1, 8, 8, 4), dtype), jnp.ones((4, *kernel, 1), dtype)
+    cfg = ConvConfig(x.shape, w.shape, x.dtype, spec)
+    strategy = STRATEGIES[choose(cfg, "pallas", None, Target("cuda"))]
     jaxpr = str(jax.make_jaxpr(jax.grad(
-        lambda a, b: _pallas.conv_pallas(a, b, spec).astype(jnp.float32).sum(),
+        lambda a, b: strategy.fn(a, b, spec, interpret=True).astype(jnp.float32).sum(),
         argnums=(0, 1)))(x, w))
     assert jaxpr.count("pallas_call") == kernels
     assert jaxpr.count("conv_general_dilated") == 3 - kernels

@@ -18,7 +18,7 @@ What is known (public issue trackers and release notes), and what follows:
 * **jax-metal** (Apple, platform ``METAL``): unmaintained; 0.1.1 is the last release. It needs
   ``jaxlib>=0.4.34`` with ``jax==jaxlib``; the last combination reported working is 0.5.0
   (from 0.5.1 every op fails with ``default_memory_space is not supported``). convnn needs
-  jax >= 0.4.34, which only jax-metal 0.1.1 supports, so that is the version assumed.
+  jax >= 0.5.0, which only jax-metal 0.1.1 supports, so that is the version assumed.
 
   - 3-D convolutions abort the process (``LLVM ERROR: Failed to infer result type(s)``,
     jax-ml/jax#21554): every 3-D convolution is decomposed.
@@ -28,7 +28,8 @@ What is known (public issue trackers and release notes), and what follows:
     transposed convolution and the input gradient of every strided convolution: decomposed
     for versions up to 0.0.6 (which cannot load convnn's jax, but the table says so).
   - bfloat16 is unsupported: bfloat16 convolutions compute in float32 (inputs cast up, the
-    result cast back), through the strategies ``"xla-float32"`` / ``"decomposed-float32"``.
+    result cast back), through the internal strategies ``"xla-float32"`` /
+    ``"decomposed-float32"`` (``_float32.py``).
   - float64 is unsupported too (keep ``jax_enable_x64`` off); not routed.
 
 * **jax-mps** (platform ``mps``, runs StableHLO on MLX; each release pins one jax minor):
@@ -60,36 +61,31 @@ What is known (public issue trackers and release notes), and what follows:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from convnn._lowering._decomposed import conv_decomposed
-from convnn._lowering._spec import ConvSpec
-from convnn._lowering._xla import conv_xla
+from convnn._lowering._config import ConvConfig, Decision, Target
 
 __all__ = [
-    "Rule",
-    "RULES",
-    "FLOAT32_RULES",
-    "ASSUMED_VERSIONS",
     "APPLE_BACKENDS",
-    "parse_version",
-    "in_range",
-    "route",
+    "ASSUMED_VERSIONS",
+    "FLOAT32_RULES",
+    "RULES",
+    "Rule",
     "active_rules",
-    "installed_version",
-    "install",
+    "in_range",
+    "on_apple",
+    "parse_version",
+    "policy",
+    "route",
 ]
 
 #: The backend names of the Apple GPU plugins (keys of ``convnn.lowering``'s ``backend=``).
 APPLE_BACKENDS = ("jax-metal", "jax-mps", "metaljax", "metal-pjrt")
 
 #: Version assumed when the plugin's package metadata is missing. jax-metal: convnn requires
-#: jax >= 0.4.34, which only jax-metal 0.1.1 accepts. Others: unknown, so every rule applies.
+#: jax >= 0.5.0, which only jax-metal 0.1.1 accepts. Others: unknown, so every rule applies.
 ASSUMED_VERSIONS: dict[str, str | None] = {
     "jax-metal": "0.1.1",
     "jax-mps": None,
@@ -120,7 +116,7 @@ class Rule:
     first: str | None
     last: str | None
     what: str
-    catches: Callable[[Any], bool]
+    catches: Callable[[ConvConfig], bool]
     why: str
     strategy: str = "decomposed"
 
@@ -199,19 +195,6 @@ def in_range(version: str, first: str | None, last: str | None) -> bool:
     return last is None or key <= parse_version(last)
 
 
-def installed_version(plugin: str) -> str | None:
-    """The plugin's version from package metadata, else :data:`ASSUMED_VERSIONS`."""
-    return _installed_version_cached(plugin)
-
-
-@functools.lru_cache(maxsize=None)
-def _installed_version_cached(plugin: str) -> str | None:
-    from convnn import _backend
-
-    found = _backend._plugin_version(plugin, _backend._installed_version)
-    return found if found is not None else ASSUMED_VERSIONS.get(plugin)
-
-
 def active_rules(plugin: str, version: str | None) -> list[Rule]:
     """The rules of ``plugin`` that cover ``version``, routing and float32 ones."""
     return [r for r in (*RULES, *FLOAT32_RULES) if r.plugin == plugin and r.applies(version)]
@@ -247,62 +230,38 @@ def route(cfg, plugin: str, version: str | None) -> str:
     return name
 
 
-def _policy_for(plugin: str) -> Callable[[Any], str]:
-    def policy(cfg) -> str:
-        return route(cfg, plugin, installed_version(plugin))
-
-    policy.__name__ = f"policy_{plugin.replace('-', '_')}"
-    policy.__doc__ = f"{plugin}: the routing table in convnn/_lowering/_apple.py."
-    return policy
-
-
-# ---------------------------------------------------------------------------------------------
-# Computing in float32 for devices without bfloat16
-# ---------------------------------------------------------------------------------------------
+def _caught(cfg: ConvConfig, plugin: str, version: str | None) -> list[Rule]:
+    """The rules that decide ``cfg``: the first routing rule that catches it, and the float32
+    rule if one does."""
+    first = [next((r for r in RULES if r.plugin == plugin and r.applies(version)
+                   and r.catches(cfg)), None)]
+    f32 = [next((r for r in FLOAT32_RULES if r.plugin == plugin and r.applies(version)
+                 and r.catches(cfg)), None)]
+    return [r for r in first + f32 if r is not None]
 
 
-def _in_float32(inner: Callable[[jax.Array, jax.Array, ConvSpec], jax.Array]):
-    """Wraps a strategy: bfloat16 operands and accumulation become float32, the result is cast
-    back to the dtype the convolution would have returned. The casts' transposes carry the
-    gradients back to the operands' dtypes, so the backward pass is float32 too."""
-
-    def conv(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
-        out_dtype = jnp.dtype(spec.preferred_element_type or x.dtype)
-        f32 = jnp.dtype(jnp.float32)
-        pet = spec.preferred_element_type
-        if pet is not None and jnp.dtype(pet).itemsize < 4:
-            pet = f32
-        spec32 = dataclasses.replace(spec, preferred_element_type=pet)
-        up = lambda a: a.astype(f32) if jnp.dtype(a.dtype).itemsize < 4 else a  # noqa: E731
-        return inner(up(x), up(w), spec32).astype(out_dtype)
-
-    conv.__name__ = f"{inner.__name__}_float32"
-    return conv
+#: The form of each routed strategy that runs on an Apple plugin: the decomposed form with no
+#: reduction over more than 4 axes (jax-metal aborts on rank-5 and rank-6 reductions).
+ON_APPLE = {"decomposed": "decomposed-rank4", "decomposed-float32": "decomposed-rank4-float32"}
 
 
-conv_xla_float32 = _in_float32(conv_xla)
-conv_decomposed_float32 = _in_float32(conv_decomposed)
+def on_apple(cfg: ConvConfig, target: Target) -> tuple[str, str]:
+    """A forced ``"decomposed"`` on an Apple plugin: its rank-4 form."""
+    return ON_APPLE["decomposed"], f"{target.backend}: reductions over at most 4 axes"
 
 
-def _platform_backend(device) -> str | None:
-    """``PLATFORMS`` entry for the Apple platform names: the plugin, from package metadata."""
-    from convnn import _backend
+def policy(plugin: str) -> Callable[[ConvConfig, Target], Decision]:
+    """The ``"auto"`` policy of one plugin: :func:`route` at the target's version (a routed
+    ``"decomposed"`` runs as its rank-4 form, :data:`ON_APPLE`)."""
 
-    plugin, _ = _backend.apple_plugin(device.platform)
-    return plugin
+    def decide(cfg: ConvConfig, target: Target) -> Decision:
+        version = target.version
+        rules = _caught(cfg, plugin, version)
+        why = "; ".join(f"{r.what}: {r.why}" for r in rules) or "no routing rule catches it"
+        name = route(cfg, plugin, version)
+        return Decision((ON_APPLE.get(name, name),),
+                        f"{plugin} {version or '(version unknown)'}: {why}")
 
-
-def install(strategies: dict, backends: dict, platforms: dict) -> None:
-    """Adds the Apple plugins to the policy's tables (called once by ``_policy``)."""
-    from convnn._lowering._policy import Strategy
-
-    strategies.setdefault("xla-float32", Strategy(
-        "xla-float32", conv_xla_float32,
-        doc="one lax.conv_general_dilated computed in float32 (devices without bfloat16)"))
-    strategies.setdefault("decomposed-float32", Strategy(
-        "decomposed-float32", conv_decomposed_float32,
-        doc="the decomposed form computed in float32 (devices without bfloat16)"))
-    for plugin in APPLE_BACKENDS:
-        backends.setdefault(plugin, _policy_for(plugin))
-    for platform in ("METAL", "metal", "mps", "mtl"):
-        platforms.setdefault(platform, _platform_backend)
+    decide.__name__ = f"policy_{plugin.replace('-', '_')}"
+    decide.__doc__ = f"{plugin}: the routing table in convnn/_lowering/_apple.py."
+    return decide

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 
-from convnn._lowering import _policy
+from convnn._lowering import _policy, _registry
 
 __all__ = ["Lowering", "lowering", "current"]
 
@@ -31,6 +32,7 @@ _make_user_context = getattr(jax, "make_user_context", None)
 
 #: True when jit caches are keyed on the selection (a jitted function retraces when it changes).
 JIT_KEYED = _make_user_context is not None
+
 
 class _Local(threading.local):
     """This thread's selection (read on every eager call: a plain attribute, no ``getattr``
@@ -131,8 +133,11 @@ def lowering(name: str = "auto", *, backend: str | None = None) -> Lowering:
     its first trace: put the block around the first call.)
 
     Strategies: ``"xla"`` (one ``lax.conv_general_dilated``), ``"decomposed"`` (pad, slice and
-    matmul or multiply-add; no convolution primitive in the forward pass or any gradient). A
-    forced strategy that cannot compute a configuration falls back to ``"xla"``.
+    matmul or multiply-add; no convolution primitive in the forward pass or any gradient),
+    ``"mixed"`` (XLA's forward pass, the decomposed gradients) and ``"pallas"`` (Pallas kernels
+    for 2-D depthwise convolutions on NVIDIA GPUs). A forced strategy that cannot compute a
+    configuration on the device falls back to ``"xla"``. ``convnn.explain`` says what a call
+    runs, and why.
 
     Args:
       name: ``"auto"`` (default) or a strategy name.
@@ -163,7 +168,7 @@ def lowering(name: str = "auto", *, backend: str | None = None) -> Lowering:
     if not isinstance(name, str):
         raise TypeError(f"[lowering] name must be a string, got {name!r} of type "
                         f"{type(name).__name__}.")
-    names = ("auto", *_policy.STRATEGIES)
+    names = ("auto", *_registry.selectable())
     if name not in names:
         raise ValueError(f"[lowering] unknown strategy {name!r}; valid names: {list(names)}.")
     if backend is not None:

@@ -22,6 +22,10 @@ derivatives, forward or reverse mode) contain no ``conv_general_dilated``:
      as the patch tensor stays under :data:`PATCH_BYTES`, so small convolutions make one large
      matmul and large ones stay tap by tap, bounding memory.
 
+With ``max_rank=4`` the spatial output axes of each tap's window are flattened into one where
+the product would have more than 4 axes (3-D, and depthwise with a channel multiplier), so that
+the reductions of every gradient stay at rank 4 or below.
+
 Accumulation is in ``preferred_element_type`` when given, else in the input dtype, widened to
 float32 for 16-bit inputs; ``precision`` is passed to ``dot_general`` (the multiply-add form is
 exact elementwise arithmetic at the accumulation dtype).
@@ -141,18 +145,35 @@ def _scale(window, wt, c_in: int):
     return window.reshape(*window.shape, 1) * wt.reshape(ones + (c_in, m))
 
 
-def _depthwise_fused(x, w, spec: ConvSpec, acc):
+#: The largest array rank a reduction sees in the ``max_rank=4`` form (the multiply-adds' and
+#: matmuls' transposes reduce their products): jax-metal is reported to abort on reductions over
+#: rank-5 and rank-6 arrays. Flattening the spatial axes costs fusion on XLA:CPU (a 3-D depthwise
+#: gradient ran 2x slower), so the default form keeps them.
+MAX_REDUCTION_RANK = 4
+
+
+def _flat_outs(outs, c_in: int, c_out: int, max_rank: int | None) -> tuple[int, ...]:
+    """The spatial output axes the multiply-add form works on: as they are, or flattened into
+    one where the product ``(N, *outs, C_in[, multiplier])`` would otherwise exceed ``max_rank``
+    (``None``: no limit)."""
+    rank = 2 + len(outs) + (c_out != c_in)
+    return tuple(outs) if max_rank is None or rank <= max_rank else (math.prod(outs),)
+
+
+def _depthwise_fused(x, w, spec: ConvSpec, acc, max_rank=None):
     """Sum over taps of shifted input times per-channel weights; XLA fuses it into one loop."""
     xb, outs = _depthwise_input(x, w.shape, spec, acc)
     wt = _depthwise_weight(w, spec, acc)
+    flat = _flat_outs(outs, x.shape[-1], w.shape[0], max_rank)
     total = None
     for i, (tap, _) in enumerate(_taps(w.shape, spec)):
-        term = _scale(_tap(xb, tap, outs, spec, 1), wt[i], x.shape[-1])
+        window = _tap(xb, tap, outs, spec, 1).reshape(x.shape[0], *flat, x.shape[-1])
+        term = _scale(window, wt[i], x.shape[-1])
         total = term if total is None else total + term
-    return total.reshape(*total.shape[: spec.ndim + 1], w.shape[0])
+    return total.reshape(x.shape[0], *outs, w.shape[0])
 
 
-def _depthwise_looped(x, w, spec: ConvSpec, acc):
+def _depthwise_looped(x, w, spec: ConvSpec, acc, max_rank=None):
     """The same sum as a loop over taps (``lax.fori_loop`` with dynamic slices).
 
     Used for the tangent in the weight: its transpose, the weight gradient, then runs one tap
@@ -167,44 +188,45 @@ def _depthwise_looped(x, w, spec: ConvSpec, acc):
     table = jnp.asarray(np.array([start for start, _ in bounds], np.int32))
     sizes = [hi - lo for lo, hi in zip(*bounds[0])]
     c_in, c_out = x.shape[-1], w.shape[0]
-    out_shape = (x.shape[0], *outs, c_in) if c_out == c_in else (x.shape[0], *outs, c_in,
+    flat = _flat_outs(outs, c_in, c_out, max_rank)
+    out_shape = (x.shape[0], *flat, c_in) if c_out == c_in else (x.shape[0], *flat, c_in,
                                                                  c_out // c_in)
 
     @jax.checkpoint  # recompute the window in the transposed loop rather than stack T of them
     def body(i, total):
         row = lax.dynamic_index_in_dim(table, i, keepdims=False)
         start = [row[d] for d in range(xb.ndim)]
-        window = lax.dynamic_slice(xb, start, sizes).reshape(x.shape[0], *outs, c_in)
+        window = lax.dynamic_slice(xb, start, sizes).reshape(x.shape[0], *flat, c_in)
         return total + _scale(window, lax.dynamic_index_in_dim(wt, i, keepdims=False), c_in)
 
     total = lax.fori_loop(0, len(taps), body, jnp.zeros(out_shape, acc))
-    return total.reshape(*total.shape[: spec.ndim + 1], c_out)
+    return total.reshape(x.shape[0], *outs, c_out)
 
 
 #: jax < 0.10 cannot transpose the loop of :func:`_depthwise_looped` (AssertionError in the scan
 #: transpose on jax 0.5 to 0.7, TypeError on 0.8 and 0.9); there the weight tangent takes the
 #: fused form, as plain autodiff would (convnn's floor is jax 0.5.0, for Apple's jax-metal).
-_LOOP_TRANSPOSES = tuple(jax.__version_info__[:2]) >= (0, 10)
+LOOP_TRANSPOSES = tuple(jax.__version_info__[:2]) >= (0, 10)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _depthwise(x, w, spec: ConvSpec, acc):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _depthwise(x, w, spec: ConvSpec, acc, max_rank):
     """Multiply-add form for one input channel per group (channel multiplier ``C_out / C_in``)."""
-    return _depthwise_fused(x, w, spec, acc)
+    return _depthwise_fused(x, w, spec, acc, max_rank)
 
 
-def _depthwise_jvp(spec, acc, primals, tangents):
+def _depthwise_jvp(spec, acc, max_rank, primals, tangents):
     # Tangent in x: the fused form (its transpose, the input gradient, fuses as well); tangent in
     # w: the looped form, whose transpose is the weight gradient one tap at a time.
     x, w = primals
     dx, dw = tangents
-    out = _depthwise(x, w, spec, acc)
+    out = _depthwise(x, w, spec, acc, max_rank)
     terms = []
     if not isinstance(dx, SymbolicZero):
-        terms.append(_depthwise_fused(dx, w, spec, acc))
+        terms.append(_depthwise_fused(dx, w, spec, acc, max_rank))
     if not isinstance(dw, SymbolicZero):
-        weight_form = _depthwise_looped if _LOOP_TRANSPOSES else _depthwise_fused
-        terms.append(weight_form(x, dw, spec, acc))
+        weight_form = _depthwise_looped if LOOP_TRANSPOSES else _depthwise_fused
+        terms.append(weight_form(x, dw, spec, acc, max_rank))
     if not terms:  # not reached: JAX calls the rule only with a nonzero tangent
         return out, jnp.zeros_like(out)
     return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
@@ -213,9 +235,9 @@ def _depthwise_jvp(spec, acc, primals, tangents):
 _depthwise.defjvp(_depthwise_jvp, symbolic_zeros=True)
 
 
-def _matmul(x, w, spec: ConvSpec, acc):
+def _matmul(x, w, spec: ConvSpec, acc, max_rank=None):
     """Matmul form for dense and grouped convolutions (groups as a ``dot_general`` batch)."""
-    n, g = spec.ndim, spec.groups
+    g = spec.groups
     batch, c_in = x.shape[0], x.shape[-1]
     c_out, cg_in = w.shape[0], w.shape[-1]
     cg_out = c_out // g
@@ -238,6 +260,8 @@ def _matmul(x, w, spec: ConvSpec, acc):
         xs = [_tap(xb, tap, outs, spec, lead) for tap, _ in part]
         ws = [w[(slice(None), *wtap, slice(None))] for _, wtap in part]  # (C_out, C_in / G)
         xc = xs[0] if len(xs) == 1 else lax.concatenate(xs, xs[0].ndim - 1)
+        if max_rank is not None and xc.ndim > max_rank:  # flatten the spatial axes
+            xc = xc.reshape(*xc.shape[:lead], math.prod(outs), xc.shape[-1])
         wc = ws[0] if len(ws) == 1 else lax.concatenate(ws, 1)  # (C_out, len(part) * C_in / G)
         if g > 1:
             wc = wc.reshape(g, cg_out, wc.shape[-1])
@@ -247,17 +271,22 @@ def _matmul(x, w, spec: ConvSpec, acc):
         term = lax.dot_general(xc, wc, dims, precision=spec.precision, preferred_element_type=acc)
         total = term if total is None else total + term
     if g > 1:  # (G, N, *outs, C_out / G) -> (N, *outs, C_out)
-        total = jnp.moveaxis(total, 0, -2).reshape(batch, *outs, c_out)
-    return total
+        total = jnp.moveaxis(total, 0, -2)
+    return total.reshape(batch, *outs, c_out)
 
 
-def conv_decomposed(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
+def conv_decomposed(x: jax.Array, w: jax.Array, spec: ConvSpec, *,
+                    max_rank: int | None = None) -> jax.Array:
     """Computes the convolution of ``spec`` with pad, slice, reshape and matmul or multiply-add.
 
     Args:
       x: ``(N, *spatial, C_in)``.
       w: ``(C_out, *kernel, C_in // groups)``.
       spec: the canonical convolution (non-negative padding).
+      max_rank: keyword-only; ``None`` (default): no limit. ``4``: the spatial output axes are
+        flattened into one wherever a product would otherwise have more than 4 axes, so that no
+        reduction or ``dot_general`` of the forward pass or either gradient sees an array of
+        rank 5 or 6 (for the Apple plugins: see :data:`MAX_REDUCTION_RANK`).
 
     Returns:
       ``(N, *out_spatial, C_out)`` in ``spec.preferred_element_type`` or ``x.dtype``, the same
@@ -266,7 +295,7 @@ def conv_decomposed(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     out_dtype = jnp.dtype(spec.preferred_element_type or x.dtype)
     acc = _accumulation_dtype(out_dtype)
     if w.shape[-1] == 1:
-        out = _depthwise(x, w, spec, acc)
+        out = _depthwise(x, w, spec, acc, max_rank)
     else:
-        out = _matmul(x, w, spec, acc)
+        out = _matmul(x, w, spec, acc, max_rank)
     return out.astype(out_dtype)
