@@ -1,0 +1,150 @@
+"""convnn.models against torchvision: state-dict keys and shapes, and eval-mode logits.
+
+torchvision is used where it imports; otherwise ``torchvision_ref`` supplies PyTorch copies of
+its five definitions. Weights are random (nothing is downloaded): torchvision's initialisation,
+then BatchNorm's running statistics set from one batch in training mode and the BatchNorm affine
+parameters and ConvNeXt's layer scales drawn away from their initial 1/0/1e-6, so that every
+layer contributes to the logits.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import torchvision_ref
+from convnn.interop import load_torch_state_dict
+from convnn.models import MODELS
+
+NAMES = list(MODELS)
+FAST = {"resnet18", "mobilenet_v2"}  # the others compile for long on a small CPU: slow tier
+NUM_CLASSES = 10
+# Float32 logits after 18 to 50 layers computed by two libraries with different convolution
+# algorithms: relative to the largest logit (one-layer tests use 2e-5).
+RTOL = 2e-4
+
+
+def _tier(names):
+    return [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+def _torch_model(torch, name):
+    """A torchvision model in eval mode with random weights that exercise every layer."""
+    torch.manual_seed(0)
+    model = torchvision_ref.build(torch, name, NUM_CLASSES)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in bns:
+            m.weight.uniform_(0.5, 1.5, generator=gen)
+            m.bias.normal_(0.0, 0.1, generator=gen)
+        for name_, p in model.named_parameters():
+            if name_.endswith("layer_scale"):
+                p.uniform_(0.5, 1.5, generator=gen)
+        for m in bns:  # running statistics = those of one batch
+            m.momentum = 1.0
+        model.train()
+        model(torch.randn(4, 3, 32, 32, generator=gen))
+        for m in bns:
+            m.momentum = 0.1
+    return model.eval()
+
+
+def _abstract_model(name, conv="convnn", dtype=None):
+    """The NNX model without drawing its initial parameters (a strict load sets all of them)."""
+    model = nnx.eval_shape(lambda: MODELS[name](NUM_CLASSES, rngs=nnx.Rngs(0), conv=conv,
+                                                dtype=dtype))
+    rng = nnx.state(model, nnx.RngState)
+    rng = jax.tree.map(
+        lambda s: jax.random.key(0)
+        if jnp.issubdtype(s.dtype, jax.dtypes.prng_key) else jnp.zeros(s.shape, s.dtype),
+        rng,
+    )
+    nnx.update(model, rng)
+    return model
+
+
+def _logits(model, x):
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_keys_and_shapes_are_torchvisions(torch, name):
+    model = _abstract_model(name)
+    tmodel = torchvision_ref.build(torch, name, NUM_CLASSES)
+    sd = tmodel.state_dict()
+    result = load_torch_state_dict(model, sd)  # strict: every key and shape must match
+    assert result == ([], [], [])
+    n_params = sum(p.numel() for p in tmodel.parameters())
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == n_params
+
+
+@pytest.mark.parametrize("name", _tier(NAMES))
+def test_eval_logits_equal_torchvisions(torch, name):
+    tmodel = _torch_model(torch, name)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    model = _abstract_model(name)
+    load_torch_state_dict(model, tmodel)
+    model.eval()
+    actual = np.asarray(_logits(model, jnp.asarray(x)))
+    scale = float(np.max(np.abs(expected)))
+    assert scale > 1e-3  # the logits carry signal
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_nnx_conv_variant_equals_torchvision_and_bf16_is_as_close_as_autocast(torch, name):
+    """The benchmark's baseline (``conv="nnx"``) computes the same model; bf16 compute is as
+    close to the float32 logits as PyTorch's bf16 autocast (random BatchNorm statistics from a
+    small batch make these models sensitive to rounding, in both libraries)."""
+    tmodel = _torch_model(torch, name)
+    x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        expected = tmodel(xt).numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch_bf16_err = float(np.max(np.abs(tmodel(xt).float().numpy() - expected)))
+    scale = float(np.max(np.abs(expected)))
+    model = _abstract_model(name, conv="nnx")
+    load_torch_state_dict(model, tmodel)
+    model.eval()
+    actual = np.asarray(_logits(model, jnp.asarray(x)))
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=name)
+    model = _abstract_model(name, dtype=jnp.bfloat16)
+    load_torch_state_dict(model, tmodel)
+    model.eval()
+    low = _logits(model, jnp.asarray(x))
+    assert low.dtype == jnp.bfloat16
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    err = float(np.max(np.abs(np.asarray(low, np.float32) - expected)))
+    assert err < 2 * torch_bf16_err + 0.05 * scale, (
+        f"{name}: bf16 logits off by {err}; PyTorch's autocast by {torch_bf16_err} (scale {scale})"
+    )
+
+
+def test_train_mode_is_random_and_eval_mode_deterministic():
+    model = _abstract_model("mobilenet_v2")
+    params = nnx.state(model, nnx.Param)
+    params = jax.tree.map(lambda s: jnp.full(s.shape, 0.05, s.dtype), params)
+    nnx.update(model, params)
+    nnx.update(model, jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype),
+                                   nnx.state(model, nnx.BatchStat)))
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 32, 32, 3)), jnp.float32)
+    model.train()
+    a, b = np.asarray(model.classifier(jnp.ones((2, 1280)))), np.asarray(
+        model.classifier(jnp.ones((2, 1280))))
+    assert not np.array_equal(a, b)  # dropout draws a new mask per call
+    model.eval()
+    np.testing.assert_array_equal(np.asarray(_logits(model, x)), np.asarray(_logits(model, x)))
+
+
+def test_bad_conv_name_is_a_value_error():
+    with pytest.raises(ValueError, match=r"\[ResNet\] conv must be one of"):
+        MODELS["resnet18"](rngs=nnx.Rngs(0), conv="lax")
