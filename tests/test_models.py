@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torchvision_ref
 from flax import nnx
 
-import torchvision_ref
 from convnn.interop import load_torch_state_dict
 from convnn.models import MODELS
 

@@ -56,7 +56,7 @@ MODELS = {
     "mobilenet_v2": mobilenet_v2,
     "efficientnet_b0": efficientnet_b0,
 }
-"""Constructor per torchvision name: ``MODELS[name](num_classes, rngs=..., conv=..., dtype=...)``."""
+"""Constructor per torchvision name: ``MODELS[name](num_classes, *, rngs, conv, dtype)``."""
 
 __all__ = [
     "ConvNeXt",

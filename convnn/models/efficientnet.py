@@ -90,7 +90,9 @@ class EfficientNet(nnx.Module):
         uniform = nnx.initializers.uniform(2 * bound)
         self.classifier = nnx.Sequential(
             f.dropout(dropout),
-            f.linear(4 * last_in, num_classes, kernel_init=lambda k, s, d: uniform(k, s, d) - bound),
+            f.linear(
+                4 * last_in, num_classes, kernel_init=lambda k, s, d: uniform(k, s, d) - bound
+            ),
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:

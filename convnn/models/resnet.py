@@ -79,7 +79,7 @@ class ResNet(nnx.Module):
         self.bn1 = f.bn(64)
         self.maxpool = layers.MaxPool2d(3, 2, 1)
         inplanes = 64
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), stage_sizes)):
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), stage_sizes, strict=True)):
             stride = 1 if i == 0 else 2
             downsample = None
             if stride != 1 or inplanes != planes * block.expansion:
