@@ -187,7 +187,7 @@ def main(argv=None):
               + " ".join(f"{v + ' ' + p:>16}" for p in ("fwd", "f+b") for v in VARIANTS)
               + "  ohwi/hwio f+b")
     print(header)
-    for entry in sorted(layers.values(), key=lambda e: (e["kind"], e["x"], e["kernel"])):
+    for entry in sorted(layers.values(), key=lambda e: (e["kind"] != "depthwise", e["x"])):
         if args.budget is not None and time.perf_counter() - START > args.budget:
             print("budget spent: skipping the remaining layers")
             break

@@ -10,9 +10,10 @@ EfficientNet-B0 (train mode: batch statistics, dropout and stochastic depth on).
 * ``torch``: torchvision's model, eager, channels_last, cuDNN autotuning (``cudnn.benchmark``),
   bf16 through ``torch.autocast``; ``torch.compile``: the same, compiled.
 
-Both JAX columns run both step patterns: ``nnx.jit`` over the model and optimizer (``nnx_jit``),
-and ``nnx.split`` once + ``jax.jit`` over the state with the state donated (``split``; the
-pattern docs/training-step.md recommends). Compute dtype bf16 (float32 parameters, SGD on
+Both JAX columns run three step patterns: ``nnx.jit`` over the model and optimizer
+(``nnx_jit``), ``nnx.cached_partial`` of that step (``cached``), and ``nnx.split`` once +
+``jax.jit`` over the state with the state donated (``split``; the pattern docs/training-step.md
+recommends). ``--patterns`` picks them. Compute dtype bf16 (float32 parameters, SGD on
 float32 master weights) or float32 (TF32 allowed in both libraries, XLA's and PyTorch's default
 for convolutions; PyTorch's matmul precision set to "high" to match).
 
@@ -62,7 +63,7 @@ from convnn.models import MODELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
-PATTERNS = ("split", "nnx_jit")
+PATTERNS = ("split", "nnx_jit", "cached")
 START = time.perf_counter()
 
 
@@ -90,6 +91,22 @@ def make_step(model, optimizer, pattern: str):
             return carry, train_step(*carry, x, y)
 
         return step, (model, optimizer)
+
+    if pattern == "cached":  # nnx.cached_partial, as its docstring sets it up
+
+        @nnx.jit(graph_updates=True, graph=True)
+        def cached_step(model, optimizer, x, y):
+            loss, grads = nnx.value_and_grad(_loss_fn)(model, x, y)
+            optimizer.update(model, grads)
+            return loss
+
+        with nnx.set_graph_mode(True), nnx.set_graph_updates(True):
+            partial = nnx.cached_partial(cached_step, model, optimizer)
+
+        def step(carry, x, y):
+            return carry, partial(x, y)
+
+        return step, None
 
     graphdef, state = nnx.split((model, optimizer))
 
@@ -232,7 +249,8 @@ def ratios(rows):
 
 
 def print_table(rows):
-    cols = ["convnn/split", "nnx/split", "convnn/nnx_jit", "nnx/nnx_jit", "torch", "torch.compile"]
+    cols = ["convnn/split", "nnx/split", "convnn/nnx_jit", "nnx/nnx_jit", "convnn/cached",
+            "nnx/cached", "torch", "torch.compile"]
     print()
     print(f"{'model':16} {'batch':>5} {'dtype':8} " + " ".join(f"{c:>15}" for c in cols)
           + f" {'vs best':>8} {'compile c/n':>11}")
@@ -260,12 +278,13 @@ def main(argv=None):
     p.add_argument("--batches", default="128,32")
     p.add_argument("--size", type=int, default=224, help="image height and width")
     p.add_argument("--dtypes", default="bfloat16,float32")
-    p.add_argument("--patterns", default="split,nnx_jit")
+    p.add_argument("--patterns", default="split,nnx_jit,cached")
     p.add_argument("--convs", default="convnn,nnx")
     p.add_argument("--float32-batches", default=None,
                    help="batches for float32 (default: the first of --batches)")
     p.add_argument("--nnx-jit-batches", default=None,
-                   help="batches for the nnx_jit pattern (default: the first of --batches)")
+                   help="batches for the nnx_jit and cached patterns (default: the first of "
+                   "--batches)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--compile-batches", default=None,
@@ -337,7 +356,7 @@ def main(argv=None):
                     if not args.no_compile and batch in compile_batches:
                         plan.append((name, batch, dtype, "torch.compile"))
                 for pattern in patterns:
-                    if pattern == "nnx_jit" and batch not in jit_batches:
+                    if pattern != "split" and batch not in jit_batches:
                         continue
                     for conv in convs:
                         plan.append((name, batch, dtype, f"{conv}/{pattern}"))
