@@ -30,18 +30,21 @@ function over the state instead (docs/training-step.md)::
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
+Loading torchvision's weights (``x`` is NHWC where torchvision's input is NCHW)::
+
+    model = resnet50(rngs=nnx.Rngs(0))
+    load_torch_state_dict(model, torchvision.models.resnet50(weights=...).state_dict())
+    model.eval()
+    logits = model(x)
+
 Example:
-  >>> import jax.numpy as jnp, numpy as np
   >>> from flax import nnx
-  >>> from convnn.interop import load_torch_state_dict
   >>> from convnn.models import resnet18
-  >>> model = resnet18(10, rngs=nnx.Rngs(0))
-  >>> state_dict = {"fc.bias": np.arange(10.0)}  # e.g. torchvision's resnet18().state_dict()
-  >>> load_torch_state_dict(model, state_dict, strict=False).unexpected_keys
-  []
-  >>> model.eval()
-  >>> model(jnp.ones((2, 32, 32, 3))).shape
-  (2, 10)
+  >>> model = nnx.eval_shape(lambda: resnet18(rngs=nnx.Rngs(0)))  # shapes only, nothing drawn
+  >>> model.fc.kernel.shape  # nnx.Linear (in, out); torchvision's fc.weight is (out, in)
+  (512, 1000)
+  >>> type(model.layer1.layers[0].conv1).__name__
+  'Conv2d'
 """
 
 from convnn.models.convnext import ConvNeXt, convnext_tiny

@@ -47,6 +47,9 @@ class CNBlock(nnx.Module):
 class ConvNeXt(nnx.Module):
     """torchvision's ``ConvNeXt`` on NHWC input, with its attribute names and state-dict keys.
 
+    Train it with a step that is not host-bound: ``nnx.split`` once and ``jax.jit`` a step over
+    the state (docs/training-step.md); ``model.train()`` / ``model.eval()`` switch the modes.
+
     Args:
       block_setting: ``(input_channels, out_channels or None, num_layers)`` per stage.
       stochastic_depth_prob: the last block's drop probability (linear in the block index).
@@ -96,13 +99,12 @@ def convnext_tiny(
     """ConvNeXt-T (torchvision ``convnext_tiny``): stages ``96, 192, 384, 768`` x ``3, 3, 9, 3``.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax
       >>> from flax import nnx
       >>> from convnn.models import convnext_tiny
-      >>> model = convnext_tiny(10, rngs=nnx.Rngs(0))
-      >>> model.eval()
-      >>> model(jnp.ones((1, 32, 32, 3))).shape
-      (1, 10)
+      >>> model = nnx.eval_shape(lambda: convnext_tiny(rngs=nnx.Rngs(0)))  # shapes only
+      >>> sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))  # as torchvision
+      28589128
     """
     setting = ((96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3))
     return ConvNeXt(

@@ -56,6 +56,9 @@ class MBConv(nnx.Module):
 class EfficientNet(nnx.Module):
     """torchvision's ``EfficientNet`` (B-series) on NHWC input, with its state-dict keys.
 
+    Train it with a step that is not host-bound: ``nnx.split`` once and ``jax.jit`` a step over
+    the state (docs/training-step.md); ``model.train()`` / ``model.eval()`` switch the modes.
+
     Args:
       setting: ``(expand_ratio, kernel, stride, in, out, num_layers)`` per stage.
       dropout: dropout before the head.
@@ -105,13 +108,12 @@ def efficientnet_b0(
     """EfficientNet-B0 (torchvision ``efficientnet_b0``: dropout 0.2, stochastic depth 0.2).
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax
       >>> from flax import nnx
       >>> from convnn.models import efficientnet_b0
-      >>> model = efficientnet_b0(10, rngs=nnx.Rngs(0))
-      >>> model.eval()
-      >>> model(jnp.ones((1, 32, 32, 3))).shape
-      (1, 10)
+      >>> model = nnx.eval_shape(lambda: efficientnet_b0(rngs=nnx.Rngs(0)))  # shapes only
+      >>> sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))  # as torchvision
+      5288548
     """
     setting = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
                (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),

@@ -68,6 +68,8 @@ class ResNet(nnx.Module):
         the input's dtype.
 
     Input ``(N, H, W, 3)``; output logits ``(N, num_classes)`` in the compute dtype.
+    Train it with a step that is not host-bound: ``nnx.split`` once and ``jax.jit`` a step over
+    the state (docs/training-step.md); ``model.train()`` / ``model.eval()`` switch the modes.
     """
 
     def __init__(
@@ -109,13 +111,12 @@ def resnet18(num_classes: int = 1000, *, rngs: nnx.Rngs, conv: str = "convnn", d
     """ResNet-18 (torchvision ``resnet18``): :class:`BasicBlock` x ``(2, 2, 2, 2)``.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax
       >>> from flax import nnx
       >>> from convnn.models import resnet18
-      >>> model = resnet18(10, rngs=nnx.Rngs(0))
-      >>> model.eval()
-      >>> model(jnp.ones((1, 32, 32, 3))).shape
-      (1, 10)
+      >>> model = nnx.eval_shape(lambda: resnet18(rngs=nnx.Rngs(0)))  # shapes only
+      >>> sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))  # as torchvision
+      11689512
     """
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, rngs=rngs, conv=conv, dtype=dtype)
 
