@@ -40,7 +40,8 @@ class CNBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.block(x)
-        y = self.layer_scale[...].reshape(-1).astype(y.dtype) * y
+        scale = self.layer_scale[...].reshape((1,) * (y.ndim - 1) + (-1,))  # (C,1,1) -> NHWC
+        y = scale.astype(y.dtype) * y
         return self.stochastic_depth(y) + x
 
 
