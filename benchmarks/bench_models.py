@@ -48,6 +48,7 @@ import platform
 import statistics
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # Let JAX and PyTorch share the GPU: JAX grows its pool instead of taking 75 % up front.
@@ -109,6 +110,11 @@ def make_step(model, optimizer, pattern: str):
         return step, None
 
     graphdef, state = nnx.split((model, optimizer))
+    return split_step(graphdef), state
+
+
+def split_step(graphdef):
+    """The recommended step: a pure function of the state, jitted, the state donated."""
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(state, x, y):
@@ -117,20 +123,70 @@ def make_step(model, optimizer, pattern: str):
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
-    return step, state
+    return step
 
 
-def time_jax(name, conv, pattern, batch, size, dtype, args):
-    t0 = time.perf_counter()
-    model = MODELS[name](args.classes, rngs=nnx.Rngs(params=0, dropout=1), conv=conv,
+def build(name, conv, dtype, classes):
+    model = MODELS[name](classes, rngs=nnx.Rngs(params=0, dropout=1), conv=conv,
                          dtype=DTYPES[dtype])
     model.train()
-    optimizer = nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
-    build_s = time.perf_counter() - t0
-    step, carry = make_step(model, optimizer, pattern)
+    return model, nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+
+
+def inputs(batch, size, dtype, classes):
     key = jax.random.key(0)
     x = jax.random.normal(key, (batch, size, size, 3), DTYPES[dtype])
-    y = jax.random.randint(key, (batch,), 0, args.classes)
+    return x, jax.random.randint(key, (batch,), 0, classes)
+
+
+def precompile(keys, args):
+    """Ahead-of-time programs of the ``split`` rows ``(name, batch, dtype, conv)``: traced and
+    lowered one after the other, compiled on ``args.jobs`` threads (XLA releases the GIL)."""
+    lowered = {}
+    for name, batch, dtype, conv in keys:
+        t0 = time.perf_counter()
+        try:
+            with convnn.lowering("auto"):
+                model, opt = nnx.eval_shape(
+                    functools.partial(build, name, conv, dtype, args.classes))
+                graphdef, state = nnx.split((model, opt))
+                x, y = jax.eval_shape(
+                    functools.partial(inputs, batch, args.size, dtype, args.classes))
+                lowered[(name, batch, dtype, conv)] = (
+                    split_step(graphdef).lower(state, x, y), time.perf_counter() - t0
+                )
+        except Exception as e:
+            lowered[(name, batch, dtype, conv)] = (e, time.perf_counter() - t0)
+
+    def compile_one(item):
+        key, (low, lower_s) = item
+        if isinstance(low, Exception):
+            return key, (low, lower_s, 0.0)
+        t0 = time.perf_counter()
+        try:
+            return key, (low.compile(), lower_s, time.perf_counter() - t0)
+        except Exception as e:
+            return key, (e, lower_s, time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        return dict(pool.map(compile_one, lowered.items()))
+
+
+def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
+    t0 = time.perf_counter()
+    model, optimizer = build(name, conv, dtype, args.classes)
+    build_s = time.perf_counter() - t0
+    extra = {}
+    if compiled is not None:  # split pattern, compiled ahead of time
+        program, lower_s, compile_s = compiled
+        if isinstance(program, Exception):
+            raise program
+        _, carry = nnx.split((model, optimizer))
+        step = program
+        extra = {"lower_s": lower_s, "compile_s": compile_s}
+    else:
+        step, carry = make_step(model, optimizer, pattern)
+    x, y = inputs(batch, size, dtype, args.classes)
     t0 = time.perf_counter()
     carry, loss = step(carry, x, y)
     loss.block_until_ready()
@@ -148,8 +204,11 @@ def time_jax(name, conv, pattern, batch, size, dtype, args):
     loss = float(loss)
     del carry, model, optimizer, step
     gc.collect()
+    if extra:  # what a user waits for: trace + lower + compile + the first run
+        extra["first_run_s"] = first
+        first += extra["lower_s"] + extra["compile_s"]
     return {"images_per_s": statistics.median(rates), "first_step_s": first,
-            "build_s": build_s, "loss": loss, "rates": rates}
+            "build_s": build_s, "loss": loss, "rates": rates, **extra}
 
 
 # ------------------------------------------------------------------------------------------
@@ -172,11 +231,11 @@ def torch_models():
         return (lambda torch, name, n: ref._reference(torch)[name](n)), "tests/torchvision_ref.py"
 
 
-def time_torch(torch, build, name, compiled, batch, size, dtype, args):
+def time_torch(torch, build_torch, name, compiled, batch, size, dtype, args):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = build(torch, name, args.classes).to(dev).to(memory_format=torch.channels_last)
+    model = build_torch(torch, name, args.classes).to(dev).to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     fwd = torch.compile(model) if compiled else model
@@ -278,7 +337,7 @@ def main(argv=None):
     p.add_argument("--batches", default="128,32")
     p.add_argument("--size", type=int, default=224, help="image height and width")
     p.add_argument("--dtypes", default="bfloat16,float32")
-    p.add_argument("--patterns", default="split,nnx_jit,cached")
+    p.add_argument("--patterns", default="split,nnx_jit", help="of split, nnx_jit, cached")
     p.add_argument("--convs", default="convnn,nnx")
     p.add_argument("--float32-batches", default=None,
                    help="batches for float32 (default: the first of --batches)")
@@ -286,6 +345,12 @@ def main(argv=None):
                    help="batches for the nnx_jit and cached patterns (default: the first of "
                    "--batches)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    p.add_argument("--no-jax", action="store_true", help="only the PyTorch columns")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="threads compiling a model's split-pattern programs ahead of time; above "
+                   "1 their compile times are measured under contention (default 1)")
+    p.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                   help="print the table of earlier runs' JSON files (rows pooled) and exit")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--compile-batches", default=None,
                    help="batches for torch.compile (default: the first of --batches)")
@@ -298,6 +363,10 @@ def main(argv=None):
                    help="CPU check: batch 2, 32x32, float32, 2 steps, no torch.compile")
     p.add_argument("--json", default=None, help="default benchmarks/results/models_<device>.json")
     args = p.parse_args(argv)
+    if args.report:
+        rows = [r for f in args.report for r in json.loads(Path(f).read_text())["rows"]]
+        print_table(rows)
+        return
     if args.smoke:
         args.batches, args.size, args.dtypes = "2", 32, "float32"
         args.steps, args.repeats, args.warmup, args.classes = 2, 1, 1, 10
@@ -313,24 +382,25 @@ def main(argv=None):
     compile_batches = {int(b) for b in (args.compile_batches or first).split(",")}
     dtypes = args.dtypes.split(",")
     patterns = args.patterns.split(",")
-    convs = args.convs.split(",")
+    convs = [] if args.no_jax else args.convs.split(",")
 
     device = jax.devices()[0]
     tag = device.device_kind.lower().replace(" ", "_") if device.platform == "gpu" else "cpu"
     path = Path(args.json or ROOT / "benchmarks" / "results" / f"models_{tag}.json")
     meta = {
+        "jobs": args.jobs,
         "device": f"{device.platform}: {device.device_kind}",
         "jax": jax.__version__, "flax": importlib.metadata.version("flax"),
         "convnn_backend": str(convnn.backend_info()), "host": platform.node(),
         "cpu_count": os.cpu_count(), "size": args.size, "steps": args.steps,
         "repeats": args.repeats, "argv": vars(args),
     }
-    torch = build = None
+    torch = build_torch = None
     if not args.no_torch:
         try:
             import torch  # noqa: PLC0415 (optional dependency)
 
-            build, meta["torch_models"] = torch_models()
+            build_torch, meta["torch_models"] = torch_models()
             meta["torch"] = torch.__version__
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
@@ -361,19 +431,31 @@ def main(argv=None):
                     for conv in convs:
                         plan.append((name, batch, dtype, f"{conv}/{pattern}"))
     print(f"{meta['device']}; {len(plan)} rows; results -> {path}", flush=True)
-    for name, batch, dtype, column in plan:
+    programs: dict = {}
+    for i, (name, batch, dtype, column) in enumerate(plan):
         if args.budget is not None and time.perf_counter() - START > args.budget:
             print(f"budget spent: skipping {name} {batch} {dtype} {column}", flush=True)
             continue
+        if i == 0 or plan[i - 1][0] != name:  # a new model: compile its split programs
+            keys = [(n, b, d, c.split("/")[0]) for n, b, d, c in plan
+                    if n == name and c.endswith("/split")]
+            if keys:
+                t0 = time.perf_counter()
+                programs = precompile(keys, args)
+                print(f"[{time.perf_counter() - START:6.0f} s] {name}: {len(keys)} split "
+                      f"programs compiled in {time.perf_counter() - t0:.0f} s ({args.jobs} jobs)",
+                      flush=True)
         row = {"model": name, "batch": batch, "dtype": dtype, "column": column}
         try:
             if column.startswith("torch"):
-                row.update(time_torch(torch, build, name, column == "torch.compile", batch,
+                row.update(time_torch(torch, build_torch, name, column == "torch.compile", batch,
                                       args.size, dtype, args))
             else:
                 conv, pattern = column.split("/")
+                compiled = programs.get((name, batch, dtype, conv)) if pattern == "split" else None
                 with convnn.lowering("auto"):
-                    row.update(time_jax(name, conv, pattern, batch, args.size, dtype, args))
+                    row.update(time_jax(name, conv, pattern, batch, args.size, dtype, args,
+                                        compiled))
         except Exception as e:  # record and go on: one failing column must not lose the rest
             row["error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
@@ -383,6 +465,7 @@ def main(argv=None):
                                      f"{row['first_step_s']:.1f} s")
         print(f"[{time.perf_counter() - START:6.0f} s] {name:16} {batch:4d} {dtype:8} "
               f"{column:15} {shown}", flush=True)
+    programs.clear()
     print_table(rows)
     print(f"wrote {path}")
 

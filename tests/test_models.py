@@ -22,9 +22,12 @@ from convnn.models import MODELS
 NAMES = list(MODELS)
 FAST = {"resnet18", "mobilenet_v2"}  # the others compile for long on a small CPU: slow tier
 NUM_CLASSES = 10
-# Float32 logits after 18 to 50 layers computed by two libraries with different convolution
-# algorithms: relative to the largest logit (one-layer tests use 2e-5).
-RTOL = 2e-4
+# Logits are compared with the PyTorch model run in float64 (the reference): convnn's float32
+# logits may be off by at most ERR_FACTOR times PyTorch's own float32 error, or by RTOL of the
+# largest logit, whichever is larger (random weights and BatchNorm statistics from one small
+# batch make some of these networks ill-conditioned, EfficientNet-B0 most).
+ERR_FACTOR = 4.0
+RTOL = 2e-5
 
 
 def _tier(names):
@@ -44,10 +47,11 @@ def _torch_model(torch, name):
         for name_, p in model.named_parameters():
             if name_.endswith("layer_scale"):
                 p.uniform_(0.5, 1.5, generator=gen)
+        model.eval()  # dropout and stochastic depth off while the statistics are gathered
         for m in bns:  # running statistics = those of one batch
             m.momentum = 1.0
-        model.train()
-        model(torch.randn(4, 3, 32, 32, generator=gen))
+            m.train()
+        model(torch.randn(8, 3, 32, 32, generator=gen))
         for m in bns:
             m.momentum = 0.1
     return model.eval()
@@ -65,6 +69,31 @@ def _abstract_model(name, conv="convnn", dtype=None):
     )
     nnx.update(model, rng)
     return model
+
+
+def _reference_logits(torch, tmodel, x):
+    """(float64 logits, PyTorch's float32 logits) for NHWC ``x``."""
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        low = tmodel(xt).numpy()
+        tmodel.double()
+        try:
+            exact = tmodel(xt.double()).numpy()
+        finally:
+            tmodel.float()
+    return exact, low
+
+
+def _assert_logits_close(actual, exact, torch_low, what):
+    scale = float(np.max(np.abs(exact)))
+    assert scale > 1e-3, what  # the logits carry signal
+    torch_err = float(np.max(np.abs(torch_low - exact)))
+    err = float(np.max(np.abs(np.asarray(actual, np.float64) - exact)))
+    bound = max(ERR_FACTOR * torch_err, RTOL * scale)
+    assert err <= bound, (
+        f"{what}: float32 logits off by {err:.3g} from the float64 reference; PyTorch's by "
+        f"{torch_err:.3g}; scale {scale:.3g}"
+    )
 
 
 def _logits(model, x):
@@ -87,15 +116,11 @@ def test_state_dict_keys_and_shapes_are_torchvisions(torch, name):
 def test_eval_logits_equal_torchvisions(torch, name):
     tmodel = _torch_model(torch, name)
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
-    with torch.no_grad():
-        expected = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    exact, torch_low = _reference_logits(torch, tmodel, x)
     model = _abstract_model(name)
     load_torch_state_dict(model, tmodel)
     model.eval()
-    actual = np.asarray(_logits(model, jnp.asarray(x)))
-    scale = float(np.max(np.abs(expected)))
-    assert scale > 1e-3  # the logits carry signal
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=name)
+    _assert_logits_close(_logits(model, jnp.asarray(x)), exact, torch_low, name)
 
 
 @pytest.mark.slow
@@ -106,24 +131,22 @@ def test_nnx_conv_variant_equals_torchvision_and_bf16_is_as_close_as_autocast(to
     small batch make these models sensitive to rounding, in both libraries)."""
     tmodel = _torch_model(torch, name)
     x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    with torch.no_grad():
-        expected = tmodel(xt).numpy()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch_bf16_err = float(np.max(np.abs(tmodel(xt).float().numpy() - expected)))
-    scale = float(np.max(np.abs(expected)))
+    exact, torch_low = _reference_logits(torch, tmodel, x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch_bf16 = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).float().numpy()
+    torch_bf16_err = float(np.max(np.abs(torch_bf16 - exact)))
+    scale = float(np.max(np.abs(exact)))
     model = _abstract_model(name, conv="nnx")
     load_torch_state_dict(model, tmodel)
     model.eval()
-    actual = np.asarray(_logits(model, jnp.asarray(x)))
-    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=RTOL * scale, err_msg=name)
+    _assert_logits_close(_logits(model, jnp.asarray(x)), exact, torch_low, f"{name}, nnx.Conv")
     model = _abstract_model(name, dtype=jnp.bfloat16)
     load_torch_state_dict(model, tmodel)
     model.eval()
     low = _logits(model, jnp.asarray(x))
     assert low.dtype == jnp.bfloat16
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    err = float(np.max(np.abs(np.asarray(low, np.float32) - expected)))
+    err = float(np.max(np.abs(np.asarray(low, np.float64) - exact)))
     assert err < 2 * torch_bf16_err + 0.05 * scale, (
         f"{name}: bf16 logits off by {err}; PyTorch's autocast by {torch_bf16_err} (scale {scale})"
     )
