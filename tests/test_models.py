@@ -171,3 +171,39 @@ def test_train_mode_is_random_and_eval_mode_deterministic():
 def test_bad_conv_name_is_a_value_error():
     with pytest.raises(ValueError, match=r"\[ResNet\] conv must be one of"):
         MODELS["resnet18"](rngs=nnx.Rngs(0), conv="lax")
+
+
+def test_train_mode_batch_statistics_follow_pytorch(torch):
+    """Train mode normalises with the batch statistics and moves the running mean as PyTorch
+    does (momentum 0.1). The running variance differs by design: PyTorch stores the unbiased
+    batch variance, Flax's BatchNorm the biased one."""
+    tmodel = _torch_model(torch, "resnet18")
+    model = _abstract_model("resnet18")
+    load_torch_state_dict(model, tmodel)
+    x = np.random.default_rng(3).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    tmodel.train()
+    with torch.no_grad():
+        expected = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    model.train()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, x):
+        model = nnx.merge(graphdef, state)
+        return model(x), nnx.state(model)
+
+    actual, state = forward(state, jnp.asarray(x))
+    nnx.update(model, state)
+    scale = float(np.max(np.abs(expected)))
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4 * scale)
+    for got, want in [(model.bn1.mean, tmodel.bn1.running_mean),
+                      (model.layer4.layers[1].bn2.mean, tmodel.layer4[1].bn2.running_mean)]:
+        np.testing.assert_allclose(np.asarray(got[...]), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_loaded_parameters_do_not_share_memory_with_the_torch_tensors(torch):
+    model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)))
+    sd = {"0.weight": torch.zeros(64, 64), "0.bias": torch.zeros(64)}
+    load_torch_state_dict(model, sd)
+    sd["0.bias"].add_(1.0)  # PyTorch updates in place (optimizers, BatchNorm statistics)
+    assert float(jnp.abs(model.layers[0].bias[...]).max()) == 0.0
