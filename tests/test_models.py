@@ -143,7 +143,10 @@ def test_nnx_conv_variant_equals_torchvision_and_bf16_is_as_close_as_autocast(to
     model = _abstract_model(name, dtype=jnp.bfloat16)
     load_torch_state_dict(model, tmodel)
     model.eval()
-    low = _logits(model, jnp.asarray(x))
+    # Flax's LayerNorm mixes bf16 and float32 inside, which the suite's strict promotion rejects
+    # (nnx.LayerNorm itself, not this model); users run with JAX's standard promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        low = _logits(model, jnp.asarray(x))
     assert low.dtype == jnp.bfloat16
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     err = float(np.max(np.abs(np.asarray(low, np.float64) - exact)))
