@@ -30,6 +30,13 @@ Usage (from the repository root)::
     python -m benchmarks.bench_models --smoke              # CPU: batch 2, 32x32, float32
     python -m benchmarks.bench_models --models resnet50,convnext_tiny --batches 128 \\
         --dtypes bfloat16 --no-torch --json /tmp/models.json
+    python -m benchmarks.bench_models --report a.json b.json   # one table from several runs
+
+Compilation dominates on a GPU (ConvNeXt-T's step takes minutes to compile), so a full run
+takes longer than ten minutes; split it by column (``--no-torch`` / ``--no-jax``), pattern
+(``--patterns``) and dtype on one machine and pool the JSON files with ``--report``.
+``--jobs 8`` compiles a model's ``split`` programs concurrently (their compile times are then
+measured under contention; ``--jobs 1`` for the uncontended figure).
 
 torchvision is used when it imports; otherwise the PyTorch copies of its definitions in
 ``tests/torchvision_ref.py`` (recorded in the JSON as ``torch_models``).
