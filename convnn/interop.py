@@ -415,7 +415,9 @@ def _load(
         )
     new_values = []
     for variable, current, arr in updates.values():
-        value = jnp.asarray(np.ascontiguousarray(arr), dtype=current.dtype)
+        # A copy: on the CPU jnp.asarray may alias the NumPy buffer, which for torch tensors is
+        # the tensor's own storage, and an in-place update there would change the parameter.
+        value = jnp.array(np.array(arr, copy=True), dtype=current.dtype)
         sharding = getattr(current, "sharding", None)  # None for an abstract value without one
         if sharding is not None:
             value = jax.device_put(value, sharding)

@@ -1,0 +1,481 @@
+"""Whole-model training step: convnn.models against the same models with nnx.Conv and PyTorch.
+
+One step is forward + backward + SGD-with-momentum update (optax / torch.optim) on random
+images and labels, for torchvision's ResNet-18, ResNet-50, ConvNeXt-T, MobileNetV2 and
+EfficientNet-B0 (train mode: batch statistics, dropout and stochastic depth on). Columns:
+
+* ``convnn``: :mod:`convnn.models` (convolutions are :class:`convnn.layers.Conv2d` under
+  ``convnn.lowering("auto")``);
+* ``nnx``: the same model with ``nnx.Conv`` (Flax's HWIO kernel, plain ``lax``);
+* ``torch``: torchvision's model, eager, channels_last, cuDNN autotuning (``cudnn.benchmark``),
+  bf16 through ``torch.autocast``; ``torch.compile``: the same, compiled.
+
+Both JAX columns run three step patterns: ``nnx.jit`` over the model and optimizer
+(``nnx_jit``), ``nnx.cached_partial`` of that step (``cached``), and ``nnx.split`` once +
+``jax.jit`` over the state with the state donated (``split``; the pattern docs/training-step.md
+recommends). ``--patterns`` picks them. Compute dtype bf16 (float32 parameters, SGD on
+float32 master weights) or float32 (TF32 allowed in both libraries, XLA's and PyTorch's default
+for convolutions; PyTorch's matmul precision set to "high" to match).
+
+Reported per row: images/s (median over ``--repeats`` groups of ``--steps`` back-to-back steps
+with one synchronisation per group, so a host-bound step shows), the first step's time (trace +
+compile + run: what a user waits for) and, per (model, batch, dtype), ratios within the run:
+convnn/nnx per pattern, convnn (split) against the best other column, and compile time
+convnn/nnx. The JSON is rewritten after every row, so a run cut short keeps what it measured;
+``--budget`` skips the remaining rows once spent.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.bench_models                      # GPU: all models, batch 128 and 32
+    python -m benchmarks.bench_models --smoke              # CPU: batch 2, 32x32, float32
+    python -m benchmarks.bench_models --models resnet50,convnext_tiny --batches 128 \\
+        --dtypes bfloat16 --no-torch --json /tmp/models.json
+    python -m benchmarks.bench_models --report a.json b.json   # one table from several runs
+
+Compilation dominates on a GPU (ConvNeXt-T's step takes minutes to compile), so a full run
+takes longer than ten minutes; split it by column (``--no-torch`` / ``--no-jax``), pattern
+(``--patterns``) and dtype on one machine and pool the JSON files with ``--report``.
+``--jobs 8`` compiles a model's ``split`` programs concurrently (their compile times are then
+measured under contention; ``--jobs 1`` for the uncontended figure).
+
+torchvision is used when it imports; otherwise the PyTorch copies of its definitions in
+``tests/torchvision_ref.py`` (recorded in the JSON as ``torch_models``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# Let JAX and PyTorch share the GPU: JAX grows its pool instead of taking 75 % up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import convnn  # noqa: E402
+from convnn.models import MODELS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+PATTERNS = ("split", "nnx_jit", "cached")
+START = time.perf_counter()
+
+
+# ------------------------------------------------------------------------------------------
+# JAX
+# ------------------------------------------------------------------------------------------
+
+
+def _loss_fn(model, x, y):
+    logits = model(x).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def make_step(model, optimizer, pattern: str):
+    """``step(carry, x, y) -> (carry, loss)`` in one of the two patterns, and its first carry."""
+    if pattern == "nnx_jit":
+
+        @nnx.jit
+        def train_step(model, optimizer, x, y):
+            loss, grads = nnx.value_and_grad(_loss_fn)(model, x, y)
+            optimizer.update(model, grads)
+            return loss
+
+        def step(carry, x, y):
+            return carry, train_step(*carry, x, y)
+
+        return step, (model, optimizer)
+
+    if pattern == "cached":  # nnx.cached_partial, as its docstring sets it up
+
+        @nnx.jit(graph_updates=True, graph=True)
+        def cached_step(model, optimizer, x, y):
+            loss, grads = nnx.value_and_grad(_loss_fn)(model, x, y)
+            optimizer.update(model, grads)
+            return loss
+
+        with nnx.set_graph_mode(True), nnx.set_graph_updates(True):
+            partial = nnx.cached_partial(cached_step, model, optimizer)
+
+        def step(carry, x, y):
+            return carry, partial(x, y)
+
+        return step, None
+
+    graphdef, state = nnx.split((model, optimizer))
+    return split_step(graphdef), state
+
+
+def split_step(graphdef):
+    """The recommended step: a pure function of the state, jitted, the state donated."""
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, x, y):
+        model, optimizer = nnx.merge(graphdef, state)
+        loss, grads = nnx.value_and_grad(_loss_fn)(model, x, y)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss
+
+    return step
+
+
+def build(name, conv, dtype, classes):
+    model = MODELS[name](classes, rngs=nnx.Rngs(params=0, dropout=1), conv=conv,
+                         dtype=DTYPES[dtype])
+    model.train()
+    return model, nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+
+
+def inputs(batch, size, dtype, classes):
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (batch, size, size, 3), DTYPES[dtype])
+    return x, jax.random.randint(key, (batch,), 0, classes)
+
+
+def precompile(keys, args):
+    """Ahead-of-time programs of the ``split`` rows ``(name, batch, dtype, conv)``: traced and
+    lowered one after the other, compiled on ``args.jobs`` threads (XLA releases the GIL)."""
+    lowered = {}
+    for name, batch, dtype, conv in keys:
+        t0 = time.perf_counter()
+        try:
+            with convnn.lowering("auto"):
+                model, opt = nnx.eval_shape(
+                    functools.partial(build, name, conv, dtype, args.classes))
+                graphdef, state = nnx.split((model, opt))
+                x, y = jax.eval_shape(
+                    functools.partial(inputs, batch, args.size, dtype, args.classes))
+                lowered[(name, batch, dtype, conv)] = (
+                    split_step(graphdef).lower(state, x, y), time.perf_counter() - t0
+                )
+        except Exception as e:
+            lowered[(name, batch, dtype, conv)] = (e, time.perf_counter() - t0)
+
+    def compile_one(item):
+        key, (low, lower_s) = item
+        if isinstance(low, Exception):
+            return key, (low, lower_s, 0.0)
+        t0 = time.perf_counter()
+        try:
+            return key, (low.compile(), lower_s, time.perf_counter() - t0)
+        except Exception as e:
+            return key, (e, lower_s, time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        return dict(pool.map(compile_one, lowered.items()))
+
+
+def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
+    t0 = time.perf_counter()
+    model, optimizer = build(name, conv, dtype, args.classes)
+    build_s = time.perf_counter() - t0
+    extra = {}
+    if compiled is not None:  # split pattern, compiled ahead of time
+        program, lower_s, compile_s = compiled
+        if isinstance(program, Exception):
+            raise program
+        _, carry = nnx.split((model, optimizer))
+        step = program
+        extra = {"lower_s": lower_s, "compile_s": compile_s}
+    else:
+        step, carry = make_step(model, optimizer, pattern)
+    x, y = inputs(batch, size, dtype, args.classes)
+    t0 = time.perf_counter()
+    carry, loss = step(carry, x, y)
+    loss.block_until_ready()
+    first = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        carry, loss = step(carry, x, y)
+    loss.block_until_ready()
+    rates = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            carry, loss = step(carry, x, y)
+        loss.block_until_ready()
+        rates.append(args.steps * batch / (time.perf_counter() - t0))
+    loss = float(loss)
+    del carry, model, optimizer, step
+    gc.collect()
+    if extra:  # what a user waits for: trace + lower + compile + the first run
+        extra["first_run_s"] = first
+        first += extra["lower_s"] + extra["compile_s"]
+    return {"images_per_s": statistics.median(rates), "first_step_s": first,
+            "build_s": build_s, "loss": loss, "rates": rates, **extra}
+
+
+# ------------------------------------------------------------------------------------------
+# PyTorch
+# ------------------------------------------------------------------------------------------
+
+
+def torch_models():
+    """``torchvision.models`` or the copies in tests/torchvision_ref.py, and which it is."""
+    try:
+        import torchvision.models as tvm  # noqa: PLC0415 (optional dependency)
+
+        return (lambda torch, name, n: getattr(tvm, name)(num_classes=n)), "torchvision"
+    except Exception:  # missing, or built for another torch
+        spec = importlib.util.spec_from_file_location(
+            "torchvision_ref", ROOT / "tests" / "torchvision_ref.py"
+        )
+        ref = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ref)
+        return (lambda torch, name, n: ref._reference(torch)[name](n)), "tests/torchvision_ref.py"
+
+
+def time_torch(torch, build_torch, name, compiled, batch, size, dtype, args):
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = build_torch(torch, name, args.classes).to(dev).to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fwd = torch.compile(model) if compiled else model
+    build_s = time.perf_counter() - t0
+    x = torch.randn(batch, 3, size, size, device=dev).to(memory_format=torch.channels_last)
+    y = torch.randint(0, args.classes, (batch,), device=dev)
+    autocast = dtype == "bfloat16"
+
+    def step():
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
+            out = fwd(x)
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    loss = step()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        loss = step()
+    sync()
+    rates = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        sync()
+        rates.append(args.steps * batch / (time.perf_counter() - t0))
+    loss = float(loss.detach())
+    gc.collect()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    return {"images_per_s": statistics.median(rates), "first_step_s": first,
+            "build_s": build_s, "loss": loss, "rates": rates}
+
+
+# ------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------
+
+
+def ratios(rows):
+    """Per (model, batch, dtype): the comparisons the issue asks for, within this run."""
+    out = []
+    keys = sorted({(r["model"], r["batch"], r["dtype"]) for r in rows}, key=str)
+    for model, batch, dtype in keys:
+        cell = {
+            r["column"]: r for r in rows
+            if (r["model"], r["batch"], r["dtype"]) == (model, batch, dtype) and "error" not in r
+        }
+        rate = {c: r["images_per_s"] for c, r in cell.items()}
+        entry = {"model": model, "batch": batch, "dtype": dtype}
+        for p in PATTERNS:
+            a, b = rate.get(f"convnn/{p}"), rate.get(f"nnx/{p}")
+            if a and b:
+                entry[f"convnn/nnx {p}"] = a / b
+                fa, fb = cell[f"convnn/{p}"]["first_step_s"], cell[f"nnx/{p}"]["first_step_s"]
+                entry[f"compile convnn/nnx {p}"] = fa / fb
+        others = {c: v for c, v in rate.items() if not c.startswith("convnn")}
+        if "convnn/split" in rate and others:
+            best = max(others, key=others.get)
+            entry["best_other"] = best
+            entry["convnn/split vs best"] = rate["convnn/split"] / others[best]
+        out.append(entry)
+    return out
+
+
+def print_table(rows):
+    cols = ["convnn/split", "nnx/split", "convnn/nnx_jit", "nnx/nnx_jit", "convnn/cached",
+            "nnx/cached", "torch", "torch.compile"]
+    print()
+    print(f"{'model':16} {'batch':>5} {'dtype':8} " + " ".join(f"{c:>15}" for c in cols)
+          + f" {'vs best':>8} {'compile c/n':>11}")
+    for e in ratios(rows):
+        cell = {r["column"]: r for r in rows if (r["model"], r["batch"], r["dtype"]) ==
+                (e["model"], e["batch"], e["dtype"])}
+        vals = []
+        for c in cols:
+            r = cell.get(c)
+            vals.append("-" if r is None else "error" if "error" in r else
+                        f"{r['images_per_s']:7.0f} ({r['first_step_s']:4.0f}s)")
+        vs = e.get("convnn/split vs best")
+        comp = e.get("compile convnn/nnx split")
+        vs = "-" if vs is None else f"{vs:.3f}x"
+        comp = "-" if comp is None else f"{comp:.2f}x"
+        print(f"{e['model']:16} {e['batch']:5d} {e['dtype']:8} "
+              + " ".join(f"{v:>15}" for v in vals) + f" {vs:>8} {comp:>11}")
+    print("images/s (first step: trace + compile + run, s); 'vs best': convnn/split over the best "
+          "other column; 'compile c/n': first step convnn/nnx, split pattern")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    p.add_argument("--batches", default="128,32")
+    p.add_argument("--size", type=int, default=224, help="image height and width")
+    p.add_argument("--dtypes", default="bfloat16,float32")
+    p.add_argument("--patterns", default="split,nnx_jit", help="of split, nnx_jit, cached")
+    p.add_argument("--convs", default="convnn,nnx")
+    p.add_argument("--float32-batches", default=None,
+                   help="batches for float32 (default: the first of --batches)")
+    p.add_argument("--nnx-jit-batches", default=None,
+                   help="batches for the nnx_jit and cached patterns (default: the first of "
+                   "--batches)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    p.add_argument("--no-jax", action="store_true", help="only the PyTorch columns")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="threads compiling a model's split-pattern programs ahead of time; above "
+                   "1 their compile times are measured under contention (default 1)")
+    p.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                   help="print the table of earlier runs' JSON files (rows pooled) and exit")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--compile-batches", default=None,
+                   help="batches for torch.compile (default: the first of --batches)")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed group")
+    p.add_argument("--repeats", type=int, default=3, help="timed groups (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--budget", type=float, default=None, help="seconds; then skip the rest")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU check: batch 2, 32x32, float32, 2 steps, no torch.compile")
+    p.add_argument("--json", default=None, help="default benchmarks/results/models_<device>.json")
+    args = p.parse_args(argv)
+    if args.report:
+        rows = [r for f in args.report for r in json.loads(Path(f).read_text())["rows"]]
+        print_table(rows)
+        return
+    if args.smoke:
+        args.batches, args.size, args.dtypes = "2", 32, "float32"
+        args.steps, args.repeats, args.warmup, args.classes = 2, 1, 1, 10
+        args.no_compile = True
+    names = args.models.split(",")
+    for n in names:
+        if n not in MODELS:
+            p.error(f"unknown model {n!r}; choose from {list(MODELS)}")
+    batches = [int(b) for b in args.batches.split(",")]
+    first = str(batches[0])
+    f32_batches = {int(b) for b in (args.float32_batches or first).split(",")}
+    jit_batches = {int(b) for b in (args.nnx_jit_batches or first).split(",")}
+    compile_batches = {int(b) for b in (args.compile_batches or first).split(",")}
+    dtypes = args.dtypes.split(",")
+    patterns = args.patterns.split(",")
+    convs = [] if args.no_jax else args.convs.split(",")
+
+    device = jax.devices()[0]
+    tag = device.device_kind.lower().replace(" ", "_") if device.platform == "gpu" else "cpu"
+    path = Path(args.json or ROOT / "benchmarks" / "results" / f"models_{tag}.json")
+    meta = {
+        "jobs": args.jobs,
+        "device": f"{device.platform}: {device.device_kind}",
+        "jax": jax.__version__, "flax": importlib.metadata.version("flax"),
+        "convnn_backend": str(convnn.backend_info()), "host": platform.node(),
+        "cpu_count": os.cpu_count(), "size": args.size, "steps": args.steps,
+        "repeats": args.repeats, "argv": vars(args),
+    }
+    torch = build_torch = None
+    if not args.no_torch:
+        try:
+            import torch  # noqa: PLC0415 (optional dependency)
+
+            build_torch, meta["torch_models"] = torch_models()
+            meta["torch"] = torch.__version__
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")
+        except ImportError:
+            torch = None
+    rows: list[dict] = []
+
+    def save():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios(rows)},
+                                  indent=1))
+        tmp.replace(path)
+
+    plan = []
+    for name in names:
+        for batch in batches:
+            for dtype in dtypes:
+                if dtype == "float32" and batch not in f32_batches:
+                    continue
+                if torch is not None:
+                    plan.append((name, batch, dtype, "torch"))
+                    if not args.no_compile and batch in compile_batches:
+                        plan.append((name, batch, dtype, "torch.compile"))
+                for pattern in patterns:
+                    if pattern != "split" and batch not in jit_batches:
+                        continue
+                    for conv in convs:
+                        plan.append((name, batch, dtype, f"{conv}/{pattern}"))
+    print(f"{meta['device']}; {len(plan)} rows; results -> {path}", flush=True)
+    programs: dict = {}
+    for i, (name, batch, dtype, column) in enumerate(plan):
+        if args.budget is not None and time.perf_counter() - START > args.budget:
+            print(f"budget spent: skipping {name} {batch} {dtype} {column}", flush=True)
+            continue
+        if i == 0 or plan[i - 1][0] != name:  # a new model: compile its split programs
+            keys = [(n, b, d, c.split("/")[0]) for n, b, d, c in plan
+                    if n == name and c.endswith("/split")]
+            if keys:
+                t0 = time.perf_counter()
+                programs = precompile(keys, args)
+                print(f"[{time.perf_counter() - START:6.0f} s] {name}: {len(keys)} split "
+                      f"programs compiled in {time.perf_counter() - t0:.0f} s ({args.jobs} jobs)",
+                      flush=True)
+        row = {"model": name, "batch": batch, "dtype": dtype, "column": column}
+        try:
+            if column.startswith("torch"):
+                row.update(time_torch(torch, build_torch, name, column == "torch.compile", batch,
+                                      args.size, dtype, args))
+            else:
+                conv, pattern = column.split("/")
+                compiled = programs.get((name, batch, dtype, conv)) if pattern == "split" else None
+                with convnn.lowering("auto"):
+                    row.update(time_jax(name, conv, pattern, batch, args.size, dtype, args,
+                                        compiled))
+        except Exception as e:  # record and go on: one failing column must not lose the rest
+            row["error"] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        rows.append(row)
+        save()
+        shown = row.get("error") or (f"{row['images_per_s']:8.1f} images/s, first step "
+                                     f"{row['first_step_s']:.1f} s")
+        print(f"[{time.perf_counter() - START:6.0f} s] {name:16} {batch:4d} {dtype:8} "
+              f"{column:15} {shown}", flush=True)
+    programs.clear()
+    print_table(rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Pieces shared by the models: the convolution factory, stochastic depth and pooling."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from convnn import layers
+from convnn.models import _norm
+
+CONVS = ("convnn", "nnx")
+
+
+class Factory:
+    """Builds the layers of one model with one convolution implementation and compute dtype.
+
+    ``conv="convnn"`` gives :class:`convnn.layers.Conv2d` (MLX layout, convnn's lowering policy);
+    ``conv="nnx"`` gives ``nnx.Conv`` (Flax's HWIO kernel, plain ``lax``), the baseline the
+    benchmarks compare against. Both load the same PyTorch state dict through
+    :func:`convnn.interop.load_torch_state_dict`.
+    """
+
+    def __init__(self, fn: str, conv: str, dtype: Any, rngs: nnx.Rngs):
+        if conv not in CONVS:
+            raise ValueError(f"[{fn}] conv must be one of {CONVS}, got {conv!r}.")
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"[{fn}] rngs must be an nnx.Rngs, got {rngs!r}.")
+        self.conv_impl, self.dtype, self.rngs = conv, dtype, rngs
+
+    def conv(
+        self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
+        bias: bool = False, *, std: float | None = None,
+    ):
+        """A ``k x k`` convolution; weights ``normal(0, std)`` (default: Kaiming, fan-out)."""
+        if std is None:  # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu")
+            std = math.sqrt(2.0 / (cout * k * k))
+        init = nnx.initializers.normal(std)
+        if self.conv_impl == "convnn":
+            return layers.Conv2d(
+                cin, cout, k, stride, padding, 1, groups, bias, rngs=self.rngs, dtype=self.dtype,
+                kernel_init=init,
+            )
+        return nnx.Conv(
+            cin, cout, (k, k), stride, padding=((padding, padding), (padding, padding)),
+            feature_group_count=groups, use_bias=bias, dtype=self.dtype, kernel_init=init,
+            rngs=self.rngs,
+        )
+
+    def bn(self, c: int, **kwargs):
+        return _norm.BatchNorm2d(c, dtype=self.dtype, rngs=self.rngs, **kwargs)
+
+    def ln(self, c: int, eps: float):
+        return _norm.LayerNorm(c, eps=eps, dtype=self.dtype, rngs=self.rngs)
+
+    def linear(self, cin: int, cout: int, **kwargs):
+        return _norm.Linear(cin, cout, dtype=self.dtype, rngs=self.rngs, **kwargs)
+
+    def dropout(self, p: float):
+        return nnx.Dropout(p, rngs=self.rngs)
+
+    def stochastic_depth(self, p: float):
+        """torchvision's ``StochasticDepth(p, "row")``: drop whole samples of a residual branch
+        with probability ``p`` and scale the rest by ``1 / (1 - p)``; identity in eval mode."""
+        return nnx.Dropout(p, broadcast_dims=(1, 2, 3), rngs=self.rngs)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """``AdaptiveAvgPool2d(1)`` + ``flatten(1)`` on NHWC input: ``(N, H, W, C) -> (N, C)``."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    return x.reshape(x.shape[0], -1)
+
+
+def identity(x: jax.Array) -> jax.Array:
+    """Stands where torchvision permutes NCHW to NHWC and back (inputs here are NHWC already);
+    it keeps the ``nn.Sequential`` indices, and so the state-dict keys, of torchvision."""
+    return x
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """torchvision's ``_make_divisible``: round channels to a multiple of ``divisor``."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
