@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tolerances import assert_close
 
 import convnn
 import convnn.layers as L
 from convnn import _dispatch, _plan
 from convnn._reference import conv_transpose_ref
-from tolerances import assert_close
 
 F32 = jnp.float32
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tolerances import assert_close
 
 import convnn
 from convnn import _reference as ref
-from tolerances import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = settings(max_examples=8, deadline=None, derandomize=True,
