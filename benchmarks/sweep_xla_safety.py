@@ -15,6 +15,7 @@ Usage::
     python -m benchmarks.sweep_xla_safety                      # 400 configurations, minutes
     python -m benchmarks.sweep_xla_safety --count 3000 --batch 150
     python -m benchmarks.sweep_xla_safety --count 20 --strategies xla --out /tmp/s.json
+    python -m benchmarks.sweep_xla_safety --count 0 --family --strategies xla  # the family
 
 (from the repository root, so that the children import this checkout's ``convnn``).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import itertools
 import json
 import os
 import random
@@ -96,6 +98,25 @@ def random_config(rng: random.Random) -> dict:
             continue
         fn = "conv_general" if kind == "conv_general" else f"{kind}{n}d"
         return dict(fn=fn, x=[batch, *spatial, c_in], w=[c_out, *kernel, c_in // groups], kw=kw)
+
+
+def family_grid() -> list[dict]:
+    """Every small 2-D input-dilated convolution of the family XLA's CPU simplifier aborts on:
+    transposed (input 1-3 x 1-3, kernel 1-3 x 1-3, stride 1-2 per axis) and ``conv_general``
+    with input dilation 2 (input and kernel 1-3 per axis)."""
+    cfgs = []
+    sizes = range(1, 4)
+    for h, w_, kh, kw_ in itertools.product(sizes, sizes, sizes, sizes):
+        for sh, sw in itertools.product((1, 2), (1, 2)):
+            cfgs.append(dict(fn="conv_transpose2d", x=[1, h, w_, 1], w=[1, kh, kw_, 1],
+                             kw=dict(stride=[sh, sw], padding=[0, 0], dilation=[1, 1],
+                                     output_padding=[0, 0], groups=1)))
+        if (h - 1) * 2 + 1 >= kh and (w_ - 1) * 2 + 1 >= kw_:
+            cfgs.append(dict(fn="conv_general", x=[1, h, w_, 1], w=[1, kh, kw_, 1],
+                             kw=dict(stride=[1, 1], padding=[[0, 0], [0, 0]],
+                                     kernel_dilation=[1, 1], input_dilation=[2, 2], groups=1,
+                                     flip=False)))
+    return cfgs
 
 
 def reference(cfg, x, w, ct):
@@ -223,10 +244,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=100, help="configurations per child process")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--family", action="store_true",
+                   help="add every small 2-D input-dilated configuration (family_grid)")
     p.add_argument("--out", default=str(RESULTS / "sweep_xla_safety.json"))
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     cfgs = KNOWN + [random_config(rng) for _ in range(args.count)]
+    if args.family:
+        cfgs += family_grid()
     strategies = args.strategies.split(",")
     t0 = time.time()
     rows = run(cfgs, strategies, args.batch)

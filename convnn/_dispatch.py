@@ -83,6 +83,8 @@ def _eager_body(key, x, w):
     """An eager call's traced body: plans from the strict key (validating) and executes."""
     fn, _, *args = key
     kwargs = {k: _plan._unstrict(v) for k, v in zip(_ARG_NAMES, args)}
+    if type(args[5]) is tuple:  # flip was tagged twice (see conv)
+        kwargs["flip"] = _plan._unstrict(args[5][1])
     return execute(_plan.plan(fn, x.shape, x.dtype, w.shape, w.dtype, **kwargs), x, w)
 
 
@@ -115,8 +117,14 @@ def conv(fn: str, x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: A
                dilation if type(dilation) is int else _strict(dilation),
                input_dilation if type(input_dilation) is int else _strict(input_dilation),
                groups if type(groups) is int else _strict(groups),
-               _strict(flip), _strict(output_padding), _strict(stream), _strict(precision),
-               _strict(preferred_element_type), name)
+               # A bool stays a bool here, so anything else (0, 1) must not: tag it.
+               flip if type(flip) is bool else (type(flip), _strict(flip)),
+               output_padding if type(output_padding) is int else _strict(output_padding),
+               stream if stream is None else _strict(stream),
+               precision if precision is None else _strict(precision),
+               preferred_element_type if preferred_element_type is None
+               else _strict(preferred_element_type),
+               name)
     except TypeError:  # an unhashable argument: plan and run op by op
         return _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip,
                        output_padding, stream, precision, preferred_element_type, name)
