@@ -68,7 +68,8 @@ class ConvPlan:
       ``None`` when ``zeros``: no input element reaches a window and the output is all zeros.
     """
 
-    fn: str
+    fn: str  # the function called
+    name: str  # the name errors carry (the function, or the layer)
     n: int
     transposed: bool
     unbatched: bool
@@ -251,6 +252,14 @@ def _crop_geometry(spatial, lows, highs, input_dilation):
     return tuple(starts), tuple(stops), tuple(pads), empty
 
 
+class _Ints:
+    """Tag of a tuple of exact ints (the common case, tagged once rather than per element)."""
+
+
+class _IntList:
+    """Tag of a list of exact ints."""
+
+
 def _strict(value: Any) -> Any:
     """A hashable key for an argument that no differently validated argument shares.
 
@@ -261,7 +270,10 @@ def _strict(value: Any) -> Any:
     if tv is int or tv is str or value is None:
         return value
     if tv is tuple or tv is list:
-        return (tv, *map(_strict, value))
+        for e in value:
+            if type(e) is not int:
+                return (tv, *map(_strict, value))
+        return (_Ints, value) if tv is tuple else (_IntList, tuple(value))
     if isinstance(value, np.ndarray):
         return (np.ndarray, value.dtype.str, value.shape, *map(_strict, value.ravel().tolist()))
     hash(value)  # an unhashable argument raises TypeError here, not inside a cache
@@ -273,6 +285,10 @@ def _unstrict(value: Any) -> Any:
     if type(value) is not tuple:
         return value
     tag = value[0]
+    if tag is _Ints:
+        return value[1]
+    if tag is _IntList:
+        return list(value[1])
     if tag is tuple or tag is list:
         return tag(map(_unstrict, value[1:]))
     if tag is np.ndarray:
@@ -453,7 +469,7 @@ def _plan(
         cropped = (batched[0], *(b - a for a, b in zip(starts, stops)), batched[-1])
         strategy = _lowering.resolve(cropped, tuple(w_shape), dtype, spec, device)
     return ConvPlan(
-        fn=err, n=n, transposed=transposed, unbatched=unbatched, dtype=jnp.dtype(dtype),
+        fn=fn, name=err, n=n, transposed=transposed, unbatched=unbatched, dtype=jnp.dtype(dtype),
         out_dtype=pet if pet is not None else jnp.dtype(dtype), lows=lows, highs=highs,
         crop=crop, out_shape=out_shape[1:] if unbatched else out_shape, spec=spec,
         strategy=strategy, device=device, zeros=zeros,
