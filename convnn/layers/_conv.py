@@ -165,16 +165,16 @@ class _ConvBase(nnx.Module):
         self.groups = groups
         self.padding_mode = padding_mode
         self.precision = precision
-        # The canonical arguments the call passes (validated once, here; the plan checks them
-        # against the input's shape).
-        self._canonical = (strides, canonical, dilations, out_pad)
-        self._repr_values = tuple(
+        # One static attribute (nnx.jit walks every attribute on every call): the canonical
+        # arguments the call passes (validated once, here; the plan checks them against the
+        # input's shape), then the values the repr shows.
+        self._canonical = (strides, canonical, dilations, out_pad, *(
             _display(v, n, expand_int=n > 1 and name != "dilation")
             for name, v in (
                 ("stride", stride), ("padding", padding), ("dilation", dilation),
                 ("output_padding", output_padding if self._transposed else 0),
             )
-        )
+        ))
 
         fan_in = in_channels // groups * math.prod(kernel)
         kernel_init = kernel_init or uniform_init(math.sqrt(1.0 / fan_in))
@@ -198,7 +198,7 @@ class _ConvBase(nnx.Module):
 
     def __repr__(self) -> str:
         n, g = self._n, self.groups
-        stride, padding, dilation, output_padding = self._repr_values
+        stride, padding, dilation, output_padding = self._canonical[4:]
         kernel = self.kernel_size[0] if n == 1 else self.kernel_size
         text = (
             f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
@@ -267,7 +267,7 @@ class _Conv(_ConvBase):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, w, b = self._cast(x)
-        stride, padding, dilation, _ = self._canonical
+        stride, padding, dilation = self._canonical[:3]
         name = type(self).__name__
         if self.padding_mode != "zeros":
             x, padding = _pad_input(x, self._n, name, padding, self.padding_mode,
@@ -308,7 +308,7 @@ class _ConvTranspose(_ConvBase):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, w, b = self._cast(x)
-        stride, padding, dilation, output_padding = self._canonical
+        stride, padding, dilation, output_padding = self._canonical[:4]
         y = _dispatch.conv(self._fn, x, w, stride, padding, dilation, 1, self.groups, False,
                            output_padding, None, self.precision, None, type(self).__name__)
         return y if b is None else y + _expand(b, y.ndim)
