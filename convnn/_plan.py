@@ -64,8 +64,10 @@ class ConvPlan:
     * ``dtype`` is the floating compute dtype of both operands (MLX's promotion);
       ``out_dtype`` is ``spec.preferred_element_type`` when given (never narrower than
       ``dtype``), else ``dtype``. ``spec.precision`` is ``None``, a ``lax.Precision`` or a pair.
-    * ``strategy`` is a key of ``_lowering.STRATEGIES`` chosen for the cropped operands, or
-      ``None`` when ``zeros``: no input element reaches a window and the output is all zeros.
+    * ``strategy`` is a key of ``_lowering.STRATEGIES`` chosen for the operands the strategy
+      sees (``lowered_x_shape``: batched and cropped), or ``None`` when ``zeros``: no input
+      element reaches a window and the output is all zeros. It is resolved again on every
+      :func:`plan` call (the policy may read state outside the arguments); the rest is cached.
     """
 
     fn: str  # the function called
@@ -83,6 +85,8 @@ class ConvPlan:
     strategy: str | None
     device: Any
     zeros: bool
+    lowered_x_shape: tuple[int, ...] = ()
+    w_shape: tuple[int, ...] = ()
 
 
 def _shapes(x_shape, w_shape) -> str:
@@ -329,6 +333,11 @@ def plan(fn: str, x_shape, x_dtype, w_shape, w_dtype, **kwargs) -> ConvPlan:
             _PLANS[key] = entry
             while len(_PLANS) > MAX_PLANS:
                 del _PLANS[next(iter(_PLANS))]
+    elif not entry.zeros:
+        strategy = _lowering.resolve(entry.lowered_x_shape, entry.w_shape, entry.dtype,
+                                     entry.spec, entry.device)
+        if strategy != entry.strategy:
+            entry = dataclasses.replace(entry, strategy=strategy)
     return entry
 
 
@@ -463,6 +472,7 @@ def _plan(
         groups=groups, flip=bool(flip), precision=precision, preferred_element_type=pet,
     )
     crop = strategy = None
+    cropped = ()
     if not zeros:
         if any(starts) or stops != spatial:
             crop = (starts, stops)
@@ -472,5 +482,6 @@ def _plan(
         fn=fn, name=err, n=n, transposed=transposed, unbatched=unbatched, dtype=jnp.dtype(dtype),
         out_dtype=pet if pet is not None else jnp.dtype(dtype), lows=lows, highs=highs,
         crop=crop, out_shape=out_shape[1:] if unbatched else out_shape, spec=spec,
-        strategy=strategy, device=device, zeros=zeros,
+        strategy=strategy, device=device, zeros=zeros, lowered_x_shape=cropped,
+        w_shape=tuple(w_shape),
     )
