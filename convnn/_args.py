@@ -122,6 +122,8 @@ def canonicalize_padding(
             )
         p = tuple(operator.index(v) for v in items)
         return p, p
+    if items and not any(isinstance(v, (Sequence, np.ndarray)) for v in items):
+        raise TypeError(f"[{fn}] padding must contain ints only, got {padding!r}.")
     if len(items) == 2 and all(
         isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str) for v in items
     ):

@@ -26,10 +26,7 @@ from typing import Any
 import jax
 
 from convnn import _pool
-from convnn._conv import _CONCRETE, _is_concrete
-from convnn._conv import EAGER as _EAGER
-from convnn._conv import EAGER_PADDING as _EAGER_PADDING
-from convnn._conv import conv as _conv
+from convnn._dispatch import conv as _conv
 
 __all__ = [
     "conv1d",
@@ -48,53 +45,6 @@ __all__ = [
 ]
 
 IntOrTuple = Any  # int or a sequence of ints, one per spatial axis
-
-
-def _convnd(fn, n, input, weight, stride, padding, dilation, groups, stream, precision, pet):
-    if (_EAGER is not None and type(stride) is int and type(padding) in _EAGER_PADDING
-            and type(dilation) is int and type(groups) is int and stream is None
-            and precision is None and pet is None
-            and (type(input) in _CONCRETE or _is_concrete(input))
-            and (type(weight) in _CONCRETE or _is_concrete(weight))):
-        return _EAGER(fn, n, stride, padding, dilation, groups, None, input, weight)
-    return _conv(
-        fn,
-        input,
-        weight,
-        n=n,
-        stride=stride,
-        padding=padding,
-        kernel_dilation=dilation,
-        groups=groups,
-        stream=stream,
-        precision=precision,
-        preferred_element_type=pet,
-    )
-
-
-def _conv_transposend(
-    fn, n, input, weight, stride, padding, dilation, output_padding, groups, stream, precision, pet
-):
-    if (_EAGER is not None and type(stride) is int and type(padding) is int
-            and type(dilation) is int and type(output_padding) is int and type(groups) is int
-            and stream is None and precision is None and pet is None
-            and (type(input) in _CONCRETE or _is_concrete(input))
-            and (type(weight) in _CONCRETE or _is_concrete(weight))):
-        return _EAGER(fn, n, stride, padding, dilation, groups, output_padding, input, weight)
-    return _conv(
-        fn,
-        input,
-        weight,
-        n=n,
-        stride=stride,
-        padding=padding,
-        kernel_dilation=dilation,
-        output_padding=output_padding,
-        groups=groups,
-        stream=stream,
-        precision=precision,
-        preferred_element_type=pet,
-    )
 
 
 def conv1d(
@@ -142,10 +92,8 @@ def conv1d(
       >>> convnn.conv1d(x, w, padding=1).shape
       (2, 10, 4)
     """
-    return _convnd(
-        "conv1d", 1, input, weight, stride, padding, dilation, groups, stream, precision,
-        preferred_element_type,
-    )
+    return _conv("conv1d", input, weight, stride, padding, dilation, 1, groups, False, 0,
+                 stream, precision, preferred_element_type)
 
 
 def conv2d(
@@ -193,10 +141,8 @@ def conv2d(
       >>> convnn.conv2d(x, w, stride=2, padding=1).shape
       (1, 4, 4, 16)
     """
-    return _convnd(
-        "conv2d", 2, input, weight, stride, padding, dilation, groups, stream, precision,
-        preferred_element_type,
-    )
+    return _conv("conv2d", input, weight, stride, padding, dilation, 1, groups, False, 0,
+                 stream, precision, preferred_element_type)
 
 
 def conv3d(
@@ -245,10 +191,8 @@ def conv3d(
       >>> convnn.conv3d(x, w, padding=1, groups=2).shape
       (1, 4, 6, 6, 8)
     """
-    return _convnd(
-        "conv3d", 3, input, weight, stride, padding, dilation, groups, stream, precision,
-        preferred_element_type,
-    )
+    return _conv("conv3d", input, weight, stride, padding, dilation, 1, groups, False, 0,
+                 stream, precision, preferred_element_type)
 
 
 def conv_transpose1d(
@@ -300,10 +244,8 @@ def conv_transpose1d(
       >>> convnn.conv_transpose1d(x, w, stride=2, padding=1, output_padding=1).shape
       (1, 10, 2)
     """
-    return _conv_transposend(
-        "conv_transpose1d", 1, input, weight, stride, padding, dilation, output_padding, groups,
-        stream, precision, preferred_element_type,
-    )
+    return _conv("conv_transpose1d", input, weight, stride, padding, dilation, 1, groups,
+                 False, output_padding, stream, precision, preferred_element_type)
 
 
 def conv_transpose2d(
@@ -351,10 +293,8 @@ def conv_transpose2d(
       >>> convnn.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1).shape
       (1, 8, 8, 3)
     """
-    return _conv_transposend(
-        "conv_transpose2d", 2, input, weight, stride, padding, dilation, output_padding, groups,
-        stream, precision, preferred_element_type,
-    )
+    return _conv("conv_transpose2d", input, weight, stride, padding, dilation, 1, groups,
+                 False, output_padding, stream, precision, preferred_element_type)
 
 
 def conv_transpose3d(
@@ -401,10 +341,8 @@ def conv_transpose3d(
       >>> convnn.conv_transpose3d(x, w, stride=2).shape
       (1, 4, 6, 6, 4)
     """
-    return _conv_transposend(
-        "conv_transpose3d", 3, input, weight, stride, padding, dilation, output_padding, groups,
-        stream, precision, preferred_element_type,
-    )
+    return _conv("conv_transpose3d", input, weight, stride, padding, dilation, 1, groups,
+                 False, output_padding, stream, precision, preferred_element_type)
 
 
 def conv_general(
@@ -460,21 +398,8 @@ def conv_general(
       >>> convnn.conv_general(x, w, padding=((1, 0), (2, 1)), input_dilation=2).shape
       (1, 10, 8, 3)
     """
-    return _conv(
-        "conv_general",
-        input,
-        weight,
-        n=None,
-        stride=stride,
-        padding=padding,
-        kernel_dilation=kernel_dilation,
-        input_dilation=input_dilation,
-        groups=groups,
-        flip=flip,
-        stream=stream,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    return _conv("conv_general", input, weight, stride, padding, kernel_dilation,
+                 input_dilation, groups, flip, 0, stream, precision, preferred_element_type)
 
 
 def max_pool1d(

@@ -1,4 +1,19 @@
-"""The ``"xla"`` strategy: one ``lax.conv_general_dilated`` call."""
+"""The ``"xla"`` strategy: one ``lax.conv_general_dilated`` call.
+
+Rule for input dilation (transposed convolutions, ``conv_general(input_dilation=...)``): on CPU,
+an input-dilated convolution whose dilated kernel is at least as large as the (undilated) input
+on some spatial axis never reaches XLA with ``lhs_dilation``. XLA's CPU algebraic simplifier
+swaps the operands of convolutions whose kernel is larger than their input, and for some
+input-dilated ones the swapped program is invalid and the process aborts ("Window dimensions
+do not match RHS shape"; found by ``benchmarks/sweep_xla_safety.py``: 2-D and 3-D, a kernel
+wider than the input on one axis). A kernel larger than the input on no axis is never swapped,
+so the rule covers the family with a margin. There, the input is dilated and padded explicitly
+(one ``lax.pad`` with interior padding, behind an optimization barrier so that XLA cannot fold
+it back) and convolved with no input dilation and no padding: the same arithmetic, and its
+derivatives (a strided slice, and convolutions without input dilation) stay out of the family.
+Other input-dilated convolutions, and every one on other platforms, keep the native form; its
+weight derivative goes through the explicitly dilated input (:func:`_input_dilated_conv`).
+"""
 
 from __future__ import annotations
 
@@ -65,8 +80,25 @@ def _input_dilated_conv_jvp(spec, primals, tangents):
     return out, t_x + t_w
 
 
+def _explicitly_dilated_conv(x, w, spec: ConvSpec):
+    """The input dilated and padded by one ``lax.pad``, then a plain convolution.
+
+    The optimization barrier keeps XLA from folding the pad back into the convolution's input
+    dilation (its simplifier does, and then aborts on the folded form).
+    """
+    zero = ((0, 0),) * spec.ndim
+    xp = lax.optimization_barrier(dilate_and_pad(x, spec))
+    return _lax_conv(xp, w, spec, input_dilation=(1,) * spec.ndim, padding=zero)
+
+
 def conv_xla(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     """Computes the convolution with a single ``lax.conv_general_dilated`` call."""
     if all(d == 1 for d in spec.input_dilation):
         return _lax_conv(x, w, spec)
+    # Decided at trace time from the backend that compiles it, as the policy decides: with
+    # lax.platform_dependent both branches would reach XLA's simplifier, which is what aborts.
+    k_dil = [(k - 1) * d + 1 for k, d in zip(w.shape[1:-1], spec.kernel_dilation)]
+    if jax.default_backend() == "cpu" and any(
+            kd >= size for kd, size in zip(k_dil, x.shape[1:-1])):
+        return _explicitly_dilated_conv(x, w, spec)
     return _input_dilated_conv(x, w, spec)

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
-from convnn import _args, _flax_compat, functional
-from convnn._conv import _same_padding
+from convnn import _args, _dispatch, _flax_compat
 
 __all__ = [
     "Conv1d",
@@ -38,8 +38,10 @@ def uniform_init(bound: float):
 
 def check_dtype(value: Any, name: str, fn: str, *, optional: bool) -> Any:
     """``None`` (if ``optional``) or a floating dtype, as a NumPy dtype."""
-    if value is None and optional:
-        return None
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"[{fn}] {name} must be a floating dtype, got None.")
     try:
         dtype = jnp.dtype(value)
     except TypeError as err:
@@ -82,9 +84,22 @@ def _expand(v: jax.Array, ndim: int) -> jax.Array:
 
 
 def _as_input(x: Any, fn: str) -> jax.Array:
-    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    x = _dispatch.as_array(x, "input", fn)
     _args.check_float_dtype(x.dtype, "input", fn)
     return x
+
+
+def _init_param(init, rng, shape, dtype, name: str, fn: str) -> jax.Array:
+    """Calls an initializer and checks what it returns (shape, floating dtype)."""
+    value = init(rng, shape, dtype)
+    got_shape = getattr(value, "shape", None)
+    if tuple(got_shape or ()) != shape or got_shape is None:
+        raise ValueError(
+            f"[{fn}] {name} must return an array of shape {shape}, got "
+            f"{type(value).__name__} of shape {got_shape}."
+        )
+    _args.check_float_dtype(value.dtype, f"the result of {name}", fn)
+    return value
 
 
 class _ConvBase(nnx.Module):
@@ -123,6 +138,7 @@ class _ConvBase(nnx.Module):
             lows, highs = _args.canonicalize_padding(padding, n, fn, allow_strings=False)
             if any(p < 0 for p in lows + highs):
                 raise ValueError(f"[{fn}] padding must be non-negative, got {padding!r}.")
+            canonical = (lows, highs)
             out_pad = _args.normalize_tuple(output_padding, n, "output_padding", fn, minimum=0)
             if any(op >= max(s, d) for op, s, d in zip(out_pad, strides, dilations)):
                 raise ValueError(
@@ -131,7 +147,8 @@ class _ConvBase(nnx.Module):
                 )
             self.output_padding = out_pad
         else:
-            _args.canonicalize_padding(padding, n, fn)  # validates; strings allowed
+            out_pad = 0
+            canonical = _args.canonicalize_padding(padding, n, fn)  # strings allowed
         if rngs is None or not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"[{fn}] rngs must be an nnx.Rngs, got {rngs!r}.")
         _check_callable(kernel_init, "kernel_init", fn)
@@ -148,21 +165,26 @@ class _ConvBase(nnx.Module):
         self.groups = groups
         self.padding_mode = padding_mode
         self.precision = precision
-        self._repr_values = tuple(
+        # One static attribute (nnx.jit walks every attribute on every call): the canonical
+        # arguments the call passes (validated once, here; the plan checks them against the
+        # input's shape), then the values the repr shows.
+        self._canonical = (strides, canonical, dilations, out_pad, *(
             _display(v, n, expand_int=n > 1 and name != "dilation")
             for name, v in (
                 ("stride", stride), ("padding", padding), ("dilation", dilation),
                 ("output_padding", output_padding if self._transposed else 0),
             )
-        )
+        ))
 
         fan_in = in_channels // groups * math.prod(kernel)
         kernel_init = kernel_init or uniform_init(math.sqrt(1.0 / fan_in))
         bias_init = bias_init or nnx.initializers.zeros_init()
         shape = (out_channels, *kernel, in_channels // groups)
-        self.weight = nnx.Param(kernel_init(rngs.params(), shape, self.param_dtype))
+        self.weight = nnx.Param(
+            _init_param(kernel_init, rngs.params(), shape, self.param_dtype, "kernel_init", fn))
         if bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), (out_channels,), self.param_dtype))
+            self.bias = nnx.Param(_init_param(bias_init, rngs.params(), (out_channels,),
+                                              self.param_dtype, "bias_init", fn))
         else:
             self.bias = _flax_compat.data(None)
 
@@ -176,7 +198,7 @@ class _ConvBase(nnx.Module):
 
     def __repr__(self) -> str:
         n, g = self._n, self.groups
-        stride, padding, dilation, output_padding = self._repr_values
+        stride, padding, dilation, output_padding = self._canonical[4:]
         kernel = self.kernel_size[0] if n == 1 else self.kernel_size
         text = (
             f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
@@ -193,23 +215,21 @@ class _ConvBase(nnx.Module):
         return text + ")"
 
 
-def _pad_input(x: jax.Array, n: int, fn: str, padding: Any, mode: str, kernel, stride, dilation):
+def _pad_input(x: jax.Array, n: int, fn: str, pad: Any, mode: str, kernel, stride, dilation):
     """Pads ``x`` with ``jnp.pad(mode=...)``; returns it and the padding left for the conv
-    (zero, or the negative part of the padding, which crops)."""
+    (zero, or the negative part of the padding, which crops). ``pad`` is canonical:
+    ``"same"``, ``"valid"`` or ``(lows, highs)``."""
     if x.ndim not in (n + 1, n + 2):
         raise ValueError(
             f"[{fn}] input must have shape (N, *spatial{_SPATIAL[n]}, C_in) or unbatched "
             f"(*spatial, C_in) with {n} spatial axes; got input shape {tuple(x.shape)}."
         )
-    pad = _args.canonicalize_padding(padding, n, fn)
     spatial = x.shape[-n - 1 : -1]
     if pad == "valid":
         return x, 0
     if pad == "same":
-        pairs = [
-            _same_padding(s, (k - 1) * d + 1, st)
-            for s, k, d, st in zip(spatial, kernel, dilation, stride)
-        ]
+        k_dil = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+        pairs = lax.padtype_to_pads(spatial, k_dil, stride, "SAME")
         lows, highs = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
     else:
         lows, highs = pad
@@ -247,14 +267,13 @@ class _Conv(_ConvBase):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, w, b = self._cast(x)
-        padding = self.padding
+        stride, padding, dilation = self._canonical[:3]
+        name = type(self).__name__
         if self.padding_mode != "zeros":
-            x, padding = _pad_input(
-                x, self._n, type(self).__name__, padding, self.padding_mode, self.kernel_size,
-                self.stride, self.dilation,
-            )
-        conv = getattr(functional, f"conv{self._n}d")
-        y = conv(x, w, self.stride, padding, self.dilation, self.groups, precision=self.precision)
+            x, padding = _pad_input(x, self._n, name, padding, self.padding_mode,
+                                    self.kernel_size, stride, dilation)
+        y = _dispatch.conv(self._fn, x, w, stride, padding, dilation, 1, self.groups, False, 0,
+                           None, self.precision, None, name)
         return y if b is None else y + _expand(b, y.ndim)
 
 
@@ -289,11 +308,9 @@ class _ConvTranspose(_ConvBase):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x, w, b = self._cast(x)
-        conv = getattr(functional, f"conv_transpose{self._n}d")
-        y = conv(
-            x, w, self.stride, self.padding, self.dilation, self.output_padding, self.groups,
-            precision=self.precision,
-        )
+        stride, padding, dilation, output_padding = self._canonical[:4]
+        y = _dispatch.conv(self._fn, x, w, stride, padding, dilation, 1, self.groups, False,
+                           output_padding, None, self.precision, None, type(self).__name__)
         return y if b is None else y + _expand(b, y.ndim)
 
 
@@ -374,6 +391,7 @@ def _conv_doc(n: int, transposed: bool, summary: str, example: str) -> str:
 
 class Conv1d(_Conv):
     _n = 1
+    _fn = "conv1d"
     __doc__ = _conv_doc(
         1,
         False,
@@ -394,6 +412,7 @@ class Conv1d(_Conv):
 
 class Conv2d(_Conv):
     _n = 2
+    _fn = "conv2d"
     __doc__ = _conv_doc(
         2,
         False,
@@ -416,6 +435,7 @@ class Conv2d(_Conv):
 
 class Conv3d(_Conv):
     _n = 3
+    _fn = "conv3d"
     __doc__ = _conv_doc(
         3,
         False,
@@ -437,6 +457,7 @@ class Conv3d(_Conv):
 
 class ConvTranspose1d(_ConvTranspose):
     _n = 1
+    _fn = "conv_transpose1d"
     __doc__ = _conv_doc(
         1,
         True,
@@ -456,6 +477,7 @@ class ConvTranspose1d(_ConvTranspose):
 
 class ConvTranspose2d(_ConvTranspose):
     _n = 2
+    _fn = "conv_transpose2d"
     __doc__ = _conv_doc(
         2,
         True,
@@ -477,6 +499,7 @@ class ConvTranspose2d(_ConvTranspose):
 
 class ConvTranspose3d(_ConvTranspose):
     _n = 3
+    _fn = "conv_transpose3d"
     __doc__ = _conv_doc(
         3,
         True,

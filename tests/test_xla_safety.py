@@ -1,0 +1,81 @@
+"""No valid call aborts the process: the audit's aborting calls and a bounded sweep, in children.
+
+XLA's CPU algebraic simplifier aborts the process on some input-dilated convolutions
+(``_lowering/_xla.py`` states the rule that routes them). A child process runs each check, so
+that an abort fails one test instead of killing the run. The full sweep is
+``python -m benchmarks.sweep_xla_safety``; a bounded sample runs here, a larger one under
+``slow``.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.subprocess
+
+
+def _child(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_audit_aborting_calls_return_the_reference_values():
+    out = _child("""
+        import jax, jax.numpy as jnp, numpy as np, convnn, convnn.layers
+        from flax import nnx
+        from convnn._reference import conv_transpose_ref, conv_transpose_ref_vjp
+        x = np.random.default_rng(0).standard_normal((1, 2, 3, 1)).astype(np.float32)
+        w = np.random.default_rng(1).standard_normal((1, 3, 2, 1)).astype(np.float32)
+        kw = dict(stride=(1, 2), padding=1, dilation=(2, 1))
+        args = dict(stride=(1, 2), padding=(1, 1), dilation=(2, 1), output_padding=(0, 0),
+                    groups=1)
+        want = conv_transpose_ref(x, w, **args)
+        ct = np.ones_like(want, np.float32)
+        want_dx, want_dw = conv_transpose_ref_vjp(x, w, ct, **args)
+        for s in ("xla", "mixed", "auto", "decomposed"):
+            with convnn.lowering(s):
+                got = convnn.conv_transpose2d(x, w, **kw)
+                f = lambda a, b: convnn.conv_transpose2d(a, b, **kw)
+                dx, dw = jax.vjp(f, x, w)[1](ct)
+            assert got.shape == (1, 4, 4, 1), got.shape
+            for a, b in ((got, want), (dx, want_dx), (dw, want_dw)):
+                np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4)
+            with convnn.lowering(s):
+                y = convnn.conv_general(jnp.ones((1, 2, 3, 1)), jnp.ones((1, 3, 2, 1)),
+                                        input_dilation=2)
+            assert y.shape == (1, 1, 4, 1)
+        layer = convnn.layers.ConvTranspose3d(1, 2, (3, 1, 2), stride=(1, 2, 1),
+                                              dilation=(2, 1, 1), rngs=nnx.Rngs(0))
+        assert layer(jnp.ones((1, 2, 1, 3, 1))).shape == (1, 6, 1, 4, 2)
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def _sweep(tmp_path, *args):
+    target = tmp_path / "sweep.json"
+    out = subprocess.run([sys.executable, "-m", "benchmarks.sweep_xla_safety", *args,
+                          "--out", str(target)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=1800)
+    assert target.exists(), out.stderr[-3000:]
+    result = json.loads(target.read_text())
+    assert result["totals"].get("abort", 0) == 0, result["failures"][:5]
+    assert not result["failures"], result["failures"][:5]
+    assert out.returncode == 0
+    return result
+
+
+def test_bounded_sweep_finds_no_abort_or_disagreement(tmp_path):
+    result = _sweep(tmp_path, "--count", "6", "--seed", "19", "--strategies", "xla,auto",
+                    "--batch", "20")
+    assert result["runs"] == (6 + 3) * 2 * 2
+
+
+@pytest.mark.slow
+def test_larger_sweep_finds_no_abort_or_disagreement(tmp_path):
+    _sweep(tmp_path, "--count", "150", "--seed", "7", "--batch", "50")
