@@ -52,6 +52,7 @@ Example:
   (2, 16, 16, 8)
 """
 
+from convnn.layers import _interop  # noqa: F401  (registers the layers' weight layouts)
 from convnn.layers._conv import (
     Conv1d,
     Conv2d,
@@ -60,6 +61,7 @@ from convnn.layers._conv import (
     ConvTranspose2d,
     ConvTranspose3d,
 )
+from convnn.layers._module import Frozen, Module
 from convnn.layers._norm import GroupNorm
 from convnn.layers._pool import (
     AvgPool1d,
@@ -69,6 +71,7 @@ from convnn.layers._pool import (
     MaxPool2d,
     MaxPool3d,
 )
+from convnn.layers._random import seed
 from convnn.layers._upsample import Upsample
 
 __all__ = [
@@ -86,4 +89,7 @@ __all__ = [
     "AvgPool3d",
     "Upsample",
     "GroupNorm",
+    "Module",
+    "Frozen",
+    "seed",
 ]
