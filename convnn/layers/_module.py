@@ -241,20 +241,25 @@ class Module(nnx.Module):
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
-      >>> class MLP(nn.Module):
+      >>> class Scale(nn.Module):
       ...     def __init__(self, dims):
       ...         super().__init__()
-      ...         self.layers = [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
-      ...         self.scale = jnp.ones((dims[-1],))
+      ...         self.weight = jnp.ones((dims,))
       ...     def __call__(self, x):
-      ...         for layer in self.layers[:-1]:
-      ...             x = nn.relu(layer(x))
-      ...         return self.layers[-1](x) * self.scale
-      >>> model = MLP([4, 8, 2])
-      >>> "scale" in model, model(jnp.ones((3, 4))).shape
-      (True, (3, 2))
-      >>> sorted(model.parameters()), len(model.parameters()["layers"])
-      (['layers', 'scale'], 2)
+      ...         return x * self.weight
+      >>> class Model(nn.Module):
+      ...     def __init__(self):
+      ...         super().__init__()
+      ...         self.layers = [Scale(4) for _ in range(3)]
+      ...     def __call__(self, x):
+      ...         for layer in self.layers:
+      ...             x = layer(x)
+      ...         return x
+      >>> model = Model()
+      >>> "layers" in model, type(model.layers[0].weight).__name__
+      (True, 'Param')
+      >>> [sorted(p) for p in model.parameters()["layers"]]
+      [['weight'], ['weight'], ['weight']]
     """
 
     _training: bool = True
