@@ -177,7 +177,7 @@ def test_save_and_load_weights(tmp_path):
         b.load_weights([("layers.0.weight", np.zeros(2, np.float32))])
 
 
-def test_seed_makes_default_initialisation_reproducible():  # needs rngs-optional layers
+def test_seed_makes_default_initialisation_reproducible():
     L.seed(7)
     a = L.Conv2d(2, 3, 3).weight[...]
     b = L.Conv2d(2, 3, 3).weight[...]

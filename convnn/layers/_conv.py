@@ -12,6 +12,8 @@ from flax import nnx
 
 from convnn import _args, _flax_compat, functional
 from convnn._conv import _same_padding
+from convnn.layers._module import Module
+from convnn.layers._random import resolve_rngs
 
 __all__ = [
     "Conv1d",
@@ -87,7 +89,7 @@ def _as_input(x: Any, fn: str) -> jax.Array:
     return x
 
 
-class _ConvBase(nnx.Module):
+class _ConvBase(Module):
     """Shared construction, casting and ``repr`` of the convolution layers."""
 
     _n: int = 0
@@ -132,8 +134,7 @@ class _ConvBase(nnx.Module):
             self.output_padding = out_pad
         else:
             _args.canonicalize_padding(padding, n, fn)  # validates; strings allowed
-        if rngs is None or not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"[{fn}] rngs must be an nnx.Rngs, got {rngs!r}.")
+        rngs = resolve_rngs(rngs, fn)
         _check_callable(kernel_init, "kernel_init", fn)
         _check_callable(bias_init, "bias_init", fn)
         self.dtype = check_dtype(dtype, "dtype", fn, optional=True)
@@ -232,7 +233,7 @@ class _Conv(_ConvBase):
         groups: int = 1,
         bias: bool = True,
         *,
-        rngs: nnx.Rngs,
+        rngs: nnx.Rngs | None = None,
         padding_mode: str = "zeros",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -273,7 +274,7 @@ class _ConvTranspose(_ConvBase):
         groups: int = 1,
         bias: bool = True,
         *,
-        rngs: nnx.Rngs,
+        rngs: nnx.Rngs | None = None,
         padding_mode: str = "zeros",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -309,7 +310,8 @@ _CONV_ARGS = """
       groups: channel groups; must divide ``in_channels`` and ``out_channels``. Default 1.
       bias: add a learnable ``bias`` of shape ``(C_out,)``; ``self.bias`` is ``None`` when
         False. Default True.
-      rngs: an ``nnx.Rngs``; the parameters use its ``params`` stream.
+      rngs: an ``nnx.Rngs``, whose ``params`` stream draws the parameters. Default ``None``:
+        convnn's default stream (see :func:`convnn.layers.seed`).
       padding_mode: {padding_mode}
       dtype: the compute dtype: input and parameters are cast to it. Default ``None``: MLX's
         promotion of the input's and the parameters' dtypes.

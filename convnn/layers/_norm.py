@@ -13,11 +13,12 @@ from flax import nnx
 
 from convnn import _args, _flax_compat
 from convnn.layers._conv import check_bool, check_dtype
+from convnn.layers._module import Module
 
 __all__ = ["GroupNorm"]
 
 
-class GroupNorm(nnx.Module):
+class GroupNorm(Module):
     """Group normalization over channels-last ``(N, *rest, dims)`` input, as ``mlx.nn.GroupNorm``.
 
     Statistics (biased variance) are taken per sample and per group over ``rest`` and the

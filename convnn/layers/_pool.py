@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-from flax import nnx
 
 from convnn import _pool, functional
+from convnn.layers._module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d"]
 
 
-class _MaxPool(nnx.Module):
+class _MaxPool(Module):
     _n = 0
 
     def __init__(
@@ -44,7 +44,7 @@ class _MaxPool(nnx.Module):
         return text + ")"
 
 
-class _AvgPool(nnx.Module):
+class _AvgPool(Module):
     _n = 0
 
     def __init__(

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-from flax import nnx
 
 from convnn import _upsample
+from convnn.layers._module import Module
 
 __all__ = ["Upsample"]
 
 
-class Upsample(nnx.Module):
+class Upsample(Module):
     """Upsamples channels-last ``(N, *spatial, C)`` input, as ``mlx.nn.Upsample``.
 
     Any number of spatial axes (``x.ndim - 2``); the output size per axis is
