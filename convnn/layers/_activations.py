@@ -411,7 +411,7 @@ class PReLU(Module):
         return prelu(x, self.weight[...])
 
     def __repr__(self) -> str:
-        return f"PReLU(num_parameters={self.weight.shape[0]})"
+        return "PReLU()"  # MLX's
 
 
 _GELU_APPROX = ("none", "precise", "tanh", "fast")
