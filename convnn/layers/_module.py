@@ -360,7 +360,10 @@ class Module(nnx.Module):
         if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"[Module.train] mode must be a bool, got {mode!r}.")
         mode = bool(mode)
-        for _, module in nnx.iter_modules(self):
+        # nnx.graph.iter_graph exists from the oldest supported Flax on (nnx.iter_modules not).
+        for _, module in nnx.graph.iter_graph(self):
+            if not isinstance(module, nnx.Module):
+                continue
             if isinstance(module, Module):
                 module._training = mode
             else:
