@@ -42,7 +42,6 @@ class Frozen(nnx.Variable):
     ``nnx.Param``.
 
     Args:
-      value: the array, of any shape ``(*S)``.
 
     Raises:
       TypeError: as ``nnx.Variable``.
@@ -278,7 +277,6 @@ class Module(nnx.Module):
     variables (see :meth:`freeze`).
 
     Args:
-      (none: ``super().__init__()`` takes no arguments, as in MLX)
 
     Raises:
       ValueError: from Flax, when an attribute holding static values is given arrays later
