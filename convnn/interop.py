@@ -54,7 +54,7 @@ except ImportError as e:
         f'convnn.interop needs Flax ({e}); install it with: pip install "convnn[nn]"'
     ) from e
 
-from convnn import _flax_compat, layers
+from convnn import _flax_compat
 
 __all__ = ["LoadResult", "save_mlx_weights", "load_mlx_weights", "load_torch_state_dict"]
 
@@ -201,8 +201,30 @@ _FLAX_RULES: list[tuple[type, dict[str, tuple[str, Any]]]] = [
 ]
 
 
-_CONVNN_CONV = (layers.Conv1d, layers.Conv2d, layers.Conv3d)
-_CONVNN_CONV_TRANSPOSE = (layers.ConvTranspose1d, layers.ConvTranspose2d, layers.ConvTranspose3d)
+# convnn's own layers register their rules (``convnn.layers`` imports this module, so this
+# module cannot import it): layer type -> function from the layer to its rules.
+_LAYER_RULES: dict[type, Callable[[Any], dict[str, tuple[str, Any]]]] = {}
+# PyTorch BatchNorm layers have ``num_batches_tracked``, which is ignored.
+_BATCH_NORM_TYPES: tuple[type, ...] = (nnx.BatchNorm,)
+
+
+def _register_layer(
+    cls: type, rules: Callable[[Any], dict[str, tuple[str, Any]]], *, batch_norm: bool = False
+) -> None:
+    """Maps a layer type's variables: ``rules(layer)`` gives attribute -> (MLX and PyTorch name,
+    layout); the most derived registered type of a layer wins. ``batch_norm`` marks a layer
+    whose PyTorch counterpart has ``num_batches_tracked``."""
+    global _BATCH_NORM_TYPES
+    _LAYER_RULES[cls] = rules
+    if batch_norm:
+        _BATCH_NORM_TYPES = (*_BATCH_NORM_TYPES, cls)
+
+
+def _register_variable_type(variable_type: type) -> None:
+    """Lets a variable type take part in saving and loading (besides Param and BatchStat)."""
+    global _VARIABLE_TYPES
+    if variable_type not in _VARIABLE_TYPES:
+        _VARIABLE_TYPES = (*_VARIABLE_TYPES, variable_type)
 
 
 def _rules_for(module: Any, path: str, fn: str) -> dict[str, tuple[str, Any]]:
@@ -212,10 +234,9 @@ def _rules_for(module: Any, path: str, fn: str) -> dict[str, tuple[str, Any]]:
             "flipping have no MLX or PyTorch counterpart; use convnn.layers.ConvTranspose1d/2d/3d "
             "(MLX's layout and PyTorch's semantics)."
         )
-    if isinstance(module, _CONVNN_CONV_TRANSPOSE):
-        return {"weight": ("weight", _MlxConvTransposeWeight(int(module.groups)))}
-    if isinstance(module, _CONVNN_CONV):
-        return {"weight": ("weight", _MlxConvWeight())}
+    for cls in type(module).__mro__:
+        if cls in _LAYER_RULES:
+            return _LAYER_RULES[cls](module)
     for cls, rules in _FLAX_RULES:
         if isinstance(module, cls):
             return rules
@@ -415,9 +436,9 @@ def _load(
         )
     new_values = []
     for variable, current, arr in updates.values():
-        # A copy: on the CPU jnp.asarray may alias the NumPy buffer, which for torch tensors is
-        # the tensor's own storage, and an in-place update there would change the parameter.
-        value = jnp.array(np.array(arr, copy=True), dtype=current.dtype)
+        # A copy: on CPU, jnp.asarray may share the NumPy buffer, which for a torch tensor is the
+        # tensor's own memory (PyTorch updates running statistics in place).
+        value = jnp.asarray(np.array(arr, order="C", copy=True), dtype=current.dtype)
         sharding = getattr(current, "sharding", None)  # None for an abstract value without one
         if sharding is not None:
             value = jax.device_put(value, sharding)
@@ -712,7 +733,7 @@ def load_torch_state_dict(
     bn_prefixes = {
         e.torch_key.rsplit(".", 1)[0] if "." in e.torch_key else ""
         for e in entries
-        if isinstance(e.owner, nnx.BatchNorm)
+        if isinstance(e.owner, _BATCH_NORM_TYPES)
     }
 
     def ignore(key: str) -> bool:

@@ -327,7 +327,7 @@ def test_repr_extensions(mnn):
         (lambda r: L.ConvTranspose2d(4, 8, 3, stride=2, output_padding=2, rngs=r), ValueError,
          "output_padding"),
         (lambda r: L.Conv2d(4, 8, 3, bias=1, rngs=r), TypeError, "bias"),
-        (lambda r: L.Conv2d(4, 8, 3, rngs=None), TypeError, "rngs"),
+        (lambda r: L.Conv2d(4, 8, 3, rngs=0), TypeError, "rngs"),
         (lambda r: L.Conv2d(4, 8, 3, dtype=jnp.int32, rngs=r), TypeError, "dtype"),
         (lambda r: L.Conv2d(4, 8, 3, param_dtype=jnp.complex64, rngs=r), TypeError, "param_dtype"),
         (lambda r: L.Conv2d(4, 8, 3, kernel_init="uniform", rngs=r), TypeError, "kernel_init"),

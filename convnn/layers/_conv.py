@@ -12,6 +12,8 @@ from flax import nnx
 from jax import lax
 
 from convnn import _args, _dispatch, _flax_compat
+from convnn.layers._module import Module
+from convnn.layers._random import resolve_rngs
 
 __all__ = [
     "Conv1d",
@@ -102,7 +104,7 @@ def _init_param(init, rng, shape, dtype, name: str, fn: str) -> jax.Array:
     return value
 
 
-class _ConvBase(nnx.Module):
+class _ConvBase(Module):
     """Shared construction, casting and ``repr`` of the convolution layers."""
 
     _n: int = 0
@@ -149,8 +151,7 @@ class _ConvBase(nnx.Module):
         else:
             out_pad = 0
             canonical = _args.canonicalize_padding(padding, n, fn)  # strings allowed
-        if rngs is None or not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"[{fn}] rngs must be an nnx.Rngs, got {rngs!r}.")
+        rngs = resolve_rngs(rngs, fn)
         _check_callable(kernel_init, "kernel_init", fn)
         _check_callable(bias_init, "bias_init", fn)
         self.dtype = check_dtype(dtype, "dtype", fn, optional=True)
@@ -252,7 +253,7 @@ class _Conv(_ConvBase):
         groups: int = 1,
         bias: bool = True,
         *,
-        rngs: nnx.Rngs,
+        rngs: nnx.Rngs | None = None,
         padding_mode: str = "zeros",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -292,7 +293,7 @@ class _ConvTranspose(_ConvBase):
         groups: int = 1,
         bias: bool = True,
         *,
-        rngs: nnx.Rngs,
+        rngs: nnx.Rngs | None = None,
         padding_mode: str = "zeros",
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -326,7 +327,8 @@ _CONV_ARGS = """
       groups: channel groups; must divide ``in_channels`` and ``out_channels``. Default 1.
       bias: add a learnable ``bias`` of shape ``(C_out,)``; ``self.bias`` is ``None`` when
         False. Default True.
-      rngs: an ``nnx.Rngs``; the parameters use its ``params`` stream.
+      rngs: an ``nnx.Rngs``, whose ``params`` stream draws the parameters. Default ``None``:
+        convnn's default stream (see :func:`convnn.layers.seed`).
       padding_mode: {padding_mode}
       dtype: the compute dtype: input and parameters are cast to it. Default ``None``: MLX's
         promotion of the input's and the parameters' dtypes.
