@@ -71,7 +71,9 @@ from convnn.layers._pool import (
     MaxPool2d,
     MaxPool3d,
 )
+from convnn.layers._positional import ALiBi, RoPE, SinusoidalPositionalEncoding
 from convnn.layers._random import seed
+from convnn.layers._recurrent import GRU, LSTM, RNN
 from convnn.layers._upsample import Upsample
 
 __all__ = [
@@ -92,4 +94,12 @@ __all__ = [
     "Module",
     "Frozen",
     "seed",
+]
+__all__ += [
+    "RNN",
+    "GRU",
+    "LSTM",
+    "SinusoidalPositionalEncoding",
+    "RoPE",
+    "ALiBi",
 ]
