@@ -52,7 +52,14 @@ Example:
   (2, 16, 16, 8)
 """
 
-from convnn.layers import _interop  # noqa: F401  (registers the layers' weight layouts)
+from convnn.layers import (
+    _activations,
+    _interop,  # noqa: F401  (registers the layers' weight layouts)
+    init,
+    losses,
+)
+from convnn.layers._activations import *  # noqa: F403  (MLX's activation functions and classes)
+from convnn.layers._containers import Sequential
 from convnn.layers._conv import (
     Conv1d,
     Conv2d,
@@ -61,8 +68,10 @@ from convnn.layers._conv import (
     ConvTranspose2d,
     ConvTranspose3d,
 )
+from convnn.layers._dropout import Dropout, Dropout2d, Dropout3d
+from convnn.layers._linear import Bilinear, Embedding, Identity, Linear
 from convnn.layers._module import Frozen, Module
-from convnn.layers._norm import GroupNorm
+from convnn.layers._norm import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from convnn.layers._pool import (
     AvgPool1d,
     AvgPool2d,
@@ -94,6 +103,21 @@ __all__ = [
     "Module",
     "Frozen",
     "seed",
+    "BatchNorm",
+    "LayerNorm",
+    "RMSNorm",
+    "InstanceNorm",
+    "Identity",
+    "Linear",
+    "Bilinear",
+    "Embedding",
+    "Dropout",
+    "Dropout2d",
+    "Dropout3d",
+    "Sequential",
+    "init",
+    "losses",
+    *_activations.__all__,
 ]
 __all__ += [
     "RNN",

@@ -1,8 +1,10 @@
-"""``GroupNorm`` with MLX's channel grouping."""
+"""Normalization layers with MLX's semantics: ``BatchNorm``, ``LayerNorm``, ``RMSNorm``,
+``InstanceNorm`` and ``GroupNorm`` (with MLX's channel grouping)."""
 
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import Any
 
@@ -12,10 +14,11 @@ import numpy as np
 from flax import nnx
 
 from convnn import _args, _flax_compat
+from convnn.layers._common import as_input, check_positive_float, compute_dtype, expand
 from convnn.layers._conv import check_bool, check_dtype
 from convnn.layers._module import Module
 
-__all__ = ["GroupNorm"]
+__all__ = ["GroupNorm", "BatchNorm", "LayerNorm", "RMSNorm", "InstanceNorm"]
 
 
 class GroupNorm(Module):
@@ -136,3 +139,280 @@ def _group_norm(x, weight, bias, groups, eps, pytorch_compatible, dtype):
         return y
     full = (1,) * (y.ndim - 1) + (dims,)
     return y * weight.astype(dtype).reshape(full) + bias.astype(dtype).reshape(full)
+
+
+def _stats_dtype(dtype: Any) -> Any:
+    return _args.promote_float(dtype, jnp.float32)  # statistics in at least float32
+
+
+def _affine(y: jax.Array, weight: Any, bias: Any) -> jax.Array:
+    if weight is not None:
+        y = y * expand(weight[...].astype(y.dtype), y.ndim)
+    if bias is not None:
+        y = y + expand(bias[...].astype(y.dtype), y.ndim)
+    return y
+
+
+def _check_last(x: jax.Array, dims: int, fn: str, min_ndim: int = 1) -> None:
+    if x.ndim < min_ndim or x.shape[-1] != dims:
+        lead = "N, *rest, " if min_ndim >= 2 else "..., "
+        raise ValueError(
+            f"[{fn}] input must have shape ({lead}{dims}) with at least {min_ndim} axes; got "
+            f"input shape {tuple(x.shape)}."
+        )
+
+
+class LayerNorm(Module):
+    """Normalizes over the last axis, as ``mlx.nn.LayerNorm``:
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` (biased variance).
+
+    Args:
+      dims: size of the last axis.
+      eps: added to the variance. Default 1e-5 (``nnx.LayerNorm``'s is 1e-6).
+      affine: learn ``weight`` (ones). Default True.
+      bias: with ``affine``, learn ``bias`` (zeros). Default True.
+
+    Statistics are computed in at least float32; the output has the dtype of the input promoted
+    with the parameters'.
+
+    Raises:
+      TypeError: on a non-integer ``dims``, non-bool flags or a non-numeric ``eps``.
+      ValueError: on non-positive ``dims`` or ``eps``; when called, on an input whose last axis is
+        not ``dims``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> ln = nn.LayerNorm(4)
+      >>> ln
+      LayerNorm(4, eps=1e-05, affine=True)
+      >>> [round(v, 3) for v in ln(jnp.array([1.0, 2.0, 3.0, 4.0])).tolist()]
+      [-1.342, -0.447, 0.447, 1.342]
+    """
+
+    def __init__(self, dims: int, eps: float = 1e-5, affine: bool = True, bias: bool = True):
+        super().__init__()
+        fn = "LayerNorm"
+        self.dims = _args.as_int(dims, "dims", fn, minimum=1)
+        self.eps = check_positive_float(eps, "eps", fn)
+        if check_bool(affine, "affine", fn):
+            self.weight = jnp.ones((self.dims,), jnp.float32)
+            if check_bool(bias, "bias", fn):
+                self.bias = jnp.zeros((self.dims,), jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = as_input(x, "LayerNorm")
+        _check_last(x, self.dims, "LayerNorm")
+        weight = self.weight if "weight" in self else None
+        bias = self.bias if "bias" in self else None
+        dtype = compute_dtype(x, weight, bias)
+        xs = x.astype(_stats_dtype(dtype))
+        mean = jnp.mean(xs, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xs - mean), axis=-1, keepdims=True)
+        y = ((xs - mean) * jax.lax.rsqrt(var + jnp.asarray(self.eps, xs.dtype))).astype(dtype)
+        return _affine(y, weight, bias)
+
+    def __repr__(self) -> str:
+        return f"LayerNorm({self.dims}, eps={self.eps}, affine={'weight' in self})"
+
+
+class RMSNorm(Module):
+    """``x / sqrt(mean(x**2) + eps) * weight`` over the last axis, as ``mlx.nn.RMSNorm``.
+
+    Args:
+      dims: size of the last axis.
+      eps: added to the mean square. Default 1e-5.
+
+    The mean is accumulated in at least float32, as in MLX.
+
+    Raises:
+      TypeError: on a non-integer ``dims`` or a non-numeric ``eps``.
+      ValueError: on non-positive ``dims`` or ``eps``; when called, on an input whose last axis is
+        not ``dims``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> [round(v, 3) for v in nn.RMSNorm(2)(jnp.array([3.0, 4.0])).tolist()]
+      [0.849, 1.131]
+    """
+
+    def __init__(self, dims: int, eps: float = 1e-5):
+        super().__init__()
+        fn = "RMSNorm"
+        dims = _args.as_int(dims, "dims", fn, minimum=1)
+        self.eps = check_positive_float(eps, "eps", fn)
+        self.weight = jnp.ones((dims,), jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = as_input(x, "RMSNorm")
+        _check_last(x, self.weight.shape[0], "RMSNorm")
+        dtype = compute_dtype(x, self.weight)
+        xs = x.astype(_stats_dtype(dtype))
+        ms = jnp.mean(jnp.square(xs), axis=-1, keepdims=True)
+        y = (xs * jax.lax.rsqrt(ms + jnp.asarray(self.eps, xs.dtype))).astype(dtype)
+        return _affine(y, self.weight, None)
+
+    def __repr__(self) -> str:
+        return f"RMSNorm({self.weight.shape[0]}, eps={self.eps})"
+
+
+class InstanceNorm(Module):
+    """Normalizes each sample and channel over the spatial axes of ``(N, *spatial, dims)``, as
+    ``mlx.nn.InstanceNorm`` (biased variance).
+
+    Args:
+      dims: number of channels (the last axis).
+      eps: added to the variance. Default 1e-5.
+      affine: learn ``weight`` (ones) and ``bias`` (zeros). Default False (as MLX).
+
+    Raises:
+      TypeError: on a non-integer ``dims``, a non-bool ``affine`` or a non-numeric ``eps``.
+      ValueError: on non-positive ``dims`` or ``eps``; when called, on an input with fewer than 3
+        axes or whose last axis is not ``dims``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> x = jnp.array([[[0.0, 5.0], [2.0, 5.0]]])  # (N=1, W=2, C=2)
+      >>> [round(v, 3) for v in nn.InstanceNorm(2)(x)[0, :, 0].tolist()]
+      [-1.0, 1.0]
+    """
+
+    def __init__(self, dims: int, eps: float = 1e-5, affine: bool = False):
+        super().__init__()
+        fn = "InstanceNorm"
+        self.dims = _args.as_int(dims, "dims", fn, minimum=1)
+        self.eps = check_positive_float(eps, "eps", fn)
+        if check_bool(affine, "affine", fn):
+            self.weight = jnp.ones((self.dims,), jnp.float32)
+            self.bias = jnp.zeros((self.dims,), jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = as_input(x, "InstanceNorm")
+        _check_last(x, self.dims, "InstanceNorm", min_ndim=3)
+        weight = self.weight if "weight" in self else None
+        bias = self.bias if "bias" in self else None
+        dtype = compute_dtype(x, weight, bias)
+        xs = x.astype(_stats_dtype(dtype))
+        axes = tuple(range(1, x.ndim - 1))
+        mean = jnp.mean(xs, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(xs - mean), axis=axes, keepdims=True)
+        y = ((xs - mean) * jax.lax.rsqrt(var + jnp.asarray(self.eps, xs.dtype))).astype(dtype)
+        return _affine(y, weight, bias)
+
+    def __repr__(self) -> str:
+        return f"InstanceNorm({self.dims}, eps={self.eps}, affine={'weight' in self})"
+
+
+class BatchNorm(Module):
+    """Batch normalization over channels-last ``(N, *rest, num_features)``, as
+    ``mlx.nn.BatchNorm``, with MLX's (and PyTorch's) running statistics.
+
+    In training mode (the default; see :meth:`Module.train`), the input is normalized with the
+    batch mean and *biased* variance over every axis but the last, and with
+    ``track_running_stats`` the statistics are updated as MLX does::
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var = (1 - momentum) * running_var + momentum * unbiased_var
+
+    (``unbiased_var`` divides by ``n - 1``, ``n`` values per channel). In evaluation mode the
+    running statistics normalize; without ``track_running_stats`` the batch statistics always do.
+    ``nnx.BatchNorm``'s momentum runs the other way (``momentum=0.9`` there is 0.1 here) and its
+    running variance is the biased one.
+
+    Args:
+      num_features: number of channels (the last axis).
+      eps: added to the variance. Default 1e-5.
+      momentum: weight of the batch statistics in the update. Default 0.1.
+      affine: learn ``weight`` (ones) and ``bias`` (zeros). Default True.
+      track_running_stats: keep ``running_mean`` (zeros) and ``running_var`` (ones) as
+        ``nnx.BatchStat`` variables (never trained, like MLX's frozen arrays). Default True.
+
+    Differences from MLX: inputs of any rank of at least 2 are accepted (MLX: 2 to 4); statistics
+    are computed in at least float32.
+
+    Raises:
+      TypeError: on a non-integer ``num_features``, non-bool flags or non-numeric floats.
+      ValueError: on non-positive ``num_features`` or ``eps``, or ``momentum`` outside [0, 1];
+        when called, on an input with the wrong channel count, or in training mode with one value
+        per channel.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> bn = nn.BatchNorm(1)
+      >>> [round(v, 3) for v in bn(jnp.array([[1.0], [3.0]]))[:, 0].tolist()]
+      [-1.0, 1.0]
+      >>> round(float(bn.running_mean[0]), 6), round(float(bn.running_var[0]), 6)
+      (0.2, 1.1)
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ):
+        super().__init__()
+        fn = "BatchNorm"
+        self.num_features = _args.as_int(num_features, "num_features", fn, minimum=1)
+        self.eps = check_positive_float(eps, "eps", fn)
+        if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
+            raise TypeError(f"[{fn}] momentum must be a float in [0, 1], got {momentum!r}.")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"[{fn}] momentum must be in [0, 1], got {momentum!r}.")
+        self.momentum = float(momentum)
+        self.track_running_stats = check_bool(track_running_stats, "track_running_stats", fn)
+        if check_bool(affine, "affine", fn):
+            self.weight = jnp.ones((self.num_features,), jnp.float32)
+            self.bias = jnp.zeros((self.num_features,), jnp.float32)
+        if self.track_running_stats:
+            self.running_mean = nnx.BatchStat(jnp.zeros((self.num_features,), jnp.float32))
+            self.running_var = nnx.BatchStat(jnp.ones((self.num_features,), jnp.float32))
+
+    @property
+    def use_running_average(self) -> bool:
+        """``not training`` (the attribute ``nnx.Module.eval`` / ``train`` set)."""
+        return not self._training
+
+    @use_running_average.setter
+    def use_running_average(self, value: bool) -> None:
+        self._training = not value
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fn = "BatchNorm"
+        x = as_input(x, fn)
+        _check_last(x, self.num_features, fn, min_ndim=2)
+        weight = self.weight if "weight" in self else None
+        bias = self.bias if "bias" in self else None
+        dtype = compute_dtype(x, weight, bias)
+        stats = _stats_dtype(dtype)
+        if self.training or not self.track_running_stats:
+            n = math.prod(x.shape[:-1])
+            if self.training and n == 1:
+                raise ValueError(
+                    f"[{fn}] training needs more than one value per channel; got input shape "
+                    f"{tuple(x.shape)}."
+                )
+            xs = x.astype(stats)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(xs, axis=axes)
+            sq = jnp.sum(jnp.square(xs - expand(mean, x.ndim)), axis=axes)
+            var = sq / n
+            if self.training and self.track_running_stats:
+                mu = self.momentum
+                rm, rv = self.running_mean, self.running_var
+                unbiased = sq / max(n - 1, 1)
+                self.running_mean = ((1 - mu) * rm[...] + mu * mean).astype(rm.dtype)
+                self.running_var = ((1 - mu) * rv[...] + mu * unbiased).astype(rv.dtype)
+        else:
+            mean = self.running_mean[...].astype(stats)
+            var = self.running_var[...].astype(stats)
+        inv = jax.lax.rsqrt(var + jnp.asarray(self.eps, stats))
+        y = ((x.astype(stats) - expand(mean, x.ndim)) * expand(inv, x.ndim)).astype(dtype)
+        return _affine(y, weight, bias)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={'weight' in self}, track_running_stats={self.track_running_stats})"
+        )

@@ -1,0 +1,449 @@
+"""MLX's activation functions and classes (``mlx.nn.relu``, ``mlx.nn.ReLU``, ...).
+
+Each function uses MLX's formula and constants (``selu`` with MLX's 1.67326 and 1.0507, ``gelu``
+exact by default), so values match MLX to float rounding. Gradients match too, including at
+ties: MLX's ``maximum(a, b)`` / ``minimum(a, b)`` send the whole gradient to ``b`` when
+``a == b`` (JAX's split it in halves), so ``relu``'s gradient at 0 is 0 and ``relu6``'s at 6 is
+0, as in MLX.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convnn import _args
+from convnn.layers._common import expand
+from convnn.layers._module import Module
+
+__all__ = [
+    "celu", "elu", "gelu", "gelu_approx", "gelu_fast_approx", "glu", "hard_shrink", "hard_tanh",
+    "hardswish", "leaky_relu", "log_sigmoid", "log_softmax", "mish", "prelu", "relu", "relu2",
+    "relu6", "selu", "sigmoid", "silu", "softmax", "softmin", "softplus", "softshrink",
+    "softsign", "step", "tanh",
+    "CELU", "ELU", "GELU", "GLU", "SELU", "HardShrink", "Hardswish", "HardTanh", "LeakyReLU",
+    "LogSigmoid", "LogSoftmax", "Mish", "PReLU", "ReLU", "ReLU2", "ReLU6", "Sigmoid", "SiLU",
+    "Softmax", "Softmin", "Softplus", "Softshrink", "Softsign", "Step", "Tanh",
+]
+
+
+def _maximum(a: Any, b: Any) -> jax.Array:
+    """MLX's ``maximum``: NaN propagates; at a tie the gradient goes to ``b``."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    return jnp.where((a > b) | jnp.isnan(a), a, b)
+
+
+def _minimum(a: Any, b: Any) -> jax.Array:
+    """MLX's ``minimum``: NaN propagates; at a tie the gradient goes to ``b``."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    return jnp.where((a < b) | jnp.isnan(a), a, b)
+
+
+def _scalar(x: jax.Array, v: float) -> jax.Array:
+    return jnp.asarray(v, x.dtype)
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))``."""
+    return jax.nn.sigmoid(x)
+
+
+def relu(x):
+    """``max(x, 0)``."""
+    x = jnp.asarray(x)
+    return _maximum(x, _scalar(x, 0))
+
+
+def relu2(x):
+    """``max(x, 0) ** 2``."""
+    return jnp.square(relu(x))
+
+
+def relu6(x):
+    """``min(max(x, 0), 6)``."""
+    x = jnp.asarray(x)
+    return _minimum(_maximum(x, _scalar(x, 0)), _scalar(x, 6))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """``max(negative_slope * x, x)``."""
+    x = jnp.asarray(x)
+    return _maximum(negative_slope * x, x)
+
+
+def log_softmax(x, axis=-1):
+    """``x - logsumexp(x, axis)``, shifted by the (gradient-stopped) maximum first."""
+    x = jnp.asarray(x)
+    x = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    return x - jax.nn.logsumexp(x, axis=axis, keepdims=True)
+
+
+def elu(x, alpha=1.0):
+    """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``."""
+    x = jnp.asarray(x)
+    return jnp.where(x > 0, x, alpha * (jnp.exp(x) - 1))
+
+
+def softmax(x, axis=-1):
+    """``exp(x) / sum(exp(x), axis)``."""
+    return jax.nn.softmax(x, axis=axis)
+
+
+def softplus(x):
+    """``log(1 + exp(x))`` (``logaddexp(x, 0)``)."""
+    x = jnp.asarray(x)
+    return jnp.logaddexp(x, _scalar(x, 0))
+
+
+def softsign(x):
+    """``x / (1 + |x|)``."""
+    x = jnp.asarray(x)
+    return x / (1 + jnp.abs(x))
+
+
+def softshrink(x, lambd: float = 0.5):
+    """``x - sign(x) * lambd`` where ``|x| > lambd``, else 0."""
+    x = jnp.asarray(x)
+    return jnp.where(jnp.abs(x) > lambd, x - jnp.sign(x) * lambd, _scalar(x, 0))
+
+
+def celu(x, alpha=1.0):
+    """``max(x, 0) + alpha * (exp(min(x, 0) / alpha) - 1)``."""
+    x = jnp.asarray(x)
+    zero = _scalar(x, 0)
+    return _maximum(x, zero) + alpha * (jnp.exp(_minimum(x, zero) / alpha) - 1)
+
+
+def silu(x):
+    """``x * sigmoid(x)``."""
+    x = jnp.asarray(x)
+    return x * jax.nn.sigmoid(x)
+
+
+def log_sigmoid(x):
+    """``-softplus(-x)``."""
+    return -softplus(-jnp.asarray(x))
+
+
+def gelu(x):
+    """Exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` (``nnx.gelu`` defaults to the tanh
+    approximation)."""
+    x = jnp.asarray(x)
+    return x * (1 + jax.lax.erf(x / _scalar(x, math.sqrt(2)))) / 2
+
+
+def gelu_approx(x):
+    """GELU's tanh approximation, ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x**3)))``."""
+    x = jnp.asarray(x)
+    return 0.5 * x * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_fast_approx(x):
+    """GELU's sigmoid approximation, ``x * sigmoid(1.702 * x)``."""
+    x = jnp.asarray(x)
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def glu(x, axis: int = -1):
+    """Splits ``x`` in two halves ``a, b`` along ``axis``; returns ``a * sigmoid(b)``."""
+    x = jnp.asarray(x)
+    if x.ndim == 0 or x.shape[axis] % 2:
+        raise ValueError(
+            f"[glu] the size of axis {axis} must be even; got input shape {tuple(x.shape)}."
+        )
+    a, b = jnp.split(x, 2, axis=axis)
+    return a * jax.nn.sigmoid(b)
+
+
+def step(x, threshold: float = 0.0):
+    """1 where ``x >= threshold``, else 0, as int32 (MLX's dtype)."""
+    return jnp.where(jnp.asarray(x) >= threshold, 1, 0).astype(jnp.int32)
+
+
+def selu(x):
+    """``1.0507 * elu(x, 1.67326)`` (MLX's constants)."""
+    return elu(x, 1.67326) * 1.0507
+
+
+def prelu(x, alpha):
+    """``max(0, x) + alpha * min(0, x)``; ``alpha`` broadcasts against the last axes."""
+    x = jnp.asarray(x)
+    alpha = jnp.asarray(alpha)
+    if alpha.ndim < x.ndim:
+        alpha = expand(alpha, x.ndim)
+    zero = _scalar(x, 0)
+    dtype = _args.promote_float(x.dtype, alpha.dtype)
+    return (_maximum(zero, x) + alpha * _minimum(zero, x)).astype(dtype)
+
+
+def mish(x):
+    """``x * tanh(softplus(x))``."""
+    x = jnp.asarray(x)
+    return x * jnp.tanh(softplus(x))
+
+
+def hardswish(x):
+    """``x * min(max(x + 3, 0), 6) / 6``."""
+    x = jnp.asarray(x)
+    return x * _minimum(_maximum(x + 3, _scalar(x, 0)), _scalar(x, 6)) / 6
+
+
+def hard_tanh(x, min_val=-1.0, max_val=1.0):
+    """``min(max(x, min_val), max_val)``."""
+    x = jnp.asarray(x)
+    return _minimum(_maximum(x, _scalar(x, min_val)), _scalar(x, max_val))
+
+
+def hard_shrink(x, lambd=0.5):
+    """``x`` where ``|x| > lambd``, else 0."""
+    x = jnp.asarray(x)
+    return jnp.where(jnp.abs(x) > lambd, x, _scalar(x, 0))
+
+
+def softmin(x, axis=-1):
+    """``softmax(-x, axis)``."""
+    return jax.nn.softmax(-jnp.asarray(x), axis=axis)
+
+
+def tanh(x):
+    """``tanh(x)``."""
+    return jnp.tanh(x)
+
+
+def _check_real(value: Any, name: str, fn: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"[{fn}] {name} must be a float, got {value!r}.")
+    return float(value)
+
+
+class _Activation(Module):
+    """An activation without arguments: ``__call__`` applies ``_fn``."""
+
+    _fn: Any = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return type(self)._fn(x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _simple(name: str, fn: Any) -> type:
+    doc = f"""Applies :func:`{fn.__name__}`, as ``mlx.nn.{name}``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.{name}()(jnp.zeros(2)).shape
+      (2,)
+    """
+    return type(name, (_Activation,), {"__doc__": doc, "_fn": staticmethod(fn),
+                                       "__module__": __name__})
+
+
+Sigmoid = _simple("Sigmoid", sigmoid)
+Mish = _simple("Mish", mish)
+ReLU = _simple("ReLU", relu)
+ReLU2 = _simple("ReLU2", relu2)
+ReLU6 = _simple("ReLU6", relu6)
+Softmax = _simple("Softmax", softmax)
+Softplus = _simple("Softplus", softplus)
+Softsign = _simple("Softsign", softsign)
+SiLU = _simple("SiLU", silu)
+LogSoftmax = _simple("LogSoftmax", log_softmax)
+LogSigmoid = _simple("LogSigmoid", log_sigmoid)
+Tanh = _simple("Tanh", tanh)
+Hardswish = _simple("Hardswish", hardswish)
+SELU = _simple("SELU", selu)
+HardTanh = _simple("HardTanh", hard_tanh)
+Softmin = _simple("Softmin", softmin)
+
+
+class GLU(Module):
+    """Applies :func:`glu` along ``axis`` (default -1), as ``mlx.nn.GLU``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.GLU()(jnp.zeros((3, 4))).shape
+      (3, 2)
+    """
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = _args.as_int(axis, "axis", "GLU")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return glu(x, self.axis)
+
+    def __repr__(self) -> str:
+        return f"GLU(axis={self.axis})"
+
+
+class _OneFloat(Module):
+    """An activation with one float hyperparameter, stored under MLX's attribute name."""
+
+    _arg: str = ""
+    _default: float = 0.0
+    _fn: Any = None
+
+    def __init__(self, value: float | None = None):
+        super().__init__()
+        value = self._default if value is None else value
+        setattr(self, self._attr, _check_real(value, self._arg, type(self).__name__))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return type(self)._fn(x, getattr(self, self._attr))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._arg}={getattr(self, self._attr)})"
+
+
+class LeakyReLU(_OneFloat):
+    """Applies :func:`leaky_relu` (``negative_slope``, default 0.01), as ``mlx.nn.LeakyReLU``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.LeakyReLU(0.1)(jnp.array([-1.0, 2.0])).tolist()
+      [-0.10000000149011612, 2.0]
+    """
+
+    _arg, _attr, _default, _fn = "negative_slope", "_negative_slope", 1e-2, staticmethod(leaky_relu)
+
+    def __init__(self, negative_slope: float = 1e-2):
+        super().__init__(negative_slope)
+
+
+class ELU(_OneFloat):
+    """Applies :func:`elu` (``alpha``, default 1.0), as ``mlx.nn.ELU``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.ELU()(jnp.array([0.0, 2.0])).tolist()
+      [0.0, 2.0]
+    """
+
+    _arg, _attr, _default, _fn = "alpha", "_alpha", 1.0, staticmethod(elu)
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(alpha)
+
+
+class CELU(_OneFloat):
+    """Applies :func:`celu` (``alpha``, default 1.0), as ``mlx.nn.CELU``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.CELU()(jnp.array([0.0, 2.0])).tolist()
+      [0.0, 2.0]
+    """
+
+    _arg, _attr, _default, _fn = "alpha", "_alpha", 1.0, staticmethod(celu)
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__(alpha)
+
+
+class Softshrink(_OneFloat):
+    """Applies :func:`softshrink` (``lambd``, default 0.5), as ``mlx.nn.Softshrink``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.Softshrink()(jnp.array([0.25, 2.0])).tolist()
+      [0.0, 1.5]
+    """
+
+    _arg, _attr, _default, _fn = "lambd", "lambd", 0.5, staticmethod(softshrink)
+
+    def __init__(self, lambd: float = 0.5):
+        super().__init__(lambd)
+
+
+class HardShrink(_OneFloat):
+    """Applies :func:`hard_shrink` (``lambd``, default 0.5), as ``mlx.nn.HardShrink``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.HardShrink()(jnp.array([0.25, 2.0])).tolist()
+      [0.0, 2.0]
+    """
+
+    _arg, _attr, _default, _fn = "lambd", "lambd", 0.5, staticmethod(hard_shrink)
+
+    def __init__(self, lambd: float = 0.5):
+        super().__init__(lambd)
+
+
+class Step(_OneFloat):
+    """Applies :func:`step` (``threshold``, default 0.0), as ``mlx.nn.Step``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.Step()(jnp.array([-1.0, 0.0, 2.0])).tolist()
+      [0, 1, 1]
+    """
+
+    _arg, _attr, _default, _fn = "threshold", "threshold", 0.0, staticmethod(step)
+
+    def __init__(self, threshold: float = 0.0):
+        super().__init__(threshold)
+
+
+class PReLU(Module):
+    """Applies :func:`prelu` with a learned ``weight`` of shape ``(num_parameters,)`` filled with
+    ``init``, as ``mlx.nn.PReLU``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> nn.PReLU()(jnp.array([-1.0, 2.0])).tolist()
+      [-0.25, 2.0]
+    """
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25):
+        super().__init__()
+        n = _args.as_int(num_parameters, "num_parameters", "PReLU", minimum=1)
+        self.weight = jnp.full((n,), _check_real(init, "init", "PReLU"), jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return prelu(x, self.weight[...])
+
+    def __repr__(self) -> str:
+        return f"PReLU(num_parameters={self.weight.shape[0]})"
+
+
+_GELU_APPROX = ("none", "precise", "tanh", "fast")
+
+
+class GELU(Module):
+    """GELU, as ``mlx.nn.GELU``: exact (``approx="none"``, the default), the tanh approximation
+    (``"precise"`` or ``"tanh"``) or the sigmoid approximation (``"fast"``).
+
+    Raises:
+      ValueError: on another ``approx``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> x = jnp.array(1.0)
+      >>> round(float(nn.GELU()(x)), 6), round(float(nn.GELU("tanh")(x)), 6)
+      (0.841345, 0.841192)
+    """
+
+    def __init__(self, approx: str = "none"):
+        super().__init__()
+        if approx not in _GELU_APPROX:
+            raise ValueError(f"[GELU] approx must be one of {_GELU_APPROX}, got {approx!r}.")
+        self._approx = approx
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self._approx == "none":
+            return gelu(x)
+        if self._approx in ("precise", "tanh"):
+            return gelu_approx(x)
+        return gelu_fast_approx(x)
+
+    def __repr__(self) -> str:
+        return f"GELU(approx={self._approx!r})"
+

@@ -1,0 +1,53 @@
+"""Argument checks and small array helpers shared by the MLX-style layers."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convnn import _args
+
+__all__ = ["as_input", "check_positive_float", "check_bool", "expand", "compute_dtype"]
+
+
+def as_input(x: Any, fn: str, *, allow_int: bool = False) -> jax.Array:
+    """``x`` as a JAX array with a floating dtype (or an integer one with ``allow_int``)."""
+    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    if allow_int and (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
+        return x
+    _args.check_float_dtype(x.dtype, "input", fn)
+    return x
+
+
+def check_positive_float(value: Any, name: str, fn: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"[{fn}] {name} must be a positive float, got {value!r}.")
+    if not value > 0:
+        raise ValueError(f"[{fn}] {name} must be positive, got {value!r}.")
+    return float(value)
+
+
+def check_bool(value: Any, name: str, fn: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"[{fn}] {name} must be a bool, got {value!r} of type {type(value).__name__}."
+        )
+    return bool(value)
+
+
+def expand(v: jax.Array, ndim: int) -> jax.Array:
+    """``v`` of shape ``(C,)`` as ``(1, ..., 1, C)`` (no implicit rank promotion)."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+def compute_dtype(x: jax.Array, *params: Any) -> Any:
+    """MLX's result dtype: the input's dtype promoted with the parameters' (floats only)."""
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.dtype(jnp.float32)
+    for p in params:
+        if p is not None:
+            dtype = _args.promote_float(dtype, p.dtype)
+    return jnp.dtype(dtype)
