@@ -70,13 +70,18 @@ def assert_trees_close(actual: dict, expected: dict, what: str, rtol: float | No
             assert_rel(actual[key], value, rtol, what=f"{what} {key}")
 
 
-def assert_rel(actual, expected, rtol: float, what: str = "") -> None:
+def assert_rel(actual, expected, rtol: float, what: str = "", *, floor: float = 0.0) -> None:
     """``|actual - expected| <= rtol * (|expected| + max|expected|)`` elementwise: relative to
-    each value, with the array's scale as the floor for values near zero."""
+    each value, with the array's scale as the floor for values near zero.
+
+    ``floor``: a scale below which an array counts as zero (a gradient that vanishes in exact
+    arithmetic, such as that of a key projection's bias under softmax, is rounding noise); such
+    an array is compared with ``atol = rtol * floor``.
+    """
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = float(np.max(np.abs(expected), initial=0.0))
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), floor)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 

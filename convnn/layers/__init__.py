@@ -55,10 +55,12 @@ Example:
 from convnn.layers import (
     _activations,
     _interop,  # noqa: F401  (registers the layers' weight layouts)
+    _sequence_interop,  # noqa: F401  (PyTorch keys of the recurrent and attention layers)
     init,
     losses,
 )
 from convnn.layers._activations import *  # noqa: F403  (MLX's activation functions and classes)
+from convnn.layers._attention import MultiHeadAttention, scaled_dot_product_attention
 from convnn.layers._containers import Sequential
 from convnn.layers._conv import (
     Conv1d,
@@ -83,6 +85,13 @@ from convnn.layers._pool import (
 from convnn.layers._positional import ALiBi, RoPE, SinusoidalPositionalEncoding
 from convnn.layers._random import seed
 from convnn.layers._recurrent import GRU, LSTM, RNN
+from convnn.layers._transformer import (
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from convnn.layers._upsample import Upsample
 
 __all__ = [
@@ -126,4 +135,11 @@ __all__ += [
     "SinusoidalPositionalEncoding",
     "RoPE",
     "ALiBi",
+    "MultiHeadAttention",
+    "scaled_dot_product_attention",
+    "TransformerEncoderLayer",
+    "TransformerEncoder",
+    "TransformerDecoderLayer",
+    "TransformerDecoder",
+    "Transformer",
 ]
