@@ -24,6 +24,12 @@ from tolerances import assert_close
 import convnn.layers as nn
 
 F32 = jnp.float32
+slow = pytest.mark.slow
+
+
+def _fast_first(values):
+    """``values`` as parameters, all but the first marked slow (one case in the fast tier)."""
+    return [v if i == 0 else pytest.param(v, marks=slow) for i, v in enumerate(values)]
 
 
 def _rng(seed=0):
@@ -61,8 +67,10 @@ def _check_layer(mx, mnn, mlx_layer, layer, args, *, grad_inputs=(0,)):
     """Values and parameter and input gradients of ``layer(*args)`` against MLX's (one compiled
     convnn program per check)."""
     copy_mlx_weights(mlx_layer, layer)
-    arrays = [i for i, a in enumerate(args) if a is not None and not isinstance(a, str)]
-    margs = [mx.array(a) if i in arrays else a for i, a in enumerate(args)]
+    given = [i for i, a in enumerate(args) if a is not None and not isinstance(a, str)]
+    margs = [mx.array(a) if i in given else a for i, a in enumerate(args)]
+    # float arrays are traced and differentiated; boolean masks stay constants
+    arrays = [i for i in given if np.issubdtype(np.asarray(args[i]).dtype, np.floating)]
 
     def full(values):
         out = list(args)
@@ -106,9 +114,11 @@ def _check_layer(mx, mnn, mlx_layer, layer, args, *, grad_inputs=(0,)):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize(
+    "name", ["LSTM", "GRU", pytest.param("RNN", marks=slow)]
+)
+@pytest.mark.parametrize("bias", _fast_first([True, False]))
+@pytest.mark.parametrize("batched", _fast_first([True, False]))
 def test_recurrent_matches_mlx(mx, mnn, name, bias, batched):
     rng = _rng(1)
     mlx_layer = getattr(mnn, name)(3, 5, bias=bias)
@@ -117,7 +127,7 @@ def test_recurrent_matches_mlx(mx, mnn, name, bias, batched):
     _check_layer(mx, mnn, mlx_layer, layer, [x])
 
 
-@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("name", _fast_first(["LSTM", "GRU", "RNN"]))
 def test_recurrent_initial_state_matches_mlx(mx, mnn, name):
     rng = _rng(2)
     mlx_layer, layer = getattr(mnn, name)(4, 3), getattr(nn, name)(4, 3)
@@ -128,6 +138,7 @@ def test_recurrent_initial_state_matches_mlx(mx, mnn, name):
         _check_layer(mx, mnn, mlx_layer, layer, [x, _normal(rng, 3)], grad_inputs=(0, 1))
 
 
+@slow
 def test_rnn_nonlinearity_and_lstm_cell_only(mx, mnn):
     rng = _rng(3)
     x = _normal(rng, 2, 4, 3)
@@ -200,8 +211,8 @@ def _mask(kind, rng, lq, lk):
     return kind  # None or "causal"
 
 
-@pytest.mark.parametrize("mask", [None, "causal", "additive", "bool"])
-@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("mask", _fast_first(["additive", None, "causal", "bool"]))
+@pytest.mark.parametrize("bias", _fast_first([False, True]))
 def test_multi_head_attention_matches_mlx(mx, mnn, mask, bias):
     rng = _rng(4)
     kwargs = dict(key_input_dims=6, value_dims=4, value_output_dims=3, bias=bias)
@@ -212,6 +223,7 @@ def test_multi_head_attention_matches_mlx(mx, mnn, mask, bias):
                  grad_inputs=(0, 1))
 
 
+@slow
 def test_multi_head_attention_self_with_causal_mask(mx, mnn):
     rng = _rng(5)
     mlx_layer, layer = mnn.MultiHeadAttention(12, 3), nn.MultiHeadAttention(12, 3)
@@ -267,10 +279,10 @@ def test_multi_head_attention_errors():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"cos_first": True, "full_turns": True}, {"min_freq": 0.01, "max_freq": 2.0,
-                                                    "scale": 1.0}],
+    _fast_first([{}, {"cos_first": True, "full_turns": True},
+                 {"min_freq": 0.01, "max_freq": 2.0, "scale": 1.0}]),
 )
-@pytest.mark.parametrize("dims", [2, 16])
+@pytest.mark.parametrize("dims", _fast_first([16, 2]))
 def test_sinusoidal_matches_mlx(mx, mnn, kwargs, dims):
     rng = _rng(7)
     positions = rng.uniform(0, 20, (3, 5)).astype(np.float32)
@@ -294,8 +306,8 @@ def test_sinusoidal_errors():
 
 
 @pytest.mark.parametrize("traditional", [False, True])
-@pytest.mark.parametrize("dims", [4, 8])
-@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("dims", _fast_first([4, 8]))
+@pytest.mark.parametrize("offset", _fast_first([3, 0]))
 def test_rope_matches_mlx(mx, mnn, traditional, dims, offset):
     rng = _rng(8)
     x = _normal(rng, 2, 3, 5, 8)
@@ -324,8 +336,8 @@ def test_rope_offsets_per_example_and_dtype(mx, mnn):
         nn.RoPE(5)
 
 
-@pytest.mark.parametrize("heads", [4, 6, 8])
-@pytest.mark.parametrize("offset", [0, 2])
+@pytest.mark.parametrize("heads", _fast_first([6, 4, 8]))
+@pytest.mark.parametrize("offset", _fast_first([2, 0]))
 def test_alibi_matches_mlx(mx, mnn, heads, offset):
     rng = _rng(10)
     scores = _normal(rng, 2, heads, 5, 7)
@@ -347,6 +359,7 @@ def test_alibi_matches_mlx(mx, mnn, heads, offset):
 # ---------------------------------------------------------------------------------------------
 
 
+@slow
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_transformer_encoder_decoder_match_mlx(mx, mnn, norm_first):
     rng = _rng(11)
@@ -364,6 +377,7 @@ def test_transformer_encoder_decoder_match_mlx(mx, mnn, norm_first):
                  grad_inputs=(0, 1))
 
 
+@slow
 def test_transformer_matches_mlx_with_checkpoint_and_activation(mx, mnn):
     rng = _rng(12)
     src, tgt = _normal(rng, 2, 4, 8), _normal(rng, 2, 5, 8)
@@ -381,20 +395,28 @@ def test_transformer_matches_mlx_with_checkpoint_and_activation(mx, mnn):
     assert_trees_close(g1, g2, "checkpoint")
 
 
+@slow
 def test_transformer_defaults_match_mlx(mnn):
     model, mlx_model = nn.Transformer(), mnn.Transformer()
     shapes = {k: v.shape for k, v in nnx_flat(nnx.state(model, nnx.Param)).items()}
     assert shapes == {k: v.shape for k, v in mlx_flat(mlx_model.parameters()).items()}
     layer = model.encoder.layers[0]
-    assert layer.norm_first is True and layer.dropout1.p == 0.0
+    assert layer.norm_first is True and layer.dropout1._p_1 == 1.0
     assert layer.linear1.weight.shape == (2048, 512)
 
 
-def test_transformer_dropout_train_and_eval(mx, mnn):
+@pytest.mark.parametrize("norm_first", _fast_first([False, True]))
+def test_transformer_layer_train_and_eval(mx, mnn, norm_first):
+    """Training mode without dropout and evaluation mode with dropout equal MLX's; training mode
+    with dropout draws new masks."""
     rng = _rng(13)
     x = _normal(rng, 2, 5, 8)
-    mlx_layer = mnn.TransformerEncoder(2, 8, 2, mlp_dims=16, dropout=0.5)
-    layer = nn.TransformerEncoder(2, 8, 2, mlp_dims=16, dropout=0.5)
+    kw = dict(mlp_dims=8, norm_first=norm_first)
+    mask = np.array(mnn.MultiHeadAttention.create_additive_causal_mask(5))
+    _check_layer(mx, mnn, mnn.TransformerEncoderLayer(8, 2, **kw),
+                 nn.TransformerEncoderLayer(8, 2, **kw), [x, mask])
+    mlx_layer = mnn.TransformerEncoderLayer(8, 2, dropout=0.5, **kw)
+    layer = nn.TransformerEncoderLayer(8, 2, dropout=0.5, **kw)
     copy_mlx_weights(mlx_layer, layer)
     mlx_layer.eval()
     layer.eval()
