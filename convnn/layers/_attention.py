@@ -28,6 +28,8 @@ def scaled_dot_product_attention(
     """``softmax(q @ k.T * scale + mask) @ v`` per head, as MLX's
     ``mx.fast.scaled_dot_product_attention``.
 
+    The softmax is computed in float32 at least, as MLX does.
+
     Args:
       q: queries ``(B, H, L_q, D)``.
       k: keys ``(B, H_kv, L_k, D)``; ``H`` must be a multiple of ``H_kv`` (grouped-query
@@ -37,10 +39,15 @@ def scaled_dot_product_attention(
       mask: ``None``; ``"causal"`` (lower-right aligned: the last query sees every key); a
         boolean array (``True`` attends; a row with no ``True`` averages the values, as in MLX);
         or an additive float array (``-inf`` or a large negative value masks). Arrays broadcast
-        against ``(B, H, L_q, L_k)``.
+        against ``(B, H, L_q, L_k)``. Default None.
 
-    The softmax is computed in float32 at least, as MLX does; returns ``(B, H, L_q, D_v)`` in
-    the queries' dtype.
+    Returns:
+      ``(B, H, L_q, D_v)`` in the inputs' promoted dtype.
+
+    Raises:
+      TypeError: on non-floating inputs or a mask that is neither boolean nor floating.
+      ValueError: on inputs that are not 4-D with matching sizes, a mask that does not
+        broadcast, or a string mask other than ``"causal"``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -116,12 +123,18 @@ class MultiHeadAttention(Module):
       value_output_dims: output features. Default ``dims``.
       bias: biases in the four projections. Default False (MLX's default; PyTorch's
         ``nn.MultiheadAttention`` has them).
-      rngs: where the initial weights come from; ``None`` draws from convnn's default stream.
+      rngs: where the initial weights come from. Default ``None``: convnn's default stream.
 
     Called on ``(B, L_q, query_input_dims)`` queries and ``(B, L_k, ...)`` keys and values with
     a ``mask`` as :func:`scaled_dot_product_attention` takes it (MLX's additive masks from
     :meth:`create_additive_causal_mask`, booleans, ``"causal"``); returns
     ``(B, L_q, value_output_dims)``.
+
+    Raises:
+      TypeError: on non-integer sizes or a non-bool ``bias``.
+      ValueError: on sizes below 1 or ``dims`` / ``value_dims`` not divisible by
+        ``num_heads``; when called, on inputs that are not ``(B, L, features)`` with the
+        configured features, one batch size, and one length for keys and values.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn

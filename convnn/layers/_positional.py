@@ -50,6 +50,11 @@ class SinusoidalPositionalEncoding(Module):
       cos_first: ``[cos, sin]`` instead of ``[sin, cos]``. Default False.
       full_turns: multiply the frequencies by ``2 pi``. Default False.
 
+    Raises:
+      TypeError: on a non-integer ``dims``, non-real frequencies or scale, non-bool flags; when
+        called, on a complex input.
+      ValueError: on an odd or non-positive ``dims`` or non-positive frequencies.
+
     Called on ``x`` of any shape (integer positions are computed in float32, as MLX does),
     returns ``(*x.shape, dims)``.
 
@@ -126,6 +131,13 @@ class RoPE(Module):
       traditional: rotate consecutive pairs. Default False.
       base: base of the frequencies. Default 10000.
       scale: factor on the positions. Default 1.
+
+    Raises:
+      TypeError: on a non-integer ``dims`` or non-real ``base`` / ``scale``; when called, on a
+        non-floating input.
+      ValueError: on an odd ``dims`` or a non-positive ``base``; when called, on an input with
+        fewer than ``dims`` features or an ``offset`` that is neither a scalar nor one value per
+        example.
 
     Called as ``rope(x, offset=0)``; ``offset`` is an int or an int array, a scalar or one
     offset per example of the batch (axis 0). Computed in float32 at least; returns ``x``'s
@@ -210,8 +222,16 @@ class ALiBi(Module):
     Adds ``-|i - j| * slope_h`` to the attention scores ``(B, H, L_q, L_k)`` of query ``i`` and
     key ``j`` in head ``h``; the slopes are the geometric sequence of the paper. No parameters.
 
-    Called as ``alibi(attention_scores, offset=0, mask=None)``: ``offset`` shifts the query
-    positions; ``mask`` (additive) is added too.
+    Args:
+      None: the layer has no hyperparameters (``create_alibi_matrix`` and
+        ``create_alibi_slope`` are static methods, as in MLX).
+
+    Called as ``alibi(attention_scores, offset=0, mask=None)`` on scores ``(B, H, L_q, L_k)``:
+    ``offset`` shifts the query positions; ``mask`` (additive) is added too.
+
+    Raises:
+      TypeError: when called, on non-floating scores or a non-integer ``offset``.
+      ValueError: when called, on scores that are not 4-D or a negative ``offset``.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn

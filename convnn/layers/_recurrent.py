@@ -91,8 +91,15 @@ class RNN(_Recurrent):
       hidden_size: hidden features ``H``.
       bias: learn ``bias`` ``(H,)``. Default True.
       nonlinearity: ``f``; ``None`` for ``tanh``. Default None.
-      rngs: where the initial weights come from (uniform in ``±1/sqrt(H)``, as MLX); ``None``
-        draws from convnn's default stream (:func:`convnn.layers.seed`).
+      rngs: where the initial weights come from (uniform in ``±1/sqrt(H)``, as MLX). Default
+        ``None``: convnn's default stream (:func:`convnn.layers.seed`).
+
+    Raises:
+      TypeError: on non-integer sizes, a non-bool ``bias`` or an ``rngs`` that is not an
+        ``nnx.Rngs``; when called, on a non-floating input.
+      ValueError: on sizes below 1 or a ``nonlinearity`` that is not callable; when called, on
+        an input that is not ``(N, L, D)`` or ``(L, D)`` or an initial state that does not
+        broadcast to ``(N, H)``.
 
     Parameters ``Wxh`` ``(H, D)``, ``Whh`` ``(H, H)``, ``bias`` ``(H,)`` (MLX's names and
     layouts). Called on ``x`` ``(N, L, D)`` or ``(L, D)`` with an optional initial ``hidden``
@@ -156,7 +163,13 @@ class GRU(_Recurrent):
       input_size: input features ``D``.
       hidden_size: hidden features ``H``.
       bias: learn ``b`` ``(3H,)`` and ``bhn`` ``(H,)``. Default True.
-      rngs: as for :class:`RNN`.
+      rngs: as for :class:`RNN`. Default None.
+
+    Raises:
+      TypeError: on non-integer sizes, a non-bool ``bias`` or an ``rngs`` that is not an
+        ``nnx.Rngs``; when called, on a non-floating input.
+      ValueError: on sizes below 1; when called, on an input that is not ``(N, L, D)`` or
+        ``(L, D)`` or an initial state that does not broadcast to ``(N, H)``.
 
     Parameters ``Wx`` ``(3H, D)``, ``Wh`` ``(3H, H)``, ``b``, ``bhn`` (MLX's names and
     layouts; PyTorch's ``bias_hh`` r and z parts fold into ``b``). Called on ``x``
@@ -223,7 +236,13 @@ class LSTM(_Recurrent):
       input_size: input features ``D``.
       hidden_size: hidden features ``H``.
       bias: learn ``bias`` ``(4H,)`` (PyTorch's ``bias_ih + bias_hh``). Default True.
-      rngs: as for :class:`RNN`.
+      rngs: as for :class:`RNN`. Default None.
+
+    Raises:
+      TypeError: on non-integer sizes, a non-bool ``bias`` or an ``rngs`` that is not an
+        ``nnx.Rngs``; when called, on a non-floating input.
+      ValueError: on sizes below 1; when called, on an input that is not ``(N, L, D)`` or
+        ``(L, D)`` or an initial state that does not broadcast to ``(N, H)``.
 
     Parameters ``Wx`` ``(4H, D)``, ``Wh`` ``(4H, H)``, ``bias`` (MLX's names and layouts).
     Called on ``x`` ``(N, L, D)`` or ``(L, D)`` with optional ``hidden`` and ``cell``; returns

@@ -66,11 +66,16 @@ class TransformerEncoderLayer(Module):
       dropout: dropout probability. Default 0.
       activation: MLP activation. Default ReLU.
       norm_first: pre-norm (True, default) or post-norm.
-      rngs: where initial weights and dropout masks come from; ``None`` uses convnn's default
-        stream.
+      rngs: where initial weights and dropout masks come from. Default ``None``: convnn's
+        default stream.
 
     Called as ``layer(x, mask)`` on ``x`` ``(B, L, dims)``; ``mask`` as for
     :class:`MultiHeadAttention` (required, may be None, as in MLX).
+
+    Raises:
+      TypeError: on non-integer sizes, a non-callable ``activation`` or non-bool flags.
+      ValueError: on sizes below 1 (``num_layers`` below 0) or ``dims`` not divisible by
+        ``num_heads``.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
@@ -123,11 +128,20 @@ class TransformerEncoder(Module):
 
     Args:
       num_layers: blocks.
-      dims, num_heads, mlp_dims, dropout, activation, norm_first: as for
-        :class:`TransformerEncoderLayer`.
+      dims: model dimensions.
+      num_heads: attention heads.
+      mlp_dims: hidden MLP features. Default ``None``: ``4 * dims``.
+      dropout: dropout probability. Default 0.
+      activation: MLP activation. Default ReLU.
+      norm_first: pre-norm (True, default) or post-norm.
       checkpoint: recompute each block's activations in the backward pass (``nnx.remat``)
         instead of storing them. Default False.
-      rngs: as for :class:`TransformerEncoderLayer`.
+      rngs: as for :class:`TransformerEncoderLayer`. Default None.
+
+    Raises:
+      TypeError: on non-integer sizes, a non-callable ``activation`` or non-bool flags.
+      ValueError: on sizes below 1 (``num_layers`` below 0) or ``dims`` not divisible by
+        ``num_heads``.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
@@ -172,10 +186,24 @@ class TransformerDecoderLayer(Module):
 
     Self-attention (``self_attention``, ``ln1``, ``dropout1``), attention to the encoder's
     output (``cross_attention``, ``ln2``, ``dropout2``) and the MLP (``linear1``, ``linear2``,
-    ``ln3``, ``dropout3``), each with a residual connection; arguments as for
-    :class:`TransformerEncoderLayer`.
+    ``ln3``, ``dropout3``), each with a residual connection.
 
-    Called as ``layer(x, memory, x_mask, memory_mask)``.
+    Args:
+      dims: model dimensions.
+      num_heads: attention heads.
+      mlp_dims: hidden MLP features. Default ``None``: ``4 * dims``.
+      dropout: dropout probability. Default 0.
+      activation: MLP activation. Default ReLU.
+      norm_first: pre-norm (True, default) or post-norm.
+      rngs: as for :class:`TransformerEncoderLayer`. Default None.
+
+    Called as ``layer(x, memory, x_mask, memory_mask)`` on ``x`` ``(B, L, dims)`` and the
+    encoder's output ``memory`` ``(B, L_mem, dims)``.
+
+    Raises:
+      TypeError: on non-integer sizes, a non-callable ``activation`` or non-bool flags.
+      ValueError: on sizes below 1 (``num_layers`` below 0) or ``dims`` not divisible by
+        ``num_heads``.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
@@ -227,9 +255,31 @@ class TransformerDecoderLayer(Module):
 
 class TransformerDecoder(Module):
     """``num_layers`` :class:`TransformerDecoderLayer` blocks (``layers``) and a final LayerNorm
-    (``ln``), as ``mlx.nn.TransformerDecoder``; arguments as for :class:`TransformerEncoder`.
+    (``ln``), as ``mlx.nn.TransformerDecoder``.
+
+    Args:
+      num_layers: blocks.
+      dims: model dimensions.
+      num_heads: attention heads.
+      mlp_dims: hidden MLP features. Default ``None``: ``4 * dims``.
+      dropout: dropout probability. Default 0.
+      activation: MLP activation. Default ReLU.
+      norm_first: pre-norm (True, default) or post-norm.
+      checkpoint: rematerialise each block in the backward pass. Default False.
+      rngs: as for :class:`TransformerEncoderLayer`. Default None.
 
     Called as ``decoder(x, memory, x_mask, memory_mask)``.
+
+    Raises:
+      TypeError: on non-integer sizes, a non-callable ``activation`` or non-bool flags.
+      ValueError: on sizes below 1 (``num_layers`` below 0) or ``dims`` not divisible by
+        ``num_heads``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> dec = nn.TransformerDecoder(2, 8, 2, mlp_dims=16)
+      >>> dec(jnp.ones((2, 5, 8)), jnp.ones((2, 3, 8)), "causal", None).shape
+      (2, 5, 8)
     """
 
     def __init__(
@@ -278,10 +328,15 @@ class Transformer(Module):
       custom_decoder: a module to use as ``decoder`` instead of a :class:`TransformerDecoder`.
       norm_first: pre-norm (default) or post-norm blocks.
       checkpoint: rematerialise each block in the backward pass. Default False.
-      rngs: as for :class:`TransformerEncoderLayer`.
+      rngs: as for :class:`TransformerEncoderLayer`. Default None.
 
     Called as ``model(src, tgt, src_mask, tgt_mask, memory_mask)``; returns ``(B, L_tgt,
     dims)``.
+
+    Raises:
+      TypeError: on non-integer sizes, a non-callable ``activation`` or non-bool flags.
+      ValueError: on sizes below 1 (``num_layers`` below 0) or ``dims`` not divisible by
+        ``num_heads``.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
