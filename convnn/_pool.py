@@ -7,6 +7,9 @@ MLX (stride = kernel size; max pools pad with ``-inf``; average pools count padd
 * output size per axis ``floor_or_ceil((S + 2p - d*(k-1) - 1) / s) + 1``; with ``ceil_mode`` the
   last window is dropped when it would start at or after ``S + p`` (inside the right padding),
   so every window starts inside the input or the left padding (PyTorch's rule);
+* padding may exceed half the kernel, as MLX allows (windows in the padding only give ``-inf``
+  for max pooling and 0 for average pooling), except with ``count_include_pad=False``;
+* integer inputs to average pooling are averaged in float32 (MLX's result dtype);
 * the average divides by the number of window positions inside the padded input ``[-p, S + p)``
   (``count_include_pad=True``) or inside the input ``[0, S)`` (``False``); positions that only
   ``ceil_mode`` adds beyond ``S + p`` are never counted (PyTorch's rule).
@@ -26,7 +29,7 @@ from jax import lax
 
 from convnn import _args
 
-__all__ = ["max_pool", "avg_pool", "pool_args", "check_bool"]
+__all__ = ["max_pool", "avg_pool", "pool_args", "check_bool", "check_exclude_pad"]
 
 _SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
 
@@ -74,14 +77,20 @@ def pool_args(
         )
     padding = _args.normalize_tuple(padding, n, "padding", fn, minimum=0)
     dilation = _args.normalize_tuple(dilation, n, "dilation", fn, minimum=1)
-    if any(p > k // 2 for p, k in zip(padding, kernel)):
-        raise ValueError(
-            f"[{fn}] padding must be at most half the kernel size on every axis (padding <= "
-            f"kernel_size // 2, as PyTorch requires: a window must never lie in the padding "
-            f"only), got padding={padding} and kernel_size={kernel}."
-        )
     ceil_mode = check_bool(ceil_mode, "ceil_mode", fn)
     return kernel, stride, padding, dilation, ceil_mode
+
+
+def check_exclude_pad(fn: str, padding: tuple[int, ...], kernel: tuple[int, ...]) -> None:
+    """With ``count_include_pad=False`` a window lying in the padding only would average nothing:
+    the padding must be at most half the kernel (PyTorch's rule). MLX, which always counts the
+    padding, allows any padding, and so do the other modes here."""
+    if any(p > k // 2 for p, k in zip(padding, kernel, strict=True)):
+        raise ValueError(
+            f"[{fn}] with count_include_pad=False, padding must be at most half the kernel size "
+            f"on every axis (padding <= kernel_size // 2: a window must not lie in the padding "
+            f"only), got padding={padding} and kernel_size={kernel}."
+        )
 
 
 def _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode):
@@ -93,7 +102,7 @@ def _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode):
         )
     spatial = tuple(x.shape[-n - 1 : -1])
     outs, highs = [], []
-    for size, k, s, p, d in zip(spatial, kernel, stride, padding, dilation):
+    for size, k, s, p, d in zip(spatial, kernel, stride, padding, dilation, strict=True):
         eff = d * (k - 1) + 1
         span = size + 2 * p - eff
         if size == 0 or span < 0:
@@ -134,7 +143,7 @@ def max_pool(
     else:
         init = np.array(np.iinfo(x.dtype).min, x.dtype)
     lead = x.ndim - n - 1
-    pads = ((0, 0),) * lead + tuple(zip(padding, highs)) + ((0, 0),)
+    pads = ((0, 0),) * lead + tuple(zip(padding, highs, strict=True)) + ((0, 0),)
     return lax.reduce_window(
         x, init, lax.max, _window(x, n, kernel), _window(x, n, stride), pads,
         window_dilation=_window(x, n, dilation),
@@ -152,23 +161,29 @@ def avg_pool(
     fn: str, n: int, x: Any, kernel_size: Any, stride: Any, padding: Any, *, ceil_mode: Any,
     count_include_pad: Any,
 ) -> jax.Array:
-    """Average pooling; the divisor follows PyTorch's ``count_include_pad`` rule."""
+    """Average pooling; the divisor follows PyTorch's ``count_include_pad`` rule. Integer inputs
+    are averaged in float32 and give float32, as in MLX."""
     kernel, stride, padding, _, ceil_mode = pool_args(
         fn, n, kernel_size, stride, padding, 1, ceil_mode
     )
     include_pad = check_bool(count_include_pad, "count_include_pad", fn)
-    x = _as_array(x, fn, allow_int=False)
+    if not include_pad:
+        check_exclude_pad(fn, padding, kernel)
+    x = _as_array(x, fn, allow_int=True)
+    if jnp.issubdtype(x.dtype, jnp.integer):  # MLX averages integers in float32
+        x = x.astype(jnp.float32)
     spatial, outs, highs = _geometry(fn, x, n, kernel, stride, padding, (1,) * n, ceil_mode)
     dtype = x.dtype
     acc = jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype  # sum 16-bit floats in float32
     lead = x.ndim - n - 1
-    pads = ((0, 0),) * lead + tuple(zip(padding, highs)) + ((0, 0),)
+    pads = ((0, 0),) * lead + tuple(zip(padding, highs, strict=True)) + ((0, 0),)
     total = lax.reduce_window(
         x.astype(acc), np.array(0, acc), lax.add, _window(x, n, kernel), _window(x, n, stride),
         pads,
     )
     count = np.ones((), np.float64)
-    for axis, (size, k, s, p, out) in enumerate(zip(spatial, kernel, stride, padding, outs)):
+    axes = zip(spatial, kernel, stride, padding, outs, strict=True)
+    for axis, (size, k, s, p, out) in enumerate(axes):
         shape = [1] * n
         shape[axis] = out
         count = count * _counts(size, k, s, p, out, include_pad).reshape(shape)

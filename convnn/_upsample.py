@@ -17,7 +17,16 @@ float64 inputs), and applied one axis at a time with ``jnp.take``:
 
 MLX's cubic and align-corners linear paths sum over all ``2**d`` / ``4**d`` corner products;
 applying the same per-axis weights separably is mathematically identical and differs from MLX
-only by float rounding. MLX's ``antialias`` option is not implemented.
+only by float rounding.
+
+``antialias=True`` (linear and cubic, MLX 0.32) filters as MLX does: around each half-pixel
+position ``p`` the taps ``floor(p) + k`` for ``|k| < ceil(r / s') + 1`` (radius ``r`` 1 for the
+triangle, 2 for Keys' cubic with ``a = -0.5``, ``s' = min(scale, 1)``) are weighted by the
+kernel at ``|p - tap| * s'`` (widened by ``1 / scale`` when shrinking), taps outside the input
+get weight 0, and the weights are normalized to sum to 1.
+
+Integer inputs to the linear and cubic modes are interpolated in float32 and give float32, as in
+MLX; the nearest mode keeps the input's dtype.
 
 One deliberate difference: MLX (0.32) takes the cubic right neighbour as ``floor(pos + 1)``;
 when ``pos`` lies just below an integer ``k`` and ``pos + 1`` rounds up to ``k + 1`` in float32,
@@ -29,6 +38,7 @@ it skips sample ``k`` and returns a wrong value (e.g. 17 samples, ``scale_factor
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -37,11 +47,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convnn import _args
-
-__all__ = ["MODES", "check_args", "upsample"]
+__all__ = ["MODES", "check_args", "check_antialias", "upsample"]
 
 MODES = ("nearest", "linear", "cubic")
+
+
+def check_antialias(fn: str, mode: str, align_corners: bool, antialias: Any) -> bool:
+    """Validates ``antialias`` against the mode and ``align_corners`` (MLX's rules)."""
+    if not isinstance(antialias, (bool, np.bool_)):
+        raise TypeError(
+            f"[{fn}] antialias must be a bool, got {antialias!r} of type "
+            f"{type(antialias).__name__}."
+        )
+    if antialias and mode == "nearest":
+        raise ValueError(f"[{fn}] antialias=True needs mode 'linear' or 'cubic', got 'nearest'.")
+    if antialias and align_corners:
+        raise ValueError(
+            f"[{fn}] antialias=True does not support align_corners=True (as in MLX); use "
+            "align_corners=False."
+        )
+    return bool(antialias)
 
 
 def check_args(fn: str, scale_factor: Any, mode: Any, align_corners: Any):
@@ -124,21 +149,52 @@ def _cubic_taps(n, m, scale, align_corners, ft):
     return [(np.clip(i, 0, n - 1).astype(np.int64), w) for i, w in taps]
 
 
-def upsample(fn: str, x: Any, scale_factor: Any, mode: str, align_corners: bool) -> jax.Array:
+def _aa_taps(n, m, scale, kernel, radius, ft):
+    """MLX's antialiased taps: every tap near each position, weights normalized (see above)."""
+    pos = _scaled_positions(n, m, scale, False, ft)
+    inv_scale = 1.0 / scale if scale < 1 else 1.0
+    num_taps = math.ceil(radius * inv_scale) + 1
+    base = np.floor(pos)
+    taps = []
+    for k in range(-num_taps + 1, num_taps):
+        idx = base + ft(k)
+        w = kernel(np.abs(pos - idx) / ft(inv_scale), ft)
+        w = np.where((idx >= 0) & (idx < n), w, ft(0)).astype(ft)
+        taps.append((idx, w))
+    total = sum(w for _, w in taps)
+    total = np.where(total > 0, total, ft(1)).astype(ft)
+    return [(np.clip(idx, 0, n - 1).astype(np.int64), (w / total).astype(ft)) for idx, w in taps]
+
+
+def _triangle(t, ft):
+    return np.maximum(ft(1) - t, ft(0))
+
+
+def _keys_half(t, ft):
+    """Keys' cubic with ``a = -0.5`` (MLX's antialiased cubic)."""
+    a = ft(-0.5)
+    inner = ((a + ft(2)) * t - (a + ft(3))) * t * t + ft(1)
+    outer = (((t - ft(5)) * t + ft(8)) * t - ft(4)) * a
+    return np.where(t <= 1, inner, np.where(t <= 2, outer, ft(0))).astype(ft)
+
+
+def upsample(
+    fn: str, x: Any, scale_factor: Any, mode: str, align_corners: bool, antialias: bool = False
+) -> jax.Array:
     """Upsamples ``x`` (``(N, *spatial, C)``) by ``scale_factor`` with MLX's ``mode``."""
     scale_factor, mode, align_corners = check_args(fn, scale_factor, mode, align_corners)
+    antialias = check_antialias(fn, mode, align_corners, antialias)
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         x = np.asarray(x)
         dtype = x.dtype
-    if mode == "nearest":
-        if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-            raise TypeError(
-                f"[{fn}] input must have a floating or integer dtype, got {np.dtype(dtype).name}."
-            )
-    else:
-        _args.check_float_dtype(dtype, "input", fn)
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(
+            f"[{fn}] input must have a floating or integer dtype, got {np.dtype(dtype).name}."
+        )
     x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    if mode != "nearest" and jnp.issubdtype(dtype, jnp.integer):
+        x = x.astype(jnp.float32)  # MLX interpolates integers in float32
     dims = x.ndim - 2
     if dims < 1:
         raise ValueError(
@@ -155,18 +211,18 @@ def upsample(fn: str, x: Any, scale_factor: Any, mode: str, align_corners: bool)
     else:
         scales = (scale_factor,) * dims
     spatial = x.shape[1:-1]
-    out_sizes = tuple(int(s * n) for s, n in zip(scales, spatial))
+    out_sizes = tuple(int(s * n) for s, n in zip(scales, spatial, strict=True))
     if any(m < 1 for m in out_sizes) or any(n < 1 for n in spatial):
         raise ValueError(
             f"[{fn}] the output would have spatial size {out_sizes} (int(scale * size) below 1); "
             f"got scale_factor={scale_factor} and input shape {tuple(x.shape)}."
         )
 
-    return _resample(x, scales, out_sizes, mode, align_corners)
+    return _resample(x, scales, out_sizes, mode, align_corners, antialias)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _resample(x, scales, out_sizes, mode, align_corners):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _resample(x, scales, out_sizes, mode, align_corners, antialias):
     """One compiled program per shape and configuration (eager calls dispatch it once)."""
     dtype = x.dtype
     spatial = x.shape[1:-1]
@@ -180,9 +236,12 @@ def _resample(x, scales, out_sizes, mode, align_corners):
         compute = jnp.float64 if ft is np.float64 else jnp.float32
         x = x.astype(compute)
     out = x
-    for axis, (n, m, s) in enumerate(zip(spatial, out_sizes, scales)):
+    for axis, (n, m, s) in enumerate(zip(spatial, out_sizes, scales, strict=True)):
         if mode == "nearest":
             taps = _nearest_taps(n, m, ft)
+        elif antialias:
+            kernel, radius = (_triangle, 1.0) if mode == "linear" else (_keys_half, 2.0)
+            taps = _aa_taps(n, m, s, kernel, radius, ft)
         elif mode == "linear":
             taps = _linear_taps(n, m, s, align_corners, ft)
         else:

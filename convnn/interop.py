@@ -446,7 +446,9 @@ def _load(
         )
     new_values = []
     for variable, current, arr in updates.values():
-        value = jnp.asarray(np.ascontiguousarray(arr), dtype=current.dtype)
+        # A copy: on CPU, jnp.asarray may share the NumPy buffer, which for a torch tensor is the
+        # tensor's own memory (PyTorch updates running statistics in place).
+        value = jnp.asarray(np.array(arr, order="C", copy=True), dtype=current.dtype)
         sharding = getattr(current, "sharding", None)  # None for an abstract value without one
         if sharding is not None:
             value = jax.device_put(value, sharding)

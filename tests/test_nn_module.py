@@ -169,7 +169,8 @@ def test_save_and_load_weights(tmp_path):
         path = os.fspath(tmp_path / name)
         a.save_weights(path)
         assert b.load_weights(path) is b
-        for pa, pb in zip(jax.tree.leaves(a.parameters()), jax.tree.leaves(b.parameters())):
+        leaves_a, leaves_b = jax.tree.leaves(a.parameters()), jax.tree.leaves(b.parameters())
+        for pa, pb in zip(leaves_a, leaves_b, strict=True):
             np.testing.assert_array_equal(pa, pb)
     b.load_weights([("layers.0.weight", np.zeros(2, np.float32))], strict=False)
     np.testing.assert_array_equal(b.layers[0].weight[...], [0.0, 0.0])

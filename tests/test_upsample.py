@@ -215,7 +215,9 @@ def test_repr_matches_mlx(scale, mode, align_corners):
         (lambda: L.Upsample(2)(np.zeros((4, 3), np.float32)), ValueError, "spatial axis"),
         (lambda: L.Upsample((2, 2))(np.zeros((1, 4, 3), np.float32)), ValueError, "one scale"),
         (lambda: L.Upsample(0.1)(np.zeros((1, 4, 3), np.float32)), ValueError, "below 1"),
-        (lambda: L.Upsample(2, "linear")(np.zeros((1, 4, 3), np.int32)), TypeError, "floating"),
+        (lambda: L.Upsample(2, "linear")(np.zeros((1, 4, 3), np.complex64)), TypeError, "dtype"),
+        (lambda: L.Upsample(2, antialias=True), ValueError, "antialias"),
+        (lambda: L.Upsample(2, "linear", True, True), ValueError, "antialias"),
     ],
 )
 def test_bad_arguments(make, exc, match):

@@ -1,40 +1,30 @@
 """Flax NNX layers with MLX's constructor signatures, semantics and weight layouts.
 
-MLX model code ports line by line: ``mlx.nn.Conv2d(4, 8, 3, padding=1)`` becomes
-``convnn.layers.Conv2d(4, 8, 3, padding=1, rngs=nnx.Rngs(0))``; inputs stay channels-last and
-the parameters keep MLX's names and layouts (``weight`` ``(C_out, *kernel, C_in // groups)``,
-``bias`` ``(C_out,)``), so MLX and PyTorch checkpoints map onto them directly.
+MLX model code runs with ``import convnn.layers as nn`` in place of ``import mlx.nn as nn``:
+``nn.Conv2d(4, 8, 3, padding=1)``, ``nn.Linear(8, 2)``, ``nn.BatchNorm(8)``; inputs stay
+channels-last and the parameters keep MLX's names and layouts (``weight``
+``(C_out, *kernel, C_in // groups)``, ``Linear.weight`` ``(out, in)``, ``bias`` ``(C_out,)``), so
+MLX and PyTorch checkpoints map onto them directly.
 
-Layers provided here:
+Provided here:
 
-* ``Conv1d``/``Conv2d``/``Conv3d`` and ``ConvTranspose1d``/``2d``/``3d``, each with ``groups``
-  (MLX's ``Conv3d`` and transposed layers lack it) and keyword-only ``padding_mode``, ``dtype``,
-  ``param_dtype``, ``precision``, ``kernel_init``, ``bias_init``;
-* ``MaxPool1d``/``2d``/``3d`` and ``AvgPool1d``/``2d``/``3d`` (MLX's defaults, PyTorch's
-  ``ceil_mode``, ``count_include_pad`` and max-pool ``dilation``);
-* ``Upsample`` (MLX's ``nearest``, ``linear`` and ``cubic`` modes);
-* ``GroupNorm``, because ``nnx.GroupNorm`` groups channels contiguously while MLX groups them
-  interleaved (channel ``c`` in group ``c % num_groups``) unless ``pytorch_compatible=True``.
-
-Flax layers to use directly (they compute what MLX's do; only names, layouts and defaults
-differ):
-
-* ``nnx.Linear(in, out, rngs=...)`` for ``mlx.nn.Linear``: the kernel is ``(in, out)`` where MLX
-  stores ``weight`` as ``(out, in)``; Flax initialises with LeCun-normal, MLX uniformly.
-* ``nnx.BatchNorm(num_features, momentum=0.9, rngs=...)`` for ``mlx.nn.BatchNorm(num_features)``.
-  **Momentum conventions are opposite**: MLX and PyTorch update
-  ``running = (1 - m) * running + m * batch`` with ``m = 0.1``; Flax updates
-  ``running = m * running + (1 - m) * batch``, so MLX/PyTorch ``momentum=0.1`` is Flax
-  ``momentum=0.9`` (Flax's default, 0.99, corresponds to 0.01). MLX and PyTorch also feed the
-  *unbiased* batch variance into ``running_var`` where Flax uses the biased one (a factor
-  ``n / (n - 1)`` with ``n`` values per channel); normalisation in training uses the biased
-  variance in all three. Parameters are ``scale``/``bias``/``mean``/``var`` for MLX's
-  ``weight``/``bias``/``running_mean``/``running_var``. ``model.eval()`` / ``model.train()``
-  switch running statistics and dropout as in MLX.
-* ``nnx.LayerNorm(dims, epsilon=1e-5, rngs=...)`` for ``mlx.nn.LayerNorm(dims)`` (Flax's default
-  epsilon is 1e-6); ``nnx.RMSNorm`` likewise.
-* ``nnx.Dropout(p, rngs=...)`` for ``mlx.nn.Dropout(p)``; ``nnx.Embed`` for ``mlx.nn.Embedding``;
-  ``nnx.Sequential`` for ``mlx.nn.Sequential``; activations from ``jax.nn`` / ``nnx``.
+* :class:`Module`, MLX's object model on ``nnx.Module`` (plain lists and dicts of layers, float
+  arrays as parameters, ``parameters()``, ``update()``, ``freeze()``, ``train()`` / ``eval()``,
+  ``load_weights()`` / ``save_weights()``), and :func:`seed` for the default random stream that
+  layers use when no ``rngs`` is given;
+* ``Conv1d``/``2d``/``3d`` and ``ConvTranspose1d``/``2d``/``3d`` (with ``groups`` on every rank
+  and keyword-only ``padding_mode``, ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``,
+  ``bias_init``);
+* ``MaxPool1d``/``2d``/``3d``, ``AvgPool1d``/``2d``/``3d`` (MLX's defaults, PyTorch's
+  ``ceil_mode``, ``count_include_pad`` and max-pool ``dilation``) and ``Upsample``;
+* ``Linear``, ``Bilinear``, ``Identity``, ``Embedding``, ``Sequential``;
+* ``BatchNorm`` (MLX's momentum and unbiased running variance), ``LayerNorm``, ``RMSNorm``,
+  ``InstanceNorm``, ``GroupNorm`` (MLX's interleaved groups);
+* ``Dropout``, ``Dropout2d``, ``Dropout3d``;
+* every activation of ``mlx.nn`` as a function (``relu``, ``gelu`` exact, ...) and a class
+  (``ReLU``, ``GELU(approx=...)``, ...);
+* :mod:`convnn.layers.losses` and :mod:`convnn.layers.init`, ``mlx.nn.losses`` and
+  ``mlx.nn.init`` with MLX's signatures.
 
 Everything here is an ordinary ``nnx.Module``: it works with ``nnx.jit``, ``nnx.grad``,
 ``nnx.value_and_grad``, ``nnx.Optimizer``, ``nnx.split`` / ``nnx.merge``, ``nnx.vmap`` and
@@ -42,11 +32,11 @@ sharded parameters. ``repr(layer)`` gives the hyperparameters in MLX's format; `
 ``nnx.display`` and a model containing the layers still show Flax's tree with the parameters.
 
 Example:
-  >>> import jax.numpy as jnp, convnn.layers as L
-  >>> from flax import nnx
-  >>> model = nnx.Sequential(
-  ...     L.Conv2d(3, 8, 3, padding=1, rngs=nnx.Rngs(0)), nnx.relu, L.MaxPool2d(2),
-  ...     L.GroupNorm(4, 8), L.Upsample(2, mode="linear"),
+  >>> import jax.numpy as jnp, convnn.layers as nn
+  >>> nn.seed(0)
+  >>> model = nn.Sequential(
+  ...     nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+  ...     nn.GroupNorm(4, 8), nn.Upsample(2, mode="linear"),
   ... )
   >>> model(jnp.ones((2, 16, 16, 3))).shape
   (2, 16, 16, 8)

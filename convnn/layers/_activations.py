@@ -9,6 +9,7 @@ ties: MLX's ``maximum(a, b)`` / ``minimum(a, b)`` send the whole gradient to ``b
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any
@@ -411,7 +412,7 @@ class PReLU(Module):
         return prelu(x, self.weight[...])
 
     def __repr__(self) -> str:
-        return f"PReLU(num_parameters={self.weight.shape[0]})"
+        return "PReLU()"  # MLX's
 
 
 _GELU_APPROX = ("none", "precise", "tanh", "fast")
@@ -447,3 +448,96 @@ class GELU(Module):
     def __repr__(self) -> str:
         return f"GELU(approx={self._approx!r})"
 
+
+
+# -- documentation -----------------------------------------------------------------------------
+# The functions and classes share their sections; they are composed here from the signatures so
+# that every parameter, default and example stays in step with the code.
+
+_PARAMS = {
+    "x": "the input, ``(*S)``: any shape, a floating dtype",
+    "alpha": "the scale of the negative part",
+    "negative_slope": "the slope for negative inputs",
+    "axis": "the axis to normalize over (``glu``: to split in halves)",
+    "lambd": "the threshold below which (in magnitude) the output is 0",
+    "threshold": "the smallest input that gives 1",
+    "min_val": "the lower bound",
+    "max_val": "the upper bound",
+    "num_parameters": "the size of the learned ``weight``",
+    "init": "the initial value of ``weight``",
+    "approx": '``"none"`` (exact), ``"precise"`` / ``"tanh"`` or ``"fast"``',
+}
+
+
+def _args_section(fn: Any, skip: tuple[str, ...] = ()) -> str:
+    lines = ["Args:"]
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        text = _PARAMS.get(name, name)
+        if name == "alpha" and fn is prelu:
+            text = "the slopes for negative inputs, broadcast against the last axes of ``x``"
+        if p.default is not inspect.Parameter.empty:
+            text += f". Default {p.default!r}"
+        lines.append(f"  {name}: {text}.")
+    if len(lines) == 1:
+        lines.append("  (none: the constructor takes no arguments, as in MLX)")
+    return "\n".join(lines)
+
+
+def _document_function(fn: Any) -> None:
+    shape_out = "(2, 2)" if fn is glu else "(2, 4)"
+    call = "nn.prelu(x, jnp.array([0.25]))" if fn is prelu else f"nn.{fn.__name__}(x)"
+    dtype = "int32 (MLX's dtype)" if fn is step else "``x``'s dtype"
+    shape = "``x`` with ``axis`` halved" if fn is glu else "``(*S)``, ``x``'s shape"
+    raises = "  TypeError: from JAX, for an input that is not a numeric array."
+    if fn is glu:
+        raises = "  ValueError: when the size of ``axis`` is odd.\n" + raises
+    fn.__doc__ = (
+        f"{fn.__doc__.strip()}\n\nAs ``mlx.nn.{fn.__name__}``.\n\n{_args_section(fn)}\n\n"
+        f"Returns:\n  {shape}, {dtype}.\n\nRaises:\n{raises}\n\n"
+        f"Example:\n  >>> import jax.numpy as jnp, convnn.layers as nn\n"
+        f"  >>> x = jnp.linspace(-2.0, 2.0, 8).reshape(2, 4)\n"
+        f"  >>> {call}.shape\n  {shape_out}\n"
+    )
+
+
+def _document_class(cls: type, fn: Any) -> None:
+    doc = inspect.getdoc(cls) or ""
+    summary, _, rest = doc.partition("\n\n")
+    example = rest[rest.index("Example:"):] if "Example:" in rest else (
+        "Example:\n  >>> import jax.numpy as jnp, convnn.layers as nn\n"
+        f"  >>> nn.{cls.__name__}()(jnp.zeros((2, 4))).shape\n  (2, 4)"
+    )
+    raises = (
+        "Raises:\n  TypeError: on a non-numeric hyperparameter; when called, from JAX for an\n"
+        "    input that is not a numeric array."
+    )
+    if cls is GELU:
+        raises = "Raises:\n  ValueError: on an unknown ``approx``."
+    if cls is GLU:
+        raises += "\n  ValueError: when called, if the size of ``axis`` is odd."
+    call = (
+        f"``__call__(x)`` applies :func:`{fn.__name__}` to ``x`` (``(*S)``, any shape)."
+        if fn is not None else "``__call__(x)``: ``x`` is ``(*S)``, any shape."
+    )
+    args = _args_section(cls.__init__, ("self",))
+    cls.__doc__ = f"{summary}\n\n{call}\n\n{args}\n\n{raises}\n\n{example}\n"
+
+
+for _fn in (
+    sigmoid, relu, relu2, relu6, leaky_relu, log_softmax, elu, softmax, softplus, softsign,
+    softshrink, celu, silu, log_sigmoid, gelu, gelu_approx, gelu_fast_approx, glu, step, selu,
+    prelu, mish, hardswish, hard_tanh, hard_shrink, softmin, tanh,
+):
+    _document_function(_fn)
+for _cls, _fn in (
+    (Sigmoid, sigmoid), (Mish, mish), (ReLU, relu), (ReLU2, relu2), (ReLU6, relu6),
+    (Softmax, softmax), (Softplus, softplus), (Softsign, softsign), (SiLU, silu),
+    (LogSoftmax, log_softmax), (LogSigmoid, log_sigmoid), (Tanh, tanh), (Hardswish, hardswish),
+    (SELU, selu), (HardTanh, hard_tanh), (Softmin, softmin), (GLU, glu), (LeakyReLU, leaky_relu),
+    (ELU, elu), (CELU, celu), (Softshrink, softshrink), (HardShrink, hard_shrink), (Step, step),
+    (PReLU, prelu), (GELU, None),
+):
+    _document_class(_cls, _fn)
+del _fn, _cls

@@ -18,6 +18,12 @@ class Sequential(Module, nnx.Sequential):
     (PyTorch's ``nn.Sequential`` names them ``0.weight``, which
     :func:`convnn.interop.load_torch_state_dict` expects). It is also an ``nnx.Sequential``.
 
+    Args:
+      modules: the modules or callables, each taking the previous one's output.
+
+    Raises:
+      Nothing at construction; when called, whatever a module raises.
+
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
       >>> model = nn.Sequential(nn.Linear(3, 4), nn.relu, nn.Linear(4, 2))

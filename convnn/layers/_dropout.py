@@ -88,7 +88,13 @@ class Dropout2d(_Dropout):
     """Zeroes whole channels of ``(N, H, W, C)`` or ``(H, W, C)`` input, as ``mlx.nn.Dropout2d``
     (one mask value per sample and channel).
 
-    Args and behaviour as :class:`Dropout`; inputs must have 3 or 4 axes.
+    Args:
+      p: the probability of zeroing a channel, in [0, 1). Default 0.5.
+      rngs: as for :class:`Dropout`. Default ``None``: a stream of the layer's own.
+
+    Raises:
+      TypeError: on a non-numeric ``p`` or ``rngs`` that is not an ``nnx.Rngs``.
+      ValueError: on ``p`` outside [0, 1); when called, on an input without 3 or 4 axes.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
@@ -105,7 +111,13 @@ class Dropout3d(_Dropout):
     """Zeroes whole channels of ``(N, D, H, W, C)`` or ``(D, H, W, C)`` input, as
     ``mlx.nn.Dropout3d``.
 
-    Args and behaviour as :class:`Dropout`; inputs must have 4 or 5 axes.
+    Args:
+      p: the probability of zeroing a channel, in [0, 1). Default 0.5.
+      rngs: as for :class:`Dropout`. Default ``None``: a stream of the layer's own.
+
+    Raises:
+      TypeError: on a non-numeric ``p`` or ``rngs`` that is not an ``nnx.Rngs``.
+      ValueError: on ``p`` outside [0, 1); when called, on an input without 4 or 5 axes.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn

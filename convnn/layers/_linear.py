@@ -24,7 +24,14 @@ def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], scale: float) -> nnx.Param:
 
 
 class Identity(Module):
-    """Returns its input, as ``mlx.nn.Identity``; the constructor ignores its arguments.
+    """Returns its input, as ``mlx.nn.Identity``.
+
+    Args:
+      args: ignored.
+      kwargs: ignored.
+
+    Raises:
+      Nothing: every argument is accepted and ignored.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn

@@ -40,6 +40,18 @@ class Frozen(nnx.Variable):
 
     It is loaded and saved with the parameters; :meth:`Module.unfreeze` turns it back into an
     ``nnx.Param``.
+
+    Args:
+      value: the array, of any shape ``(*S)``.
+
+    Raises:
+      TypeError: as ``nnx.Variable``.
+
+    Example:
+      >>> import jax.numpy as jnp, convnn.layers as nn
+      >>> layer = nn.Linear(2, 2).freeze(keys="bias")
+      >>> type(layer.bias).__name__, sorted(layer.trainable_parameters())
+      ('Frozen', ['weight'])
     """
 
 
@@ -238,6 +250,14 @@ class Module(nnx.Module):
     (assign the list again, or append ``nnx.Param(array)``); integer arrays are state but not
     parameters; ``parameters()`` returns JAX arrays; frozen parameters are :class:`Frozen`
     variables (see :meth:`freeze`).
+
+    Args:
+      (none: ``super().__init__()`` takes no arguments, as in MLX)
+
+    Raises:
+      ValueError: from Flax, when an attribute holding static values is given arrays later
+        (assign the array before, or wrap it: ``nnx.data(...)``); the methods raise as
+        documented on each.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn

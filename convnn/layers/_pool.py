@@ -61,6 +61,8 @@ class _AvgPool(Module):
             fn, self._n, kernel_size, stride, padding, 1, ceil_mode
         )
         self.count_include_pad = _pool.check_bool(count_include_pad, "count_include_pad", fn)
+        if not self.count_include_pad:
+            _pool.check_exclude_pad(fn, self.padding, self.kernel_size)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         pool = getattr(functional, f"avg_pool{self._n}d")
@@ -85,13 +87,14 @@ _DOC = """{n}-D {what} pooling over channels-last ``{shape}`` (or unbatched), as
     Args:
       kernel_size: window size, int or {n}-tuple.
       stride: int or {n}-tuple. Default ``None``: the kernel size.
-      padding: int or {n}-tuple, at most ``kernel_size // 2``; {pad}. Default 0.
+      padding: int or {n}-tuple; {pad}. Any size, as in MLX (``count_include_pad=False`` needs
+        at most ``kernel_size // 2``). Default 0.
       ceil_mode: round the output size up (PyTorch's meaning). Default False.
       {extra}
 
     Raises:
       TypeError: on non-integer sizes or non-bool flags.
-      ValueError: on non-positive kernel sizes or strides, negative or too large padding.
+      ValueError: on non-positive kernel sizes or strides or negative padding.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as L

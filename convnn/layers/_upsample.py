@@ -23,22 +23,27 @@ class Upsample(Module):
       shrinking;
     * ``"linear"`` (bi-/trilinear): half-pixel sampling, or corner-aligned with
       ``align_corners=True``; positions are clamped to the input;
-    * ``"cubic"``: Keys' cubic with ``a = -0.75`` over four neighbours, borders replicated.
+    * ``"cubic"``: Keys' cubic with ``a = -0.75`` over four neighbours, borders replicated;
+    * ``antialias=True`` (linear and cubic): MLX 0.32's antialiased filter (triangle, or Keys'
+      cubic with ``a = -0.5``), widened by ``1 / scale`` when shrinking, weights normalized
+      over the taps inside the input.
 
-    Differences from MLX: float inputs keep their dtype (MLX returns float32 for 16-bit and
-    integer inputs in the linear and cubic modes; here those modes need a floating input, and
-    16-bit inputs are computed in float32 and cast back); float64 inputs get float64 sampling
-    positions; ``antialias`` is not implemented.
+    Integer inputs give float32 in the linear and cubic modes (MLX's rule) and keep their dtype
+    in the nearest mode. Differences from MLX: 16-bit float inputs are computed in float32 and
+    cast back (MLX returns float32); float64 inputs get float64 sampling positions.
 
     Args:
       scale_factor: a positive number for every spatial axis, or one per axis.
       mode: ``"nearest"`` (default), ``"linear"`` or ``"cubic"``.
       align_corners: align the corner samples of input and output (linear and cubic only).
         Default False.
+      antialias: filter with MLX's antialiasing kernel (linear and cubic; not with
+        ``align_corners``). Default False.
 
     Raises:
-      TypeError: on a non-numeric ``scale_factor`` or non-bool ``align_corners``.
-      ValueError: on an unknown mode or a non-positive scale; when called, on an input without
+      TypeError: on a non-numeric ``scale_factor`` or non-bool flags.
+      ValueError: on an unknown mode, a non-positive scale, or ``antialias`` with the nearest
+        mode or ``align_corners``; when called, on an input without
         a spatial axis, a scale count that does not match it, or an empty output.
 
     Example:
@@ -51,18 +56,28 @@ class Upsample(Module):
       [1.0, 1.25, 1.75, 2.0]
     """
 
-    def __init__(self, scale_factor: Any, mode: str = "nearest", align_corners: bool = False):
+    def __init__(
+        self,
+        scale_factor: Any,
+        mode: str = "nearest",
+        align_corners: bool = False,
+        antialias: bool = False,
+    ):
         self.scale_factor, self.mode, self.align_corners = _upsample.check_args(
             "Upsample", scale_factor, mode, align_corners
+        )
+        self.antialias = _upsample.check_antialias(
+            "Upsample", self.mode, self.align_corners, antialias
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return _upsample.upsample(
-            "Upsample", x, self.scale_factor, self.mode, self.align_corners
+            "Upsample", x, self.scale_factor, self.mode, self.align_corners, self.antialias
         )
 
     def __repr__(self) -> str:
-        return (
+        text = (
             f"Upsample(scale_factor={self.scale_factor}, mode={self.mode!r}, "
-            f"align_corners={self.align_corners})"
+            f"align_corners={self.align_corners}"
         )
+        return text + (", antialias=True)" if self.antialias else ")")

@@ -1,0 +1,154 @@
+"""MLX's activation functions and classes against the real MLX (values and gradients), and the
+coverage of ``mlx.nn``'s public names by ``convnn.layers``."""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import convnn.layers as L
+
+# Function name -> extra arguments (besides the input) to try.
+FUNCTIONS = {
+    "sigmoid": [{}],
+    "relu": [{}],
+    "relu2": [{}],
+    "relu6": [{}],
+    "leaky_relu": [{}, {"negative_slope": 0.2}],
+    "log_softmax": [{}, {"axis": 0}],
+    "elu": [{}, {"alpha": 0.5}],
+    "softmax": [{}, {"axis": 0}],
+    "softplus": [{}],
+    "softsign": [{}],
+    "softshrink": [{}, {"lambd": 1.0}],
+    "celu": [{}, {"alpha": 2.0}],
+    "silu": [{}],
+    "log_sigmoid": [{}],
+    "gelu": [{}],
+    "gelu_approx": [{}],
+    "gelu_fast_approx": [{}],
+    "glu": [{}, {"axis": 0}],
+    "step": [{}, {"threshold": 0.5}],
+    "selu": [{}],
+    "mish": [{}],
+    "hardswish": [{}],
+    "hard_tanh": [{}, {"min_val": -0.5, "max_val": 2.0}],
+    "hard_shrink": [{}, {"lambd": 1.0}],
+    "softmin": [{}, {"axis": 0}],
+    "tanh": [{}],
+}
+
+# Class name -> constructor arguments to try.
+CLASSES = {
+    "CELU": [(), (0.5,)],
+    "ELU": [(), (2.0,)],
+    "GELU": [(), ("none",), ("precise",), ("tanh",), ("fast",)],
+    "GLU": [(), (0,)],
+    "SELU": [()],
+    "HardShrink": [(), (1.5,)],
+    "Hardswish": [()],
+    "HardTanh": [()],
+    "LeakyReLU": [(), (0.3,)],
+    "LogSigmoid": [()],
+    "LogSoftmax": [()],
+    "Mish": [()],
+    "ReLU": [()],
+    "ReLU2": [()],
+    "ReLU6": [()],
+    "Sigmoid": [()],
+    "SiLU": [()],
+    "Softmax": [()],
+    "Softmin": [()],
+    "Softplus": [()],
+    "Softshrink": [(), (0.2,)],
+    "Softsign": [()],
+    "Step": [(), (0.25,)],
+    "Tanh": [()],
+}
+
+# Not ported: quantization, distributed training, MLX's own autodiff helper.
+NOT_PORTED = {
+    "QQLinear", "QuantizedEmbedding", "QuantizedLinear", "quantize",
+    "AllToShardedLinear", "FullyShardedModule", "QuantizedAllToShardedLinear",
+    "QuantizedShardedToAllLinear", "ShardedToAllLinear", "fully_shard",
+    "average_gradients", "value_and_grad",
+}
+# Part B of the MLX layer set (recurrent, attention, positional encodings, transformers).
+PART_B = {
+    "RNN", "GRU", "LSTM", "MultiHeadAttention", "SinusoidalPositionalEncoding", "RoPE", "ALiBi",
+    "Transformer", "TransformerEncoder", "TransformerEncoderLayer", "TransformerDecoder",
+    "TransformerDecoderLayer",
+}
+
+
+def _x(seed=0):
+    x = np.random.default_rng(seed).standard_normal((4, 6)).astype(np.float32) * 3
+    # Ties and kinks that MLX's maximum/minimum/where decide, and exact thresholds.
+    x[0, :6] = [0.0, 6.0, -3.0, 3.0, 1.0, -1.0]
+    x[1, :2] = [0.5, -0.5]
+    return x
+
+
+def _check(mx, name, ref_fn, our_fn, x):
+    y_ref = np.array(ref_fn(mx.array(x)))
+    y = np.asarray(our_fn(jnp.asarray(x)))
+    assert y.dtype == y_ref.dtype, (name, y.dtype, y_ref.dtype)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6, err_msg=name)
+    if not np.issubdtype(y_ref.dtype, np.floating):
+        return
+    g = np.random.default_rng(5).standard_normal(y_ref.shape).astype(np.float32)
+    g_ref = np.array(mx.grad(lambda a: (ref_fn(a) * mx.array(g)).sum())(mx.array(x)))
+    g_ours = np.asarray(jax.grad(lambda a: jnp.sum(our_fn(a) * g))(jnp.asarray(x)))
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-5, err_msg=f"{name} grad")
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [(n, kw) for n, kws in FUNCTIONS.items() for kw in kws],
+    ids=lambda v: str(v),
+)
+def test_function_matches_mlx(mx, mnn, name, kwargs):
+    ref, ours = getattr(mnn, name), getattr(L, name)
+    _check(mx, name, lambda a: ref(a, **kwargs), lambda a: ours(a, **kwargs), _x())
+
+
+def test_prelu_function_matches_mlx(mx, mnn):
+    alpha = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], np.float32)
+    _check(mx, "prelu", lambda a: mnn.prelu(a, mx.array(alpha)),
+           lambda a: L.prelu(a, jnp.asarray(alpha)), _x())
+
+
+@pytest.mark.parametrize(
+    ("name", "args"), [(n, a) for n, args in CLASSES.items() for a in args],
+    ids=lambda v: str(v),
+)
+def test_class_matches_mlx(mx, mnn, name, args):
+    ref, ours = getattr(mnn, name)(*args), getattr(L, name)(*args)
+    _check(mx, name, ref, ours, _x(1))
+    assert isinstance(ours, L.Module)
+
+
+def test_every_mlx_nn_name_is_covered(mnn):
+    """Every public class and function of ``mlx.nn`` (and ``losses`` / ``init``) exists in
+    ``convnn.layers``, except quantization, distributed training and part B's layers."""
+    public = {
+        name for name, value in vars(mnn).items()
+        if not name.startswith("_") and (inspect.isclass(value) or inspect.isfunction(value))
+    }
+    missing = sorted(public - NOT_PORTED - PART_B - set(dir(L)))
+    assert not missing, missing
+    for module in ("losses", "init"):
+        ref = getattr(mnn, module)
+        names = {
+            n for n, v in vars(ref).items()
+            if inspect.isfunction(v) and not n.startswith("_") and v.__module__ == ref.__name__
+        }
+        assert not sorted(names - set(dir(getattr(L, module)))), module
+
+
+def test_activation_functions_accept_integer_free_python_values():
+    assert L.relu(jnp.array([-1.0, 2.0])).tolist() == [0.0, 2.0]
+    assert L.step(jnp.array([0.0, -1.0])).dtype == jnp.int32
+    with pytest.raises(ValueError, match=r"\[glu\] the size of axis"):
+        L.glu(jnp.ones((2, 3)))

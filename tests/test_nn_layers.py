@@ -1,0 +1,304 @@
+"""The MLX-style layers against the real MLX: values, gradients, training and evaluation mode.
+
+Each case builds the MLX layer and convnn's with the same constructor call, copies MLX's
+weights into convnn's through ``load_weights`` (so MLX's names and layouts are checked too), and
+compares outputs and the gradients of ``sum(y * g)`` with respect to the input and every
+trainable parameter.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import convnn.layers as L
+
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def _mlx_weights(mx, layer):
+    from mlx.utils import tree_flatten
+
+    return [(k, np.array(v)) for k, v in tree_flatten(layer.parameters())]
+
+
+def _to_mx(mx, a):
+    return mx.array(np.asarray(a))
+
+
+def _grads_mlx(mx, mnn, layer, xs, g):
+    def loss(*inputs):
+        return (layer(*inputs) * g).sum()
+
+    from mlx.utils import tree_flatten
+
+    input_grads = mx.grad(loss, argnums=tuple(range(len(xs))))(*xs)
+    if not isinstance(input_grads, (tuple, list)):
+        input_grads = [input_grads]
+    if not tree_flatten(layer.trainable_parameters()):
+        return [np.array(a) for a in input_grads], {}
+    _, param_grads = mnn.value_and_grad(layer, loss)(*xs)
+    return [np.array(a) for a in input_grads], {
+        k: np.array(v) for k, v in tree_flatten(param_grads)
+    }
+
+
+def _grads_ours(layer, xs, g):
+    def loss(model, *inputs):
+        return jnp.sum(model(*inputs) * g)
+
+    grads = nnx.grad(loss, argnums=tuple(range(len(xs) + 1)))(layer, *xs)
+    params = {
+        ".".join(map(str, path)): np.asarray(v.get_value() if hasattr(v, "get_value") else v)
+        for path, v in nnx.to_flat_state(grads[0])
+    }
+    return [np.asarray(a) for a in grads[1:]], params
+
+
+def _compare(mx, mnn, name, args, kwargs, inputs, *, train=True, calls=1, grads=True):
+    """Builds ``name(*args, **kwargs)`` in MLX and convnn and compares them on ``inputs``."""
+    ref = getattr(mnn, name)(*args, **kwargs)
+    ours = getattr(L, name)(*args, **kwargs)
+    ours.load_weights(_mlx_weights(mx, ref))
+    ref.train(train)
+    ours.train(train)
+    mx_inputs = [_to_mx(mx, a) for a in inputs]
+    jx_inputs = [jnp.asarray(a) for a in inputs]
+    for _ in range(calls):
+        y_ref = np.array(ref(*mx_inputs))
+        y = np.asarray(ours(*jx_inputs))
+        assert y.dtype == y_ref.dtype, name
+        np.testing.assert_allclose(y, y_ref, rtol=RTOL, atol=ATOL, err_msg=name)
+    # Running statistics (and every other parameter) agree after the calls.
+    after = dict(_mlx_weights(mx, ref))
+    for key, value in jax.tree_util.tree_leaves_with_path(ours.parameters()):
+        dotted = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key)
+        np.testing.assert_allclose(value, after[dotted], rtol=RTOL, atol=ATOL, err_msg=dotted)
+    if not grads or not np.issubdtype(y_ref.dtype, np.floating):
+        return
+    g = np.random.default_rng(1).standard_normal(y_ref.shape).astype(y_ref.dtype)
+    in_ref, par_ref = _grads_mlx(mx, mnn, ref, mx_inputs, mx.array(g))
+    in_ours, par_ours = _grads_ours(ours, jx_inputs, jnp.asarray(g))
+    for a, b in zip(in_ours, in_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=f"{name} input grad")
+    assert set(par_ours) == set(par_ref), name
+    for k in par_ref:
+        np.testing.assert_allclose(
+            par_ours[k], par_ref[k], rtol=1e-4, atol=1e-4, err_msg=f"{name} grad {k}"
+        )
+
+
+def _x(*shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+LAYER_CASES = [
+    ("Linear", (5, 3), {}, [_x(4, 5)]),
+    ("Linear", (5, 3), {"bias": False}, [_x(2, 3, 5)]),
+    ("Bilinear", (3, 4, 2), {}, [_x(5, 3), _x(5, 4, seed=1)]),
+    ("Bilinear", (3, 4, 2), {"bias": False}, [_x(2, 5, 3), _x(2, 5, 4, seed=1)]),
+    ("Identity", (3,), {"x": 1}, [_x(2, 3)]),
+    ("LayerNorm", (6,), {}, [_x(3, 6, scale=3.0)]),
+    ("LayerNorm", (6,), {"affine": False}, [_x(3, 6)]),
+    ("LayerNorm", (6,), {"bias": False, "eps": 1e-3}, [_x(2, 3, 6)]),
+    ("RMSNorm", (6,), {}, [_x(3, 6)]),
+    ("RMSNorm", (6,), {"eps": 1e-2}, [_x(2, 6)]),
+    ("InstanceNorm", (4,), {}, [_x(2, 5, 4)]),
+    ("InstanceNorm", (4,), {"affine": True}, [_x(2, 3, 5, 4)]),
+    ("GroupNorm", (2, 4), {}, [_x(2, 3, 3, 4)]),
+    ("GroupNorm", (2, 4), {"pytorch_compatible": True}, [_x(2, 5, 4)]),
+    ("PReLU", (), {}, [_x(3, 4)]),
+    ("PReLU", (4, 0.1), {}, [_x(3, 4)]),
+    ("GLU", (), {}, [_x(3, 4)]),
+    ("GLU", (0,), {}, [_x(4, 3)]),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs", "inputs"), LAYER_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(LAYER_CASES)])
+def test_layer_matches_mlx(mx, mnn, name, args, kwargs, inputs):
+    _compare(mx, mnn, name, args, kwargs, inputs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape"),
+    [
+        ({}, (8, 3)),
+        ({}, (4, 5, 3)),
+        ({"momentum": 0.3, "eps": 1e-3}, (2, 4, 4, 3)),
+        ({"affine": False}, (6, 3)),
+        ({"track_running_stats": False}, (6, 3)),
+    ],
+)
+def test_batchnorm_matches_mlx_train_and_eval(mx, mnn, kwargs, shape):
+    x = _x(*shape, scale=2.0) + 1.0
+    # Training: five steps of running statistics, then the gradients.
+    _compare(mx, mnn, "BatchNorm", (3,), kwargs, [x], train=True, calls=5)
+    # Evaluation after training steps: normalised by the running statistics.
+    ref, ours = mnn.BatchNorm(3, **kwargs), L.BatchNorm(3, **kwargs)
+    for step in range(3):
+        xs = _x(*shape, seed=step, scale=2.0) + 1.0
+        ref(mx.array(xs))
+        ours(jnp.asarray(xs))
+    ref.eval()
+    ours.eval()
+    np.testing.assert_allclose(
+        np.asarray(ours(jnp.asarray(x))), np.array(ref(mx.array(x))), rtol=RTOL, atol=ATOL
+    )
+    if kwargs.get("track_running_stats", True):
+        np.testing.assert_allclose(
+            ours.running_var[...], np.array(ref.running_var), rtol=RTOL, atol=ATOL
+        )
+
+
+def test_batchnorm_statistics_from_the_definition():
+    x = _x(10, 3, scale=3.0)
+    bn = L.BatchNorm(3, momentum=0.25)
+    for _ in range(2):
+        bn(jnp.asarray(x))
+    mean, var = x.astype(np.float64).mean(0), x.astype(np.float64).var(0, ddof=1)
+    expected_mean = 0.25 * mean + 0.75 * (0.25 * mean)
+    expected_var = 0.25 * var + 0.75 * (0.25 * var + 0.75)
+    np.testing.assert_allclose(bn.running_mean[...], expected_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var[...], expected_var, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[BatchNorm\] training needs more than one value"):
+        bn(jnp.ones((1, 3)))
+    bn.eval()
+    bn(jnp.ones((1, 3)))  # evaluation takes one sample
+
+
+def test_batchnorm_under_jit_and_nnx_eval():
+    bn = L.BatchNorm(2)
+    x = jnp.asarray(_x(4, 2))
+
+    @nnx.jit
+    def step(model, x):
+        return model(x)
+
+    step(bn, x)
+    step(bn, x)
+    np.testing.assert_allclose(
+        bn.running_mean[...], (1 - 0.9**2) * np.asarray(x).mean(0), rtol=1e-5, atol=1e-6
+    )
+    parent = nnx.Sequential(bn)  # a Flax parent switches the mode with its own eval()
+    parent.eval()
+    assert not bn.training
+    parent.train()
+    assert bn.training
+
+
+def test_embedding_matches_mlx(mx, mnn):
+    ref, ours = mnn.Embedding(10, 4), L.Embedding(10, 4)
+    ours.load_weights(_mlx_weights(mx, ref))
+    idx = np.array([[1, 2, 9], [0, 0, 3]], np.int32)
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(idx))), np.array(ref(mx.array(idx))))
+    h = _x(2, 4)
+    np.testing.assert_allclose(
+        np.asarray(ours.as_linear(jnp.asarray(h))), np.array(ref.as_linear(mx.array(h))),
+        rtol=RTOL, atol=ATOL,
+    )
+    with pytest.raises(TypeError, match=r"\[Embedding\] input must have an integer dtype"):
+        ours(jnp.ones(2))
+
+
+def test_default_initialisation_follows_mlx():
+    L.seed(0)
+    lin = L.Linear(100, 50)
+    bound = np.sqrt(1 / 100)
+    w = np.asarray(lin.weight[...])
+    assert w.shape == (50, 100) and w.dtype == np.float32
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    assert abs(w.std() - bound / np.sqrt(3)) < 0.05 * bound  # uniform's standard deviation
+    emb = np.asarray(L.Embedding(1000, 16).weight[...])
+    assert abs(emb.std() - 0.25) < 0.01 and abs(emb.mean()) < 0.01
+    bil = np.asarray(L.Bilinear(4, 9, 3).weight[...])
+    assert bil.shape == (3, 9, 4) and np.abs(bil).max() <= 0.5
+
+
+def test_mlx_names_and_layouts(mx, mnn):
+    for name, args in [("Linear", (3, 2)), ("Bilinear", (3, 4, 2)), ("LayerNorm", (3,)),
+                       ("RMSNorm", (3,)), ("BatchNorm", (3,)), ("Embedding", (5, 3)),
+                       ("InstanceNorm", (3, 1e-5, True)), ("PReLU", (3,))]:
+        ref, ours = getattr(mnn, name)(*args), getattr(L, name)(*args)
+        expected = {k: v.shape for k, v in _mlx_weights(mx, ref)}
+        got = {
+            ".".join(str(getattr(k, "key", k)) for k in path): tuple(v.shape)
+            for path, v in jax.tree_util.tree_leaves_with_path(ours.parameters())
+        }
+        assert got == expected, name
+        assert repr(ours) == repr(ref) or name in ("Embedding",), (repr(ours), repr(ref))
+
+
+@pytest.mark.parametrize("name", ["Dropout", "Dropout2d", "Dropout3d"])
+def test_dropout_train_and_eval(name):
+    shape = {"Dropout": (4, 1000), "Dropout2d": (4, 3, 3, 500), "Dropout3d": (2, 2, 3, 3, 500)}
+    x = jnp.ones(shape[name], jnp.float32)
+    layer = getattr(L, name)(0.25, rngs=nnx.Rngs(dropout=3))
+    y = np.asarray(layer(x))
+    assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.03
+    if name != "Dropout":  # one mask value per sample and channel
+        lead = 1 if name == "Dropout2d" else 2
+        spatial = tuple(range(1, 1 + lead + 1))
+        assert (y == y.max(axis=spatial, keepdims=True)).all() or (
+            (y == np.take(y, [0], axis=1)).all()
+        )
+    # Masks differ from call to call, also under nnx.jit (the stream is model state).
+    step = nnx.jit(lambda m, x: m(x))
+    a, b = np.asarray(step(layer, x)), np.asarray(step(layer, x))
+    assert not np.array_equal(a, b)
+    layer.eval()
+    np.testing.assert_array_equal(np.asarray(layer(x)), np.asarray(x))
+    with pytest.raises(ValueError, match=rf"\[{name}\] the dropout probability"):
+        getattr(L, name)(1.0)
+
+
+def test_dropout_gradient_is_the_mask():
+    layer = L.Dropout(0.5, rngs=nnx.Rngs(0))
+    x = jnp.asarray(_x(64))
+    replay = nnx.clone(layer)  # the same stream state: the same mask
+    y = layer(x)
+    g = nnx.grad(lambda m, x: jnp.sum(m(x)), argnums=1)(replay, x)
+    np.testing.assert_allclose(np.asarray(g), np.where(np.asarray(y) != 0, 2.0, 0.0))
+
+
+def test_dropout_shape_checks():
+    with pytest.raises(ValueError, match=r"\[Dropout2d\] input must have 3 or 4 axes"):
+        L.Dropout2d()(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"\[Dropout3d\] input must have 4 or 5 axes"):
+        L.Dropout3d()(jnp.ones((2, 3, 4)))
+
+
+def test_sequential_matches_mlx_and_names(mx, mnn):
+    ref = mnn.Sequential(mnn.Linear(3, 4), mnn.relu, mnn.Linear(4, 2))
+    ours = L.Sequential(L.Linear(3, 4), L.relu, L.Linear(4, 2))
+    ours.load_weights(_mlx_weights(mx, ref))
+    x = _x(5, 3)
+    np.testing.assert_allclose(
+        np.asarray(ours(jnp.asarray(x))), np.array(ref(mx.array(x))), rtol=RTOL, atol=ATOL
+    )
+    assert isinstance(ours, nnx.Sequential)
+
+
+def test_argument_errors_name_the_layer():
+    cases = [
+        (lambda: L.Linear(0, 3), ValueError, r"\[Linear\] input_dims"),
+        (lambda: L.Linear(3, 2, bias=1), TypeError, r"\[Linear\] bias"),
+        (lambda: L.Linear(3, 2)(jnp.ones((2, 4))), ValueError, r"\[Linear\] input must have"),
+        (lambda: L.Linear(3, 2)(jnp.ones((2, 3), jnp.int32)), TypeError, r"\[Linear\] input"),
+        (lambda: L.LayerNorm(3, eps=0), ValueError, r"\[LayerNorm\] eps"),
+        (lambda: L.LayerNorm(3)(jnp.ones((2, 4))), ValueError, r"\[LayerNorm\] input"),
+        (lambda: L.BatchNorm(3, momentum=2), ValueError, r"\[BatchNorm\] momentum"),
+        (lambda: L.BatchNorm(3)(jnp.ones((4, 2))), ValueError, r"\[BatchNorm\] input"),
+        (lambda: L.InstanceNorm(3)(jnp.ones((2, 3))), ValueError, r"\[InstanceNorm\] input"),
+        (lambda: L.RMSNorm(3, eps=-1.0), ValueError, r"\[RMSNorm\] eps"),
+        (lambda: L.Bilinear(2, 3, 4)(jnp.ones((2, 2)), jnp.ones((3, 3))), ValueError,
+         r"\[Bilinear\] inputs"),
+        (lambda: L.GELU("erf"), ValueError, r"\[GELU\] approx"),
+        (lambda: L.Dropout(p="x"), TypeError, r"\[Dropout\] p"),
+        (lambda: L.Linear(3, 2, rngs=5), TypeError, r"\[Linear\] rngs"),
+    ]
+    for make, error, match in cases:
+        with pytest.raises(error, match=match):
+            make()
