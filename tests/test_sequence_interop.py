@@ -13,14 +13,15 @@ import convnn.layers as nn
 from convnn.interop import load_mlx_weights, load_torch_state_dict, save_mlx_weights
 
 F32 = jnp.float32
+slow = pytest.mark.slow
 
 
 def _x(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", pytest.param("RNN", marks=slow)])
+@pytest.mark.parametrize("bias", [True, pytest.param(False, marks=slow)])
 def test_torch_recurrent(torch, tnn, name, bias):
     torch.manual_seed(0)
     t_layer = getattr(tnn, name)(3, 5, bias=bias, batch_first=True)
@@ -63,7 +64,7 @@ def test_torch_recurrent_nested_and_refused_keys(torch, tnn):
         load_torch_state_dict(nn.LSTM(3, 4), state)
 
 
-@pytest.mark.parametrize("kdim", [None, 6])
+@pytest.mark.parametrize("kdim", [None, pytest.param(6, marks=slow)])
 def test_torch_multihead_attention(torch, tnn, kdim):
     torch.manual_seed(0)
     vdim = None if kdim is None else 4
@@ -83,35 +84,29 @@ def test_torch_multihead_attention(torch, tnn, kdim):
     assert_close(layer(q, k, v, ~causal), expected.detach().numpy(), F32)
 
 
-def test_mlx_files_both_ways(mx, mnn, tmp_path):
-    class MlxModel(mnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = mnn.RNN(4, 6)
-            self.gru = mnn.GRU(6, 6, bias=False)
-            self.lstm = [mnn.LSTM(6, 8), mnn.LSTM(8, 8)]
-            self.attention = mnn.MultiHeadAttention(8, 2, bias=True)
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=slow)])
+def test_mlx_files_both_ways(mx, mnn, tmp_path, full):
+    """MLX's files load into convnn and convnn's into MLX (the fast case: LSTMs and attention;
+    the full one adds RNN and a bias-free GRU)."""
 
-        def __call__(self, x):
-            x = self.gru(self.rnn(x))
-            for layer in self.lstm:
-                x, _ = layer(x)
-            return self.attention(x, x, x, "causal")
+    def define(nn):
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn = nn.RNN(4, 6) if full else nn.Identity()
+                self.gru = nn.GRU(6, 6, bias=False) if full else nn.Identity()
+                self.lstm = [nn.LSTM(6 if full else 4, 8), nn.LSTM(8, 8)]
+                self.attention = nn.MultiHeadAttention(8, 2, bias=True)
 
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = nn.RNN(4, 6)
-            self.gru = nn.GRU(6, 6, bias=False)
-            self.lstm = [nn.LSTM(6, 8), nn.LSTM(8, 8)]
-            self.attention = nn.MultiHeadAttention(8, 2, bias=True)
+            def __call__(self, x):
+                x = self.gru(self.rnn(x))
+                for layer in self.lstm:
+                    x, _ = layer(x)
+                return self.attention(x, x, x, "causal")
 
-        def __call__(self, x):
-            x = self.gru(self.rnn(x))
-            for layer in self.lstm:
-                x, _ = layer(x)
-            return self.attention(x, x, x, "causal")
+        return Model
 
+    MlxModel, Model = define(mnn), define(nn)
     x = _x(2, 5, 4)
     mlx_model, model = MlxModel(), Model()
     for suffix in ("safetensors", "npz"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -137,14 +138,7 @@ class RNN(_Recurrent):
     def __call__(self, x: jax.Array, hidden: jax.Array | None = None) -> jax.Array:
         xs, dtype = self._project(x, self.Wxh, self.bias)
         h0 = self._state(hidden, "hidden", xs.shape[1:-1], dtype)
-        whh = self.Whh[...].astype(dtype).T
-        f = self.nonlinearity
-
-        def step(h, xt):
-            h = f(xt + h @ whh)
-            return h, h
-
-        _, hs = jax.lax.scan(step, h0, xs)
+        hs = _rnn_scan(xs, h0, self.Whh[...].astype(dtype).T, self.nonlinearity)
         return jnp.moveaxis(hs, 0, -2)
 
 
@@ -205,22 +199,8 @@ class GRU(_Recurrent):
     def __call__(self, x: jax.Array, hidden: jax.Array | None = None) -> jax.Array:
         xs, dtype = self._project(x, self.Wx, self.b)
         h0 = self._state(hidden, "hidden", xs.shape[1:-1], dtype)
-        wh = self.Wh[...].astype(dtype).T
         bhn = None if self.bhn is None else self.bhn[...].astype(dtype)
-        size = self.hidden_size
-
-        def step(h, xt):
-            hp = h @ wh
-            hp_n = hp[..., 2 * size:]
-            if bhn is not None:
-                hp_n = hp_n + bhn.reshape((1,) * (hp_n.ndim - 1) + (-1,))
-            rz = jax.nn.sigmoid(xt[..., : 2 * size] + hp[..., : 2 * size])
-            r, z = rz[..., :size], rz[..., size:]
-            n = jnp.tanh(xt[..., 2 * size:] + r * hp_n)
-            h = (1 - z) * n + z * h
-            return h, h
-
-        _, hs = jax.lax.scan(step, h0, xs)
+        hs = _gru_scan(xs, h0, self.Wh[...].astype(dtype).T, bhn)
         return jnp.moveaxis(hs, 0, -2)
 
 
@@ -280,19 +260,54 @@ class LSTM(_Recurrent):
         batch = xs.shape[1:-1]
         h0 = self._state(hidden, "hidden", batch, dtype)
         c0 = self._state(cell, "cell", batch, dtype)
-        wh = self.Wh[...].astype(dtype).T
-        size = self.hidden_size
-
-        def step(carry, xt):
-            h, c = carry
-            ifgo = xt + h @ wh
-            i = jax.nn.sigmoid(ifgo[..., :size])
-            f = jax.nn.sigmoid(ifgo[..., size: 2 * size])
-            g = jnp.tanh(ifgo[..., 2 * size: 3 * size])
-            o = jax.nn.sigmoid(ifgo[..., 3 * size:])
-            c = f * c + i * g
-            h = o * jnp.tanh(c)
-            return (h, c), (h, c)
-
-        _, (hs, cs) = jax.lax.scan(step, (h0, c0), xs)
+        hs, cs = _lstm_scan(xs, h0, c0, self.Wh[...].astype(dtype).T)
         return jnp.moveaxis(hs, 0, -2), jnp.moveaxis(cs, 0, -2)
+
+
+# The recurrences, compiled once per shape and nonlinearity (an eager call would otherwise trace
+# the scan's body again at every call). ``xs`` is ``(L, [N,] gates * H)``, time first.
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _rnn_scan(xs, h0, whh_t, f):
+    def step(h, xt):
+        h = f(xt + h @ whh_t)
+        return h, h
+
+    return jax.lax.scan(step, h0, xs)[1]
+
+
+@jax.jit
+def _gru_scan(xs, h0, wh_t, bhn):
+    size = h0.shape[-1]
+
+    def step(h, xt):
+        hp = h @ wh_t
+        hp_n = hp[..., 2 * size:]
+        if bhn is not None:
+            hp_n = hp_n + bhn.reshape((1,) * (hp_n.ndim - 1) + (-1,))
+        rz = jax.nn.sigmoid(xt[..., : 2 * size] + hp[..., : 2 * size])
+        r, z = rz[..., :size], rz[..., size:]
+        n = jnp.tanh(xt[..., 2 * size:] + r * hp_n)
+        h = (1 - z) * n + z * h
+        return h, h
+
+    return jax.lax.scan(step, h0, xs)[1]
+
+
+@jax.jit
+def _lstm_scan(xs, h0, c0, wh_t):
+    size = h0.shape[-1]
+
+    def step(carry, xt):
+        h, c = carry
+        ifgo = xt + h @ wh_t
+        i = jax.nn.sigmoid(ifgo[..., :size])
+        f = jax.nn.sigmoid(ifgo[..., size: 2 * size])
+        g = jnp.tanh(ifgo[..., 2 * size: 3 * size])
+        o = jax.nn.sigmoid(ifgo[..., 3 * size:])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), (h, c)
+
+    return jax.lax.scan(step, (h0, c0), xs)[1]
