@@ -104,10 +104,16 @@ def _check(mx, name, ref_fn, our_fn, x):
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-5, err_msg=f"{name} grad")
 
 
-@pytest.mark.parametrize(
-    ("name", "kwargs"), [(n, kw) for n, kws in FUNCTIONS.items() for kw in kws],
-    ids=lambda v: str(v),
-)
+def _tiered(table):
+    """The first variant of each entry in the fast tier, the others marked slow."""
+    return [
+        pytest.param(name, v, marks=() if i == 0 else (pytest.mark.slow,), id=f"{name}-{i}")
+        for name, variants in table.items()
+        for i, v in enumerate(variants)
+    ]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), _tiered(FUNCTIONS))
 def test_function_matches_mlx(mx, mnn, name, kwargs):
     ref, ours = getattr(mnn, name), getattr(L, name)
     _check(mx, name, lambda a: ref(a, **kwargs), lambda a: ours(a, **kwargs), _x())
@@ -119,10 +125,8 @@ def test_prelu_function_matches_mlx(mx, mnn):
            lambda a: L.prelu(a, jnp.asarray(alpha)), _x())
 
 
-@pytest.mark.parametrize(
-    ("name", "args"), [(n, a) for n, args in CLASSES.items() for a in args],
-    ids=lambda v: str(v),
-)
+@pytest.mark.slow  # the classes call the functions tested above; GELU's options are below
+@pytest.mark.parametrize(("name", "args"), _tiered(CLASSES))
 def test_class_matches_mlx(mx, mnn, name, args):
     ref, ours = getattr(mnn, name)(*args), getattr(L, name)(*args)
     _check(mx, name, ref, ours, _x(1))
@@ -152,3 +156,8 @@ def test_activation_functions_accept_integer_free_python_values():
     assert L.step(jnp.array([0.0, -1.0])).dtype == jnp.int32
     with pytest.raises(ValueError, match=r"\[glu\] the size of axis"):
         L.glu(jnp.ones((2, 3)))
+
+
+@pytest.mark.parametrize("args", [(), ("none",), ("precise",), ("tanh",), ("fast",)])
+def test_gelu_options_match_mlx(mx, mnn, args):
+    _check(mx, "GELU", mnn.GELU(*args), L.GELU(*args), _x(1))

@@ -42,7 +42,7 @@ def _tokens():
     return np.random.default_rng(0).integers(0, 7, (3, 5)).astype(np.int32)
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+@pytest.mark.parametrize("suffix", [".safetensors", pytest.param(".npz", marks=pytest.mark.slow)])
 def test_mlx_files_both_ways(mx, mnn, tmp_path, suffix):
     ref, ours = _build(mnn), _build(L)
     ref.train()

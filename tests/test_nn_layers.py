@@ -115,8 +115,17 @@ LAYER_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "args", "kwargs", "inputs"), LAYER_CASES,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(LAYER_CASES)])
+def _first_of_each(cases):
+    """The first case of each layer in the fast tier, the others marked slow."""
+    seen, out = set(), []
+    for i, case in enumerate(cases):
+        marks = () if case[0] not in seen else (pytest.mark.slow,)
+        seen.add(case[0])
+        out.append(pytest.param(*case, marks=marks, id=f"{case[0]}-{i}"))
+    return out
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs", "inputs"), _first_of_each(LAYER_CASES))
 def test_layer_matches_mlx(mx, mnn, name, args, kwargs, inputs):
     _compare(mx, mnn, name, args, kwargs, inputs)
 
@@ -124,10 +133,10 @@ def test_layer_matches_mlx(mx, mnn, name, args, kwargs, inputs):
 @pytest.mark.parametrize(
     ("kwargs", "shape"),
     [
-        ({}, (8, 3)),
-        ({}, (4, 5, 3)),
+        pytest.param({}, (8, 3), marks=pytest.mark.slow),
+        pytest.param({}, (4, 5, 3), marks=pytest.mark.slow),
         ({"momentum": 0.3, "eps": 1e-3}, (2, 4, 4, 3)),
-        ({"affine": False}, (6, 3)),
+        pytest.param({"affine": False}, (6, 3), marks=pytest.mark.slow),
         ({"track_running_stats": False}, (6, 3)),
     ],
 )

@@ -73,8 +73,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "inputs", "kwargs", "wrt"), CASES,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def _first_of_each(cases):
+    """The first case of each loss in the fast tier, the others marked slow."""
+    seen, out = set(), []
+    for i, case in enumerate(cases):
+        marks = () if case[0] not in seen else (pytest.mark.slow,)
+        seen.add(case[0])
+        out.append(pytest.param(*case, marks=marks, id=f"{case[0]}-{i}"))
+    return out
+
+
+@pytest.mark.parametrize(("name", "inputs", "kwargs", "wrt"), _first_of_each(CASES))
 def test_loss_matches_mlx(mx, mnn, name, inputs, kwargs, wrt):
     ref, ours = getattr(mnn.losses, name), getattr(losses, name)
     mx_in = [mx.array(a) for a in inputs]
@@ -166,9 +175,11 @@ def _stats(a):
         (lambda: init.uniform(-1.0, 3.0), (200, 200), 1.0, 4 / np.sqrt(12), 3.0),
         # MLX's fans: fan_in = shape[-1] * receptive, fan_out = shape[0] * receptive.
         (init.glorot_normal, (64, 3, 3, 32), 0.0, np.sqrt(2 / (32 * 9 + 64 * 9)), None),
-        (init.glorot_uniform, (64, 3, 3, 32), 0.0, np.sqrt(6 / (96 * 9)) / np.sqrt(3),
-         np.sqrt(6 / (96 * 9))),
-        (init.he_normal, (128, 256), 0.0, 1 / np.sqrt(256), None),
+        pytest.param(init.glorot_uniform, (64, 3, 3, 32), 0.0,
+                     np.sqrt(6 / (96 * 9)) / np.sqrt(3), np.sqrt(6 / (96 * 9)),
+                     marks=pytest.mark.slow),
+        pytest.param(init.he_normal, (128, 256), 0.0, 1 / np.sqrt(256), None,
+                     marks=pytest.mark.slow),
         (init.he_uniform, (128, 256), 0.0, np.sqrt(3 / 256) / np.sqrt(3), np.sqrt(3 / 256)),
     ],
 )
@@ -203,6 +214,7 @@ def test_init_modes_gain_and_flax_form():
     np.testing.assert_array_equal(first, init.normal()(jnp.zeros(5)))
 
 
+@pytest.mark.slow
 def test_init_sparse_and_orthogonal():
     L.seed(1)
     a = np.asarray(init.sparse(0.25)(jnp.zeros((6, 8))))

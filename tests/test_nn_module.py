@@ -190,3 +190,15 @@ def test_seed_makes_default_initialisation_reproducible():
         L.seed(1.5)
     with pytest.raises(ValueError, match=r"\[seed\]"):
         L.seed(-1)
+
+
+def test_update_modules_and_set_dtype():
+    net = Net()
+    replacement = Affine(2)
+    net.update_modules({"layers": [{}, replacement], "heads": {"a": Affine(2)}})
+    assert net.layers[1] is replacement and net.layers[0] is not replacement
+    with pytest.raises(ValueError, match=r"\[Module.update_modules\] no sub-module named 'x'"):
+        net.update_modules({"x": Affine(2)})
+    net.set_dtype(jnp.bfloat16)
+    assert net.layers[0].weight.dtype == jnp.bfloat16
+    assert net.layers[0].count.dtype == jnp.int32  # not a parameter

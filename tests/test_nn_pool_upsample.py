@@ -47,7 +47,9 @@ def test_pool_padding_beyond_half_kernel_matches_mlx(mx, mnn, cls, kwargs, shape
         np.testing.assert_allclose(np.asarray(g_ours), np.array(g_ref), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int8, np.uint8])
+@pytest.mark.parametrize(
+    "dtype", [np.int32, *(pytest.param(d, marks=pytest.mark.slow) for d in (np.int8, np.uint8))]
+)
 def test_pool_integer_inputs_match_mlx(mx, mnn, dtype):
     x = _ints(2, 6, 7, 3, dtype=dtype) if dtype != np.uint8 else _ints(2, 6, 7, 3) % 200
     x = x.astype(dtype)
@@ -68,7 +70,10 @@ def test_avg_pool_integer_input_from_the_definition():
 
 
 @pytest.mark.parametrize("mode", ["linear", "cubic"])
-@pytest.mark.parametrize("scale", [0.5, 0.3, (0.4, 0.75), 2.0, 1.5, 0.7])
+@pytest.mark.parametrize(
+    "scale", [(0.4, 0.75), 1.5, *(pytest.param(s, marks=pytest.mark.slow) for s in
+                                  (0.5, 0.3, 2.0, 0.7))],
+)
 def test_upsample_antialias_matches_mlx(mx, mnn, mode, scale):
     x = _x(2, 9, 11, 3)
     ref = np.array(mnn.Upsample(scale, mode, antialias=True)(mx.array(x)))

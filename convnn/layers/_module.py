@@ -224,6 +224,32 @@ def _update_module(module: Any, new: Any, strict: bool) -> None:
             )
 
 
+def _update_modules(dst: Any, modules: Any, strict: bool) -> None:
+    if isinstance(dst, (list, dict)):
+        keys = range(len(modules)) if isinstance(modules, list) else modules.keys()
+        items = dst
+    else:
+        keys, items = modules.keys(), vars(dst)
+    for k in keys:
+        present = k < len(items) if isinstance(items, list) else k in items
+        if not present:
+            if strict:
+                raise ValueError(f"[Module.update_modules] no sub-module named {k!r}.")
+            continue
+        current, new = items[k], modules[k]
+        if isinstance(current, nnx.Module) and isinstance(new, nnx.Module):
+            if isinstance(dst, (list, dict)):
+                dst[k] = new
+            else:
+                setattr(dst, k, new)
+        elif isinstance(current, (list, dict, nnx.Module)) and isinstance(new, (list, dict)):
+            _update_modules(current, new, strict)
+        elif strict and new != {}:
+            raise ValueError(
+                f"[Module.update_modules] {k!r} is not a sub-module (got {type(new).__name__})."
+            )
+
+
 def _retype(value: Any, old: type, new: type, keys: Any) -> Any:
     """``value`` with its ``old`` variables (in lists and dicts too) turned into ``new`` ones."""
     if isinstance(value, old) and not isinstance(value, new):
@@ -371,6 +397,21 @@ class Module(nnx.Module):
     def apply(self, map_fn: Callable[[jax.Array], jax.Array]) -> Module:
         """Replaces every parameter ``p`` by ``map_fn(p)`` (e.g. a cast); returns ``self``."""
         return self.update(jax.tree.map(map_fn, self.parameters()))
+
+    def set_dtype(self, dtype: Any, predicate: Callable[[Any], bool] | None = None) -> None:
+        """Casts the parameters to ``dtype``; by default only floating ones (MLX's predicate)."""
+        keep = predicate or (lambda d: jnp.issubdtype(d, jnp.floating))
+        self.apply(lambda p: p.astype(dtype) if keep(p.dtype) else p)
+
+    def update_modules(self, modules: dict, strict: bool = True) -> Module:
+        """Replaces sub-modules by those of a (partial) ``children()``-style tree; returns
+        ``self``.
+
+        Raises:
+          ValueError: with ``strict`` (default), on a name that is not a sub-module.
+        """
+        _update_modules(self, modules, strict)
+        return self
 
     def freeze(
         self, *, recurse: bool = True, keys: str | list[str] | None = None, strict: bool = False
