@@ -222,12 +222,12 @@ class ALiBi(Module):
     Adds ``-|i - j| * slope_h`` to the attention scores ``(B, H, L_q, L_k)`` of query ``i`` and
     key ``j`` in head ``h``; the slopes are the geometric sequence of the paper. No parameters.
 
-    Args:
-      None: the layer has no hyperparameters (``create_alibi_matrix`` and
-        ``create_alibi_slope`` are static methods, as in MLX).
+    The constructor takes no arguments, as in MLX; ``create_alibi_matrix`` and
+    ``create_alibi_slope`` are static methods. Called as
+    ``alibi(attention_scores, offset=0, mask=None)`` on scores ``(B, H, L_q, L_k)``: ``offset``
+    shifts the query positions; ``mask`` (additive) is added too.
 
-    Called as ``alibi(attention_scores, offset=0, mask=None)`` on scores ``(B, H, L_q, L_k)``:
-    ``offset`` shifts the query positions; ``mask`` (additive) is added too.
+    Args:
 
     Raises:
       TypeError: when called, on non-floating scores or a non-integer ``offset``.
