@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -70,34 +71,46 @@ def scaled_dot_product_attention(
             f"{tuple(q.shape)}, keys shape {tuple(k.shape)}, values shape {tuple(v.shape)}."
         )
     dtype = _args.promote_float(_args.promote_float(q.dtype, k.dtype), v.dtype)
-    stats = _args.promote_float(dtype, jnp.float32)
+    scores_shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    causal = isinstance(mask, str)
+    if causal:
+        if mask != "causal":
+            raise ValueError(f"[{fn}] the only string mask is 'causal', got {mask!r}.")
+        mask = None
+    if mask is not None:
+        mask = _as_array(mask)
+        try:
+            shape = jnp.broadcast_shapes(mask.shape, scores_shape)
+        except ValueError:
+            shape = None
+        if mask.ndim > 4 or shape != scores_shape:
+            raise ValueError(
+                f"[{fn}] mask must broadcast to (B, H, L_q, L_k) = {scores_shape}; got mask "
+                f"shape {tuple(mask.shape)}."
+            )
+        if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.floating)):
+            raise TypeError(f"[{fn}] mask must be boolean or floating, got dtype {mask.dtype}.")
+    return _attend(q, k, v, mask, float(scale), causal, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _attend(q, k, v, mask, scale, causal, dtype):
+    """The checked computation, compiled once per shape and configuration (an eager call
+    dispatches one program)."""
+    stats = _args.promote_float(dtype, jnp.float32)  # MLX's softmax is in float32 at least
     if k.shape[1] != q.shape[1]:
         repeats = q.shape[1] // k.shape[1]
         k, v = jnp.repeat(k, repeats, axis=1), jnp.repeat(v, repeats, axis=1)
     scores = (q.astype(stats) * scale) @ jnp.swapaxes(k.astype(stats), -1, -2)
     lq, lk = scores.shape[-2:]
-    if isinstance(mask, str):
-        if mask != "causal":
-            raise ValueError(f"[{fn}] the only string mask is 'causal', got {mask!r}.")
+    if causal:  # lower-right aligned: the last query sees every key
         mask = jnp.arange(lq)[:, None] + (lk - lq) >= jnp.arange(lk)[None, :]
     if mask is not None:
-        mask = _as_array(mask)
-        try:
-            shape = jnp.broadcast_shapes(mask.shape, scores.shape)
-        except ValueError:
-            shape = None
-        if mask.ndim > 4 or shape != scores.shape:
-            raise ValueError(
-                f"[{fn}] mask must broadcast to (B, H, L_q, L_k) = {scores.shape}; got mask "
-                f"shape {tuple(mask.shape)}."
-            )
         mask = jnp.broadcast_to(mask, scores.shape)
         if mask.dtype == jnp.bool_:
             scores = jnp.where(mask, scores, jnp.finfo(stats).min)
-        elif jnp.issubdtype(mask.dtype, jnp.floating):
-            scores = scores + mask.astype(stats)
         else:
-            raise TypeError(f"[{fn}] mask must be boolean or floating, got dtype {mask.dtype}.")
+            scores = scores + mask.astype(stats)
     weights = jax.nn.softmax(scores, axis=-1)
     return (weights @ v.astype(stats)).astype(dtype)
 
