@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 import convnn.layers as L
+from convnn import _flax_compat
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -311,3 +312,47 @@ def test_argument_errors_name_the_layer():
     for make, error, match in cases:
         with pytest.raises(error, match=match):
             make()
+
+
+def test_training_steps_match_mlx(mx, mnn):
+    """A model written once for both libraries: losses, weights and BatchNorm statistics after
+    SGD steps (convnn's under nnx.jit with nnx.Optimizer) equal MLX's."""
+    import optax
+    from mlx import optimizers
+
+    def build(lib):
+        class Model(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.l1 = lib.Linear(4, 8)
+                self.bn = lib.BatchNorm(8)
+                self.l2 = lib.Linear(8, 1)
+
+            def __call__(self, x):
+                return self.l2(lib.relu(self.bn(self.l1(x))))
+
+        return Model()
+
+    ref, ours = build(mnn), build(L)
+    ours.load_weights(_mlx_weights(mx, ref))
+    ref_loss = mnn.value_and_grad(ref, lambda x, y: ((ref(x) - y) ** 2).mean())
+    ref_opt = optimizers.SGD(learning_rate=0.1)
+    opt = nnx.Optimizer(ours, optax.sgd(0.1), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, x, y):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        _flax_compat.optimizer_update(opt, model, grads)
+        return loss
+
+    for i in range(4):
+        x, y = _x(16, 4, seed=i), _x(16, 1, seed=10 + i)
+        loss, grads = ref_loss(mx.array(x), mx.array(y))
+        ref_opt.update(ref, grads)
+        np.testing.assert_allclose(
+            float(step(ours, opt, jnp.asarray(x), jnp.asarray(y))), float(loss), rtol=1e-5
+        )
+    after = dict(_mlx_weights(mx, ref))
+    for key, value in jax.tree_util.tree_leaves_with_path(ours.parameters()):
+        dotted = ".".join(str(getattr(k, "key", k)) for k in key)
+        np.testing.assert_allclose(value, after[dotted], rtol=1e-5, atol=1e-6, err_msg=dotted)

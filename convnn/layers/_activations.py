@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from convnn import _args
 from convnn.layers._common import expand
@@ -49,108 +50,108 @@ def _scalar(x: jax.Array, v: float) -> jax.Array:
     return jnp.asarray(v, x.dtype)
 
 
-def sigmoid(x):
+def sigmoid(x: ArrayLike) -> jax.Array:
     """``1 / (1 + exp(-x))``."""
     return jax.nn.sigmoid(x)
 
 
-def relu(x):
+def relu(x: ArrayLike) -> jax.Array:
     """``max(x, 0)``."""
     x = jnp.asarray(x)
     return _maximum(x, _scalar(x, 0))
 
 
-def relu2(x):
+def relu2(x: ArrayLike) -> jax.Array:
     """``max(x, 0) ** 2``."""
     return jnp.square(relu(x))
 
 
-def relu6(x):
+def relu6(x: ArrayLike) -> jax.Array:
     """``min(max(x, 0), 6)``."""
     x = jnp.asarray(x)
     return _minimum(_maximum(x, _scalar(x, 0)), _scalar(x, 6))
 
 
-def leaky_relu(x, negative_slope=0.01):
+def leaky_relu(x: ArrayLike, negative_slope: float = 0.01) -> jax.Array:
     """``max(negative_slope * x, x)``."""
     x = jnp.asarray(x)
     return _maximum(negative_slope * x, x)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: ArrayLike, axis: int = -1) -> jax.Array:
     """``x - logsumexp(x, axis)``, shifted by the (gradient-stopped) maximum first."""
     x = jnp.asarray(x)
     x = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     return x - jax.nn.logsumexp(x, axis=axis, keepdims=True)
 
 
-def elu(x, alpha=1.0):
+def elu(x: ArrayLike, alpha: Any = 1.0) -> jax.Array:
     """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``."""
     x = jnp.asarray(x)
     return jnp.where(x > 0, x, alpha * (jnp.exp(x) - 1))
 
 
-def softmax(x, axis=-1):
+def softmax(x: ArrayLike, axis: int = -1) -> jax.Array:
     """``exp(x) / sum(exp(x), axis)``."""
     return jax.nn.softmax(x, axis=axis)
 
 
-def softplus(x):
+def softplus(x: ArrayLike) -> jax.Array:
     """``log(1 + exp(x))`` (``logaddexp(x, 0)``)."""
     x = jnp.asarray(x)
     return jnp.logaddexp(x, _scalar(x, 0))
 
 
-def softsign(x):
+def softsign(x: ArrayLike) -> jax.Array:
     """``x / (1 + |x|)``."""
     x = jnp.asarray(x)
     return x / (1 + jnp.abs(x))
 
 
-def softshrink(x, lambd: float = 0.5):
+def softshrink(x: ArrayLike, lambd: float = 0.5) -> jax.Array:
     """``x - sign(x) * lambd`` where ``|x| > lambd``, else 0."""
     x = jnp.asarray(x)
     return jnp.where(jnp.abs(x) > lambd, x - jnp.sign(x) * lambd, _scalar(x, 0))
 
 
-def celu(x, alpha=1.0):
+def celu(x: ArrayLike, alpha: Any = 1.0) -> jax.Array:
     """``max(x, 0) + alpha * (exp(min(x, 0) / alpha) - 1)``."""
     x = jnp.asarray(x)
     zero = _scalar(x, 0)
     return _maximum(x, zero) + alpha * (jnp.exp(_minimum(x, zero) / alpha) - 1)
 
 
-def silu(x):
+def silu(x: ArrayLike) -> jax.Array:
     """``x * sigmoid(x)``."""
     x = jnp.asarray(x)
     return x * jax.nn.sigmoid(x)
 
 
-def log_sigmoid(x):
+def log_sigmoid(x: ArrayLike) -> jax.Array:
     """``-softplus(-x)``."""
     return -softplus(-jnp.asarray(x))
 
 
-def gelu(x):
+def gelu(x: ArrayLike) -> jax.Array:
     """Exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` (``nnx.gelu`` defaults to the tanh
     approximation)."""
     x = jnp.asarray(x)
     return x * (1 + jax.lax.erf(x / _scalar(x, math.sqrt(2)))) / 2
 
 
-def gelu_approx(x):
+def gelu_approx(x: ArrayLike) -> jax.Array:
     """GELU's tanh approximation, ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x**3)))``."""
     x = jnp.asarray(x)
     return 0.5 * x * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def gelu_fast_approx(x):
+def gelu_fast_approx(x: ArrayLike) -> jax.Array:
     """GELU's sigmoid approximation, ``x * sigmoid(1.702 * x)``."""
     x = jnp.asarray(x)
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-def glu(x, axis: int = -1):
+def glu(x: ArrayLike, axis: int = -1) -> jax.Array:
     """Splits ``x`` in two halves ``a, b`` along ``axis``; returns ``a * sigmoid(b)``."""
     x = jnp.asarray(x)
     if x.ndim == 0 or x.shape[axis] % 2:
@@ -161,17 +162,17 @@ def glu(x, axis: int = -1):
     return a * jax.nn.sigmoid(b)
 
 
-def step(x, threshold: float = 0.0):
+def step(x: ArrayLike, threshold: float = 0.0) -> jax.Array:
     """1 where ``x >= threshold``, else 0, as int32 (MLX's dtype)."""
     return jnp.where(jnp.asarray(x) >= threshold, 1, 0).astype(jnp.int32)
 
 
-def selu(x):
+def selu(x: ArrayLike) -> jax.Array:
     """``1.0507 * elu(x, 1.67326)`` (MLX's constants)."""
     return elu(x, 1.67326) * 1.0507
 
 
-def prelu(x, alpha):
+def prelu(x: ArrayLike, alpha: Any) -> jax.Array:
     """``max(0, x) + alpha * min(0, x)``; ``alpha`` broadcasts against the last axes."""
     x = jnp.asarray(x)
     alpha = jnp.asarray(alpha)
@@ -182,36 +183,36 @@ def prelu(x, alpha):
     return (_maximum(zero, x) + alpha * _minimum(zero, x)).astype(dtype)
 
 
-def mish(x):
+def mish(x: ArrayLike) -> jax.Array:
     """``x * tanh(softplus(x))``."""
     x = jnp.asarray(x)
     return x * jnp.tanh(softplus(x))
 
 
-def hardswish(x):
+def hardswish(x: ArrayLike) -> jax.Array:
     """``x * min(max(x + 3, 0), 6) / 6``."""
     x = jnp.asarray(x)
     return x * _minimum(_maximum(x + 3, _scalar(x, 0)), _scalar(x, 6)) / 6
 
 
-def hard_tanh(x, min_val=-1.0, max_val=1.0):
+def hard_tanh(x: ArrayLike, min_val: float = -1.0, max_val: float = 1.0) -> jax.Array:
     """``min(max(x, min_val), max_val)``."""
     x = jnp.asarray(x)
     return _minimum(_maximum(x, _scalar(x, min_val)), _scalar(x, max_val))
 
 
-def hard_shrink(x, lambd=0.5):
+def hard_shrink(x: ArrayLike, lambd: float = 0.5) -> jax.Array:
     """``x`` where ``|x| > lambd``, else 0."""
     x = jnp.asarray(x)
     return jnp.where(jnp.abs(x) > lambd, x, _scalar(x, 0))
 
 
-def softmin(x, axis=-1):
+def softmin(x: ArrayLike, axis: int = -1) -> jax.Array:
     """``softmax(-x, axis)``."""
     return jax.nn.softmax(-jnp.asarray(x), axis=axis)
 
 
-def tanh(x):
+def tanh(x: ArrayLike) -> jax.Array:
     """``tanh(x)``."""
     return jnp.tanh(x)
 
@@ -480,9 +481,7 @@ def _args_section(fn: Any, skip: tuple[str, ...] = ()) -> str:
         if p.default is not inspect.Parameter.empty:
             text += f". Default {p.default!r}"
         lines.append(f"  {name}: {text}.")
-    if len(lines) == 1:
-        lines.append("  (none: the constructor takes no arguments, as in MLX)")
-    return "\n".join(lines)
+    return "\n".join(lines)  # an empty section: the constructor takes no arguments
 
 
 def _document_function(fn: Any) -> None:

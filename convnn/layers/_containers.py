@@ -22,7 +22,7 @@ class Sequential(Module, nnx.Sequential):
       modules: the modules or callables, each taking the previous one's output.
 
     Raises:
-      Nothing at construction; when called, whatever a module raises.
+      Exception: when called, whatever one of the modules raises.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn

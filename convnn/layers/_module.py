@@ -42,7 +42,6 @@ class Frozen(nnx.Variable):
     ``nnx.Param``.
 
     Args:
-      value: the array, of any shape ``(*S)``.
 
     Raises:
       TypeError: as ``nnx.Variable``.
@@ -278,7 +277,6 @@ class Module(nnx.Module):
     variables (see :meth:`freeze`).
 
     Args:
-      (none: ``super().__init__()`` takes no arguments, as in MLX)
 
     Raises:
       ValueError: from Flax, when an attribute holding static values is given arrays later
@@ -360,7 +358,10 @@ class Module(nnx.Module):
         if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"[Module.train] mode must be a bool, got {mode!r}.")
         mode = bool(mode)
-        for _, module in nnx.iter_modules(self):
+        # nnx.graph.iter_graph exists from the oldest supported Flax on (nnx.iter_modules not).
+        for _, module in nnx.graph.iter_graph(self):
+            if not isinstance(module, nnx.Module):
+                continue
             if isinstance(module, Module):
                 module._training = mode
             else:
