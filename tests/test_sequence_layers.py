@@ -144,6 +144,9 @@ def test_rnn_nonlinearity_and_lstm_cell_only(mx, mnn):
     x = _normal(rng, 2, 4, 3)
     _check_layer(mx, mnn, mnn.RNN(3, 4, nonlinearity=mnn.relu),
                  nn.RNN(3, 4, nonlinearity=jax.nn.relu), [x])
+    # a module as the nonlinearity: its parameters are the layer's (and trained), as in MLX
+    _check_layer(mx, mnn, mnn.RNN(3, 4, nonlinearity=mnn.PReLU()),
+                 nn.RNN(3, 4, nonlinearity=nn.PReLU()), [x])
     _check_layer(mx, mnn, mnn.LSTM(3, 4), nn.LSTM(3, 4), [x, None, _normal(rng, 2, 4)],
                  grad_inputs=(0, 2))
 

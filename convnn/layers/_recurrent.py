@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -138,7 +137,11 @@ class RNN(_Recurrent):
     def __call__(self, x: jax.Array, hidden: jax.Array | None = None) -> jax.Array:
         xs, dtype = self._project(x, self.Wxh, self.bias)
         h0 = self._state(hidden, "hidden", xs.shape[1:-1], dtype)
-        hs = _rnn_scan(xs, h0, self.Whh[...].astype(dtype).T, self.nonlinearity)
+        f = self.nonlinearity
+        # A module (MLX's nn.PReLU()) has parameters of its own: trace it with the layer instead
+        # of baking it into a cached program.
+        scan = _rnn_scan_traced if isinstance(f, nnx.Module) else _rnn_scan
+        hs = scan(xs, h0, self.Whh[...].astype(dtype).T, f)
         return jnp.moveaxis(hs, 0, -2)
 
 
@@ -268,13 +271,15 @@ class LSTM(_Recurrent):
 # the scan's body again at every call). ``xs`` is ``(L, [N,] gates * H)``, time first.
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def _rnn_scan(xs, h0, whh_t, f):
+def _rnn_scan_traced(xs, h0, whh_t, f):
     def step(h, xt):
         h = f(xt + h @ whh_t)
         return h, h
 
     return jax.lax.scan(step, h0, xs)[1]
+
+
+_rnn_scan = jax.jit(_rnn_scan_traced, static_argnums=(3,))
 
 
 @jax.jit
