@@ -178,9 +178,10 @@ def prelu(x: ArrayLike, alpha: Any) -> jax.Array:
     alpha = jnp.asarray(alpha)
     if alpha.ndim < x.ndim:
         alpha = expand(alpha, x.ndim)
-    zero = _scalar(x, 0)
     dtype = _args.promote_float(x.dtype, alpha.dtype)
-    return (_maximum(zero, x) + alpha * _minimum(zero, x)).astype(dtype)
+    x, alpha = x.astype(dtype), alpha.astype(dtype)
+    zero = _scalar(x, 0)
+    return _maximum(zero, x) + alpha * _minimum(zero, x)
 
 
 def mish(x: ArrayLike) -> jax.Array:
@@ -309,8 +310,8 @@ class LeakyReLU(_OneFloat):
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
-      >>> nn.LeakyReLU(0.1)(jnp.array([-1.0, 2.0])).tolist()
-      [-0.10000000149011612, 2.0]
+      >>> [round(v, 6) for v in nn.LeakyReLU(0.1)(jnp.array([-1.0, 2.0])).tolist()]
+      [-0.1, 2.0]
     """
 
     _arg, _attr, _default, _fn = "negative_slope", "_negative_slope", 1e-2, staticmethod(leaky_relu)

@@ -402,8 +402,8 @@ class BatchNorm(Module):
                 mu = self.momentum
                 rm, rv = self.running_mean, self.running_var
                 unbiased = sq / max(n - 1, 1)
-                self.running_mean = ((1 - mu) * rm[...] + mu * mean).astype(rm.dtype)
-                self.running_var = ((1 - mu) * rv[...] + mu * unbiased).astype(rv.dtype)
+                self.running_mean = (1 - mu) * rm[...] + mu * mean.astype(rm.dtype)
+                self.running_var = (1 - mu) * rv[...] + mu * unbiased.astype(rv.dtype)
         else:
             mean = self.running_mean[...].astype(stats)
             var = self.running_var[...].astype(stats)
