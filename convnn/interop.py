@@ -220,6 +220,47 @@ def _register_layer(
         _BATCH_NORM_TYPES = (*_BATCH_NORM_TYPES, cls)
 
 
+# Layers whose PyTorch parameters are not one array per variable (LSTM's two biases, attention's
+# packed in_proj_weight): layer type -> function(layer, prefix, state_dict) that rewrites the
+# layer's PyTorch keys of a (copied) state dict into the layer's own names and layouts.
+_TORCH_REWRITES: dict[type, Callable[[Any, str, dict[str, Any]], None]] = {}
+
+
+def _register_torch_rewrite(
+    cls: type, rewrite: Callable[[Any, str, dict[str, Any]], None]
+) -> None:
+    """Registers ``rewrite(layer, prefix, state_dict)`` for a layer type (see above)."""
+    _TORCH_REWRITES[cls] = rewrite
+
+
+def _rewrite_torch_keys(model: Any, state_dict: Mapping[str, Any], fn: str) -> Mapping[str, Any]:
+    """``state_dict`` with the keys of registered layers rewritten (a copy when any applies)."""
+    if not _TORCH_REWRITES or nnx.graph.get_node_impl(model) is None:
+        return state_dict
+    found: list[tuple[Any, str]] = []
+    seen: set[int] = set()
+
+    def walk(node, path):
+        impl = nnx.graph.get_node_impl(node)
+        if impl is None or id(node) in seen or isinstance(node, nnx.Variable):
+            return
+        seen.add(id(node))
+        if any(cls in _TORCH_REWRITES for cls in type(node).__mro__):
+            found.append((node, "".join(f"{p}." for p in path)))
+        for key, child in impl.node_dict(node).items():
+            skip = isinstance(node, nnx.Sequential) and key == "layers"
+            walk(child, path if skip else (*path, str(key)))
+
+    walk(model, ())
+    if not found:
+        return state_dict
+    out = dict(state_dict)
+    for layer, prefix in found:
+        rewrite = next(_TORCH_REWRITES[c] for c in type(layer).__mro__ if c in _TORCH_REWRITES)
+        rewrite(layer, prefix, out)
+    return out
+
+
 def _register_variable_type(variable_type: type) -> None:
     """Lets a variable type take part in saving and loading (besides Param and BatchStat)."""
     global _VARIABLE_TYPES
@@ -727,6 +768,7 @@ def load_torch_state_dict(
             f"[{fn}] state_dict must be a mapping from keys to tensors, "
             f"got {type(state_dict).__name__}."
         )
+    state_dict = _rewrite_torch_keys(model, state_dict, fn)
     entries = _entries(model, fn)
     if check_flatten:
         _warn_flatten_order(entries, fn)

@@ -52,10 +52,12 @@ except ImportError as e:
 from convnn.layers import (
     _activations,
     _interop,  # noqa: F401  (registers the layers' weight layouts)
+    _sequence_interop,  # noqa: F401  (PyTorch keys of the recurrent and attention layers)
     init,
     losses,
 )
 from convnn.layers._activations import *  # noqa: F403  (MLX's activation functions and classes)
+from convnn.layers._attention import MultiHeadAttention, scaled_dot_product_attention
 from convnn.layers._containers import Sequential
 from convnn.layers._conv import (
     Conv1d,
@@ -77,7 +79,16 @@ from convnn.layers._pool import (
     MaxPool2d,
     MaxPool3d,
 )
+from convnn.layers._positional import ALiBi, RoPE, SinusoidalPositionalEncoding
 from convnn.layers._random import seed
+from convnn.layers._recurrent import GRU, LSTM, RNN
+from convnn.layers._transformer import (
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 from convnn.layers._upsample import Upsample
 
 __all__ = [
@@ -113,4 +124,19 @@ __all__ = [
     "init",
     "losses",
     *_activations.__all__,
+]
+__all__ += [
+    "RNN",
+    "GRU",
+    "LSTM",
+    "SinusoidalPositionalEncoding",
+    "RoPE",
+    "ALiBi",
+    "MultiHeadAttention",
+    "scaled_dot_product_attention",
+    "TransformerEncoderLayer",
+    "TransformerEncoder",
+    "TransformerDecoderLayer",
+    "TransformerDecoder",
+    "Transformer",
 ]
