@@ -221,17 +221,16 @@ def _reference(x, w, g, stride, padding, flip):
 
 
 # Interpret mode compiles every tap of the kernel body: 5- and 7-tap kernels cost minutes on a
-# small CPU whatever the input size. The fast tier runs the 1-4 tap kernels (tiles, tails,
-# strides, spans); the slow tier the rest.
-SLOW_KERNELS = {"7x7 default tiling", "7x7 default tiling, 7 columns per thread",
-                "5x3 stride (2, 1) flip", "3x3 bf16 default tiling", "7x7 span",
-                "5x3 stride (1, 2) span unrolled", "7x7 packed", "5x3 stride 2 packed"}
+# small CPU whatever the input size, 3-tap ones tens of seconds. The fast tier runs two small
+# kernels (tiles, channel tails, stride 2 phases); the slow tier all of them.
+FAST_KERNELS = {"3x3 tiles and tails", "1x1 stride 2"}
 
 
+@pytest.mark.slow
 @pytest.mark.interpret
 @pytest.mark.parametrize("name,x_shape,kernel,stride,padding,flip,dtype,tc,tw",
                          [pytest.param(*k, id=k[0],
-                                       marks=[pytest.mark.slow] * (k[0] in SLOW_KERNELS))
+                                       marks=[pytest.mark.slow] * (k[0] not in FAST_KERNELS))
                           for k in KERNELS])
 def test_kernels_match_the_reference(name, x_shape, kernel, stride, padding, flip, dtype, tc, tw):
     c = x_shape[-1]
@@ -260,6 +259,7 @@ def test_kernels_match_the_reference(name, x_shape, kernel, stride, padding, fli
     assert_close(dw, ref_dw, dtype, what=f"{name}: weight gradient")
 
 
+@pytest.mark.slow
 @pytest.mark.interpret
 def test_custom_vjp_and_preferred_element_type():
     """``depthwise`` differentiates through its own kernels; bfloat16 in, float32 out."""
@@ -327,10 +327,10 @@ MIXED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.interpret
 @pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,preferred",
-                         [pytest.param(*m, marks=[pytest.mark.slow] * (m[1] == (5, 5)))
-                          for m in MIXED])
+                         MIXED)
 def test_mixed_backward_pairs_the_pallas_input_gradient_with_xlas_weight_gradient(
         x_shape, kernel, stride, padding, flip, dtype, preferred):
     c = x_shape[-1]
@@ -373,6 +373,8 @@ XLA_FORWARD = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.interpret
 @pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,backward,kernels",
                          XLA_FORWARD)
@@ -402,6 +404,7 @@ def test_xla_forward_with_the_pallas_gradients(x_shape, kernel, stride, padding,
     assert jaxpr.count("conv_general_dilated") == 1 + (2 - kernels)
 
 
+@pytest.mark.slow
 @pytest.mark.interpret
 def test_xla_backward_supports_forward_mode_and_second_order():
     """``backward="xla"`` is a custom_jvp with XLA's tangent: jvp, grad and Hessians all work and
