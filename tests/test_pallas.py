@@ -226,7 +226,6 @@ def _reference(x, w, g, stride, padding, flip):
 FAST_KERNELS = {"3x3 tiles and tails", "1x1 stride 2"}
 
 
-@pytest.mark.slow
 @pytest.mark.interpret
 @pytest.mark.parametrize("name,x_shape,kernel,stride,padding,flip,dtype,tc,tw",
                          [pytest.param(*k, id=k[0],
@@ -282,6 +281,7 @@ def test_custom_vjp_and_preferred_element_type():
     assert "conv_general_dilated" not in jaxpr and jaxpr.count("pallas_call") == 3
 
 
+@pytest.mark.slow
 @pytest.mark.interpret
 def test_packed_bfloat16_input_with_float32_output():
     """Packed 16-bit sources with a float32 output store each channel of a pair on its own."""
@@ -374,7 +374,6 @@ XLA_FORWARD = [
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.interpret
 @pytest.mark.parametrize("x_shape,kernel,stride,padding,flip,dtype,backward,kernels",
                          XLA_FORWARD)
@@ -452,6 +451,7 @@ def test_pallas_backward_is_reverse_mode_only():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.interpret
 def test_public_api_under_lowering_pallas(monkeypatch):
     """float32 5x5 at stride 2: XLA's forward pass and both Pallas gradients (see
