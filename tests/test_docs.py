@@ -34,7 +34,8 @@ from pathlib import Path
 import pytest
 from references import require
 
-pytestmark = pytest.mark.docs
+# one worker runs the module: its fixture starts every selected run at once
+pytestmark = [pytest.mark.docs, pytest.mark.xdist_group("docs")]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 from tolerances import assert_close
 
-pytestmark = pytest.mark.examples
+# one worker runs the module: its fixture starts every selected run at once
+pytestmark = [pytest.mark.examples, pytest.mark.xdist_group("examples")]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

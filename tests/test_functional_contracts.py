@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 import convnn
-from convnn._reference import conv_general_ref
+from convnn._reference import conv_general_ref, conv_transpose_ref
 from tolerances import assert_close
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
@@ -242,8 +242,6 @@ def test_conv_general_padding_pair_means_lows_then_highs():
 
 def test_process_survives_3d_transposed_conv_with_large_padding():
     """Raw XLA on CPU aborts on some of these; convnn crops first and stays correct."""
-    from reference import conv_transpose_ref
-
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 4, 4, 4, 2))
     w = rng.standard_normal((3, 2, 2, 2, 2))

@@ -35,7 +35,8 @@ def mlx_known_bug(case) -> tuple[str, str] | None:
         if any(p > d * (k - 1) and s > 1 for p, d, k, s, _ in axes):
             return "forward", "MLX crops before dilating: padding > dilation*(kernel-1)"
         if any(s > 1 and op > p for p, _, _, s, op in axes):
-            return "dx", "MLX: wrong input gradient of a strided transposed conv, output_padding > padding"
+            return "dx", ("MLX: wrong input gradient of a strided transposed conv, "
+                          "output_padding > padding")
         return None
     if case.kind != "general":
         return None

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import convnn
 from cases import CORE
 from helpers import call_api, random_operands
 from references import require
@@ -86,8 +87,6 @@ def test_same_padding_matches_pytorch_at_stride_one(stride, kernel, dilation):
     rng = np.random.default_rng(kernel)
     x = rng.standard_normal((2, 9, 3))
     w = rng.standard_normal((4, kernel, 3))
-    import convnn
-
     out = convnn.conv1d(jnp.asarray(x), jnp.asarray(w), stride, "same", dilation)
     expected = F.conv1d(torch.tensor(x).permute(0, 2, 1), torch.tensor(w).permute(0, 2, 1),
                         padding="same", dilation=dilation).permute(0, 2, 1).numpy()

@@ -148,8 +148,10 @@ CHECK_GRADS = [("decomposed", DEPTHWISE[0], 2), ("mixed", pick("conv1d", "groupe
               DEPTHWISE[2])]
 
 
-@pytest.mark.parametrize("strategy, case, order", CHECK_GRADS,
-                         ids=[f"{s}-{c}-order{o}" for s, c, o in CHECK_GRADS])
+@pytest.mark.parametrize("strategy, case, order",
+                         [pytest.param(s, c, o, id=f"{s}-{c}-order{o}",
+                                       marks=[pytest.mark.slow] * (o == 2))
+                          for s, c, o in CHECK_GRADS])
 def test_check_grads(case, order, strategy):
     """Forward and reverse mode against finite differences (``mixed`` and the depthwise path are
     custom_jvp rules; second order on the small cases)."""
