@@ -110,7 +110,7 @@ def explain(fn: Callable, x: Any, w: Any, *, backend: str | None = None,
 
     Example:
       >>> import jax.numpy as jnp, convnn
-      >>> x, w = jnp.ones((8, 56, 56, 96)), jnp.ones((96, 7, 7, 1))
+      >>> x, w = jnp.ones((8, 56, 56, 96), jnp.float32), jnp.ones((96, 7, 7, 1), jnp.float32)
       >>> e = convnn.explain(convnn.conv2d, x, w, padding=3, groups=96, backend="cpu")
       >>> e.strategy, e.weight_grad
       ('decomposed', 'a loop over 49 taps (lax.fori_loop)')

@@ -206,18 +206,27 @@ _FLAX_RULES: list[tuple[type, dict[str, tuple[str, Any]]]] = [
 _LAYER_RULES: dict[type, Callable[[Any], dict[str, tuple[str, Any]]]] = {}
 # PyTorch BatchNorm layers have ``num_batches_tracked``, which is ignored.
 _BATCH_NORM_TYPES: tuple[type, ...] = (nnx.BatchNorm,)
+# Linear layers with a PyTorch-layout ``weight`` (out, in): the flatten-order check reads them.
+_LINEAR_TYPES: tuple[type, ...] = ()
 
 
 def _register_layer(
-    cls: type, rules: Callable[[Any], dict[str, tuple[str, Any]]], *, batch_norm: bool = False
+    cls: type,
+    rules: Callable[[Any], dict[str, tuple[str, Any]]],
+    *,
+    batch_norm: bool = False,
+    linear: bool = False,
 ) -> None:
     """Maps a layer type's variables: ``rules(layer)`` gives attribute -> (MLX and PyTorch name,
     layout); the most derived registered type of a layer wins. ``batch_norm`` marks a layer
-    whose PyTorch counterpart has ``num_batches_tracked``."""
-    global _BATCH_NORM_TYPES
+    whose PyTorch counterpart has ``num_batches_tracked``; ``linear`` one whose ``weight`` is a
+    PyTorch-layout ``(out, in)`` matrix."""
+    global _BATCH_NORM_TYPES, _LINEAR_TYPES
     _LAYER_RULES[cls] = rules
     if batch_norm:
         _BATCH_NORM_TYPES = (*_BATCH_NORM_TYPES, cls)
+    if linear:
+        _LINEAR_TYPES = (*_LINEAR_TYPES, cls)
 
 
 # Layers whose PyTorch parameters are not one array per variable (LSTM's two biases, attention's
@@ -682,13 +691,16 @@ def _warn_flatten_order(entries: list[_Entry], fn: str) -> None:
         if name != "weight":
             continue
         shape = tuple(_flax_compat.get_value(e.variable).shape)
-        if isinstance(e.owner, _CONVNN_CONV + _CONVNN_CONV_TRANSPOSE):
+        if isinstance(e.layout, (_MlxConvWeight, _MlxConvTransposeWeight)):
             conv_channels.setdefault(shape[0], prefix)
         elif isinstance(e.owner, nnx.Conv):
             conv_channels.setdefault(shape[-1], prefix)
         elif isinstance(e.owner, nnx.Linear):
             linears.append((prefix, shape[0]))
             linear_out.add(shape[1])
+        elif isinstance(e.owner, _LINEAR_TYPES):
+            linears.append((prefix, shape[1]))
+            linear_out.add(shape[0])
     for prefix, n_in in linears:
         if n_in in conv_channels or n_in in linear_out:
             continue

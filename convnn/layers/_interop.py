@@ -16,7 +16,7 @@ from convnn.layers._conv import (
     ConvTranspose2d,
     ConvTranspose3d,
 )
-from convnn.layers._linear import Bilinear
+from convnn.layers._linear import Bilinear, Linear
 from convnn.layers._module import Frozen
 from convnn.layers._norm import BatchNorm
 
@@ -28,7 +28,6 @@ for _cls in (ConvTranspose1d, ConvTranspose2d, ConvTranspose3d):
 for _cls in (Conv1d, Conv2d, Conv3d):
     interop._register_layer(_cls, lambda m: {"weight": ("weight", interop._MlxConvWeight())})
 interop._register_variable_type(Frozen)
-
 
 
 class _BilinearWeight(interop._Same):
@@ -44,3 +43,4 @@ class _BilinearWeight(interop._Same):
 # The other new layers already have PyTorch's names and layouts (Linear's weight is (out, in)).
 interop._register_layer(Bilinear, lambda m: {"weight": ("weight", _BilinearWeight())})
 interop._register_layer(BatchNorm, lambda m: {}, batch_norm=True)
+interop._register_layer(Linear, lambda m: {}, linear=True)

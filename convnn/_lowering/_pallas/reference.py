@@ -19,7 +19,8 @@ def depthwise_reference(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array
 
     Example:
       >>> spec = ConvSpec((1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 2, False)
-      >>> depthwise_reference(jnp.ones((1, 4, 4, 2)), jnp.ones((2, 3, 3, 1)), spec)[0, 1, 1]
+      >>> x, w = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((2, 3, 3, 1), jnp.float32)
+      >>> depthwise_reference(x, w, spec)[0, 1, 1]
       Array([9., 9.], dtype=float32)
     """
     (lo_h, hi_h), (lo_w, hi_w) = spec.padding
@@ -35,5 +36,5 @@ def depthwise_reference(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array
     for t in range(kh):
         for u in range(kw):
             window = xp[:, t:t + sh * (out_h - 1) + 1:sh, u:u + sw * (out_w - 1) + 1:sw]
-            out = out + window * k[:, t, u]
+            out = out + window * k[None, None, None, :, t, u]
     return out.astype(spec.preferred_element_type or x.dtype)
