@@ -430,7 +430,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", action="store_true", help="full-size shapes, bf16 and fp32, on GPU")
     p.add_argument("--batch", type=int, default=None, help="batch (CPU default 4, GPU 256)")
-    p.add_argument("--dtypes", default=None, help="comma list (CPU: float32; GPU: bfloat16,float32)")
+    p.add_argument("--dtypes", default=None,
+                   help="comma list (CPU: float32; GPU: bfloat16,float32)")
     p.add_argument("--strategies", default="auto",
                    help="convnn lowerings to time, comma list of 'auto' and strategy names")
     p.add_argument("--group-strategies", default=None,
@@ -511,7 +512,8 @@ def main(argv=None):
     summ = summary(rows)
     print("\ngeometric means of lax / convnn")
     for k, v in summ.items():
-        print(f"  {k:50s} {v['geomean']:6.2f}  (min {v['min']:.2f}, max {v['max']:.2f}, n={v['n']})")
+        print(f"  {k:50s} {v['geomean']:6.2f}  "
+              f"(min {v['min']:.2f}, max {v['max']:.2f}, n={v['n']})")
     save(eager_overhead=eager, summary=summ)
     for e in errors:
         print("error:", e)

@@ -11,7 +11,8 @@ and shows there.
 
 Usage::
 
-    python benchmarks/bench_train_digits.py [--repeats 3] [--json benchmarks/results/train_digits.json]
+    python benchmarks/bench_train_digits.py [--repeats 3]
+        [--json benchmarks/results/train_digits.json]
         [-- extra flags for train_digits.py]
 """
 
@@ -65,7 +66,9 @@ def run_once(extra: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "train_digits.json")
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "benchmarks" / "results" / "train_digits.json"
+    )
     parser.add_argument("extra", nargs="*", help="flags passed to train_digits.py (after --)")
     args = parser.parse_args()
 
@@ -75,7 +78,8 @@ def main() -> int:
         r = run_once(args.extra)
         runs.append(r)
         print(
-            f"{i + 1:>4} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['epoch_loop_s'] or float('nan'):>8.1f} "
+            f"{i + 1:>4} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} "
+            f"{r['epoch_loop_s'] or float('nan'):>8.1f} "
             f"{r['test_accuracy']:>9.4f} {r['load_average_before']:>6.2f}"
         )
     walls = [r["wall_s"] for r in runs]
@@ -88,7 +92,8 @@ def main() -> int:
     summary["within_budget"] = summary["max_wall_s"] <= 60 and summary["min_test_accuracy"] >= 0.97
     print(
         f"median wall {summary['median_wall_s']:.1f} s (max {summary['max_wall_s']:.1f} s), "
-        f"lowest accuracy {summary['min_test_accuracy']:.4f}; within budget: {summary['within_budget']}"
+        f"lowest accuracy {summary['min_test_accuracy']:.4f}; "
+        f"within budget: {summary['within_budget']}"
     )
     import jax
 

@@ -84,7 +84,8 @@ def ratios(doc: dict, pass_: str):
 
 
 def geomeans(doc: dict) -> str:
-    """Geometric means of lax / convnn ("auto" now) per kind, pass and dtype, as a Markdown table."""
+    """Geometric means of lax / convnn ("auto" now) per kind, pass and dtype, as a Markdown
+    table."""
     groups: dict = {}
     for pass_ in PASSES:
         for row, times in table(doc, pass_):

@@ -35,7 +35,9 @@ def _is_int(value: Any) -> bool:
 def as_int(value: Any, name: str, fn: str, *, minimum: int | None = None) -> int:
     """Returns ``value`` as a Python int, or raises naming ``name`` in ``fn``."""
     if not _is_int(value):
-        raise TypeError(f"[{fn}] {name} must be an int, got {value!r} of type {type(value).__name__}.")
+        raise TypeError(
+            f"[{fn}] {name} must be an int, got {value!r} of type {type(value).__name__}."
+        )
     value = operator.index(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"[{fn}] {name} must be >= {minimum}, got {value}.")
@@ -63,7 +65,10 @@ def normalize_tuple(
     """
     if _is_int(value):
         values = (operator.index(value),) * n
-    elif isinstance(value, Sequence) and not isinstance(value, str) or isinstance(value, np.ndarray):
+    elif (
+        isinstance(value, Sequence) and not isinstance(value, str)
+        or isinstance(value, np.ndarray)
+    ):
         values = tuple(value)
         if len(values) != n:
             raise ValueError(
@@ -104,7 +109,9 @@ def canonicalize_padding(
         if not allow_strings:
             raise ValueError(f"[{fn}] padding={padding!r} is not supported here; pass ints.")
         if mode not in ("same", "valid"):
-            raise ValueError(f"[{fn}] padding must be 'same', 'valid', an int or ints, got {padding!r}.")
+            raise ValueError(
+                f"[{fn}] padding must be 'same', 'valid', an int or ints, got {padding!r}."
+            )
         return mode
     if _is_int(padding):
         p = (operator.index(padding),) * n

@@ -385,7 +385,8 @@ def conv_general(
 
     Returns:
       ``(N, *spatial_out, C_out)``, per axis
-      ``floor(((S - 1) * input_dilation + 1 + lo + hi - kernel_dilation * (K - 1) - 1) / stride) + 1``.
+      ``floor(((S - 1) * input_dilation + 1 + lo + hi - kernel_dilation * (K - 1) - 1)
+      / stride) + 1``.
 
     Raises:
       ValueError: on wrong shapes or arguments, or an empty output.

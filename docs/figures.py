@@ -177,7 +177,8 @@ def draw_conv_transpose1d(ax, taps, stride, padding, dilation, title):
 
 
 def _legend(fig, kernel):
-    handles = [plt.Line2D([], [], color=TAP_COLOURS[j], lw=2, label=f"tap {j}") for j in range(kernel)]
+    handles = [plt.Line2D([], [], color=TAP_COLOURS[j], lw=2, label=f"tap {j}")
+               for j in range(kernel)]
     handles.append(Rectangle((0, 0), 1, 1, facecolor=PAD_COLOUR, hatch="///", edgecolor="black",
                              label="padding (zeros) / cropped"))
     fig.legend(handles=handles, loc="lower center", ncol=kernel + 1, frameon=False, fontsize=9)

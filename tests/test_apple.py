@@ -26,8 +26,6 @@ from convnn._lowering import ConvConfig, ConvSpec, Target, _apple, _detect, choo
 from convnn._reference import (
     conv_general_ref,
     conv_general_ref_vjp,
-    conv_transpose_ref,
-    conv_transpose_ref_vjp,
 )
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI

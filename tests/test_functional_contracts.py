@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from tolerances import assert_close
 
 import convnn
 from convnn._reference import conv_general_ref, conv_transpose_ref
-from tolerances import assert_close
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
 
@@ -25,69 +25,309 @@ def ones(*shape, dtype=F):
 # (function, input shape, weight shape, kwargs, exception, message pattern)
 ERRORS = [
     # ranks
-    ("conv2d", (8, 3), (4, 3, 3, 3), {}, ValueError, r"\[conv2d\] input must have shape.*got input shape \(8, 3\)"),
-    ("conv1d", (1, 8, 8, 3), (4, 3, 3), {}, ValueError, r"\[conv1d\] input must have shape.*\(1, 8, 8, 3\)"),
-    ("conv1d", (1, 8, 3), (4, 3, 3, 3), {}, ValueError, r"\[conv1d\] weight must have 3 dimensions"),
+    (
+        "conv2d",
+        (8, 3),
+        (4, 3, 3, 3),
+        {},
+        ValueError,
+        r"\[conv2d\] input must have shape.*got input shape \(8, 3\)",
+    ),
+    (
+        "conv1d",
+        (1, 8, 8, 3),
+        (4, 3, 3),
+        {},
+        ValueError,
+        r"\[conv1d\] input must have shape.*\(1, 8, 8, 3\)",
+    ),
+    (
+        "conv1d",
+        (1, 8, 3),
+        (4, 3, 3, 3),
+        {},
+        ValueError,
+        r"\[conv1d\] weight must have 3 dimensions",
+    ),
     ("conv3d", (1, 4, 4, 4, 2), (4, 3, 3, 2), {}, ValueError, r"\[conv3d\] weight must have 5"),
     ("conv_general", (1, 4, 2), (4, 2), {}, ValueError, r"\[conv_general\] weight must have shape"),
-    ("conv_transpose2d", (1, 4, 4, 2), (4, 3, 2), {}, ValueError, r"\[conv_transpose2d\] weight must have 4"),
+    (
+        "conv_transpose2d",
+        (1, 4, 4, 2),
+        (4, 3, 2),
+        {},
+        ValueError,
+        r"\[conv_transpose2d\] weight must have 4",
+    ),
     # channels
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 2), {}, ValueError, r"input has 3 channels.*got input shape \(1, 8, 8, 3\) and weight shape \(4, 3, 3, 2\)"),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 2),
+        {},
+        ValueError,
+        r"input has 3 channels.*got input shape \(1, 8, 8, 3\) and weight shape \(4, 3, 3, 2\)",
+    ),
     ("conv2d", (1, 8, 8, 3), (4, 3, 5, 5), {}, ValueError, r"looks like PyTorch's"),
     ("conv1d", (1, 8, 6), (4, 3, 2), {"groups": 2}, ValueError, r"looks like PyTorch's"),
     ("conv2d", (1, 8, 8, 0), (4, 3, 3, 0), {}, ValueError, r"channel counts must be positive"),
     ("conv2d", (1, 8, 8, 3), (0, 3, 3, 3), {}, ValueError, r"channel counts must be positive"),
     ("conv2d", (1, 8, 8, 3), (4, 0, 3, 3), {}, ValueError, r"zero-size axis"),
     # groups
-    ("conv2d", (1, 8, 8, 4), (4, 3, 3, 4), {"groups": 0}, ValueError, r"\[conv2d\] groups must be >= 1, got 0"),
+    (
+        "conv2d",
+        (1, 8, 8, 4),
+        (4, 3, 3, 4),
+        {"groups": 0},
+        ValueError,
+        r"\[conv2d\] groups must be >= 1, got 0",
+    ),
     ("conv2d", (1, 8, 8, 4), (4, 3, 3, 4), {"groups": -2}, ValueError, r"groups must be >= 1"),
-    ("conv2d", (1, 8, 8, 6), (6, 3, 3, 2), {"groups": 4}, ValueError, r"groups=4 must divide the input channels 6"),
-    ("conv2d", (1, 8, 8, 4), (6, 3, 3, 1), {"groups": 4}, ValueError, r"groups=4 must divide the output channels 6"),
+    (
+        "conv2d",
+        (1, 8, 8, 6),
+        (6, 3, 3, 2),
+        {"groups": 4},
+        ValueError,
+        r"groups=4 must divide the input channels 6",
+    ),
+    (
+        "conv2d",
+        (1, 8, 8, 4),
+        (6, 3, 3, 1),
+        {"groups": 4},
+        ValueError,
+        r"groups=4 must divide the output channels 6",
+    ),
     ("conv2d", (1, 8, 8, 4), (4, 3, 3, 4), {"groups": 2.0}, TypeError, r"groups must be an int"),
     ("conv2d", (1, 8, 8, 4), (4, 3, 3, 4), {"groups": True}, TypeError, r"groups must be an int"),
     # stride, dilation
     ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"stride": 0}, ValueError, r"stride must be >= 1"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"stride": (1, 0)}, ValueError, r"stride must be >= 1 on every axis"),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"stride": (1, 0)},
+        ValueError,
+        r"stride must be >= 1 on every axis",
+    ),
     ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"dilation": 0}, ValueError, r"dilation must be >= 1"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"stride": (1, 2, 3)}, ValueError, r"stride must be an int or a sequence of 2 ints.*length 3"),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"stride": (1, 2, 3)},
+        ValueError,
+        r"stride must be an int or a sequence of 2 ints.*length 3",
+    ),
     ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"stride": 1.5}, TypeError, r"stride must be an int"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"stride": (1, 1.0)}, TypeError, r"stride must contain ints"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"dilation": "2"}, TypeError, r"dilation must be an int"),
-    ("conv_general", (1, 8, 3), (4, 3, 3), {"input_dilation": 0}, ValueError, r"input_dilation must be >= 1"),
-    ("conv_general", (1, 8, 3), (4, 3, 3), {"kernel_dilation": (1, 1)}, ValueError, r"kernel_dilation must be an int or a sequence of 1"),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"stride": (1, 1.0)},
+        TypeError,
+        r"stride must contain ints",
+    ),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"dilation": "2"},
+        TypeError,
+        r"dilation must be an int",
+    ),
+    (
+        "conv_general",
+        (1, 8, 3),
+        (4, 3, 3),
+        {"input_dilation": 0},
+        ValueError,
+        r"input_dilation must be >= 1",
+    ),
+    (
+        "conv_general",
+        (1, 8, 3),
+        (4, 3, 3),
+        {"kernel_dilation": (1, 1)},
+        ValueError,
+        r"kernel_dilation must be an int or a sequence of 1",
+    ),
     # padding
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"padding": (1, 2, 3)}, ValueError, r"padding must have one int per spatial axis"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"padding": "full"}, ValueError, r"padding must be 'same', 'valid'"),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"padding": (1, 2, 3)},
+        ValueError,
+        r"padding must have one int per spatial axis",
+    ),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"padding": "full"},
+        ValueError,
+        r"padding must be 'same', 'valid'",
+    ),
     ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"padding": 1.0}, TypeError, r"padding must be an int"),
-    ("conv_general", (1, 8, 8, 3), (4, 3, 3, 3), {"padding": ([1, 1], [1])}, ValueError, r"lows of length 2 and highs of length 1"),
-    ("conv_general", (1, 8, 8, 3), (4, 3, 3, 3), {"padding": ([1], [1])}, ValueError, r"must give 2 values each"),
-    ("conv_general", (1, 4, 4, 4, 3), (4, 3, 3, 3, 3), {"padding": [(1, 1), (1, 1), (1, 1)]}, ValueError, r"lax-style"),
-    ("conv_general", (1, 8, 8, 3), (4, 3, 3, 3), {"padding": ([1, 1.5], [1, 1])}, TypeError, r"padding must contain ints"),
-    ("conv_transpose2d", (1, 4, 4, 3), (4, 3, 3, 3), {"padding": -1}, ValueError, r"padding must be non-negative for transposed"),
-    ("conv_transpose2d", (1, 4, 4, 3), (4, 3, 3, 3), {"padding": "same"}, ValueError, r"padding='same' is not supported"),
-    ("conv_transpose2d", (1, 4, 4, 3), (4, 3, 3, 3), {"stride": 2, "output_padding": 2}, ValueError, r"output_padding must be smaller than stride or dilation"),
-    ("conv_transpose2d", (1, 4, 4, 3), (4, 3, 3, 3), {"output_padding": 1}, ValueError, r"output_padding must be smaller"),
-    ("conv_transpose1d", (1, 4, 3), (4, 3, 3), {"stride": 2, "output_padding": -1}, ValueError, r"output_padding must be >= 0"),
+    (
+        "conv_general",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"padding": ([1, 1], [1])},
+        ValueError,
+        r"lows of length 2 and highs of length 1",
+    ),
+    (
+        "conv_general",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"padding": ([1], [1])},
+        ValueError,
+        r"must give 2 values each",
+    ),
+    (
+        "conv_general",
+        (1, 4, 4, 4, 3),
+        (4, 3, 3, 3, 3),
+        {"padding": [(1, 1), (1, 1), (1, 1)]},
+        ValueError,
+        r"lax-style",
+    ),
+    (
+        "conv_general",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"padding": ([1, 1.5], [1, 1])},
+        TypeError,
+        r"padding must contain ints",
+    ),
+    (
+        "conv_transpose2d",
+        (1, 4, 4, 3),
+        (4, 3, 3, 3),
+        {"padding": -1},
+        ValueError,
+        r"padding must be non-negative for transposed",
+    ),
+    (
+        "conv_transpose2d",
+        (1, 4, 4, 3),
+        (4, 3, 3, 3),
+        {"padding": "same"},
+        ValueError,
+        r"padding='same' is not supported",
+    ),
+    (
+        "conv_transpose2d",
+        (1, 4, 4, 3),
+        (4, 3, 3, 3),
+        {"stride": 2, "output_padding": 2},
+        ValueError,
+        r"output_padding must be smaller than stride or dilation",
+    ),
+    (
+        "conv_transpose2d",
+        (1, 4, 4, 3),
+        (4, 3, 3, 3),
+        {"output_padding": 1},
+        ValueError,
+        r"output_padding must be smaller",
+    ),
+    (
+        "conv_transpose1d",
+        (1, 4, 3),
+        (4, 3, 3),
+        {"stride": 2, "output_padding": -1},
+        ValueError,
+        r"output_padding must be >= 0",
+    ),
     # empty outputs
-    ("conv2d", (1, 2, 2, 3), (4, 3, 3, 3), {}, ValueError, r"\[conv2d\] the \(dilated\) kernel of size \(3, 3\) is larger than the padded input of size \(2, 2\)"),
-    ("conv1d", (1, 5, 3), (4, 3, 3), {"dilation": 3}, ValueError, r"kernel of size \(7,\) is larger"),
+    (
+        "conv2d",
+        (1, 2, 2, 3),
+        (4, 3, 3, 3),
+        {},
+        ValueError,
+        r"\[conv2d\] the \(dilated\) kernel of size \(3, 3\) is larger than the padded input "
+        r"of size \(2, 2\)",
+    ),
+    (
+        "conv1d",
+        (1, 5, 3),
+        (4, 3, 3),
+        {"dilation": 3},
+        ValueError,
+        r"kernel of size \(7,\) is larger",
+    ),
     ("conv1d", (1, 5, 3), (4, 3, 3), {"padding": -2}, ValueError, r"larger than the padded input"),
     ("conv1d", (1, 0, 3), (4, 1, 3), {}, ValueError, r"larger than the padded input"),
-    ("conv_transpose1d", (1, 1, 3), (4, 1, 3), {"padding": 1}, ValueError, r"output would have spatial size \(-1,\)"),
+    (
+        "conv_transpose1d",
+        (1, 1, 3),
+        (4, 1, 3),
+        {"padding": 1},
+        ValueError,
+        r"output would have spatial size \(-1,\)",
+    ),
     # dtypes
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"_x_dtype": jnp.int32}, TypeError, r"input must have a floating dtype.*int32"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"_w_dtype": jnp.bool_}, TypeError, r"weight must have a floating dtype.*bool"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"_w_dtype": jnp.complex64}, TypeError, r"weight must have a floating dtype.*complex64"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"preferred_element_type": jnp.int32}, TypeError, r"preferred_element_type must have a floating"),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"_x_dtype": jnp.int32},
+        TypeError,
+        r"input must have a floating dtype.*int32",
+    ),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"_w_dtype": jnp.bool_},
+        TypeError,
+        r"weight must have a floating dtype.*bool",
+    ),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"_w_dtype": jnp.complex64},
+        TypeError,
+        r"weight must have a floating dtype.*complex64",
+    ),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"preferred_element_type": jnp.int32},
+        TypeError,
+        r"preferred_element_type must have a floating",
+    ),
     # flip, stream
     ("conv_general", (1, 8, 3), (4, 3, 3), {"flip": 1}, TypeError, r"flip must be a bool"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"stream": "not-a-platform"}, ValueError, r"stream='not-a-platform' names no available platform"),
-    ("conv2d", (1, 8, 8, 3), (4, 3, 3, 3), {"stream": 3}, TypeError, r"stream must be None, a jax.Device"),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"stream": "not-a-platform"},
+        ValueError,
+        r"stream='not-a-platform' names no available platform",
+    ),
+    (
+        "conv2d",
+        (1, 8, 8, 3),
+        (4, 3, 3, 3),
+        {"stream": 3},
+        TypeError,
+        r"stream must be None, a jax.Device",
+    ),
 ]
 
 
-@pytest.mark.parametrize("fn, xs, ws, kwargs, exc, pattern", ERRORS,
-                         ids=[f"{e[0]}-{e[5][:40]}" for e in ERRORS])
+@pytest.mark.parametrize(
+    "fn, xs, ws, kwargs, exc, pattern", ERRORS, ids=[f"{e[0]}-{e[5][:40]}" for e in ERRORS]
+)
 def test_bad_input_raises(fn, xs, ws, kwargs, exc, pattern):
     kwargs = dict(kwargs)
     x = ones(*xs, dtype=kwargs.pop("_x_dtype", F))
@@ -112,9 +352,18 @@ def test_numpy_and_list_inputs_are_accepted():
         convnn.conv1d(np.ones((1, 5, 2), np.int64), np.asarray(w, np.float32))
 
 
-SIGNATURE_CONV = "(input, weight, /, stride=1, padding=0, dilation=1, groups=1, *, stream=None, precision=None, preferred_element_type=None)"
-SIGNATURE_T = "(input, weight, /, stride=1, padding=0, dilation=1, output_padding=0, groups=1, *, stream=None, precision=None, preferred_element_type=None)"
-SIGNATURE_G = "(input, weight, /, stride=1, padding=0, kernel_dilation=1, input_dilation=1, groups=1, flip=False, *, stream=None, precision=None, preferred_element_type=None)"
+SIGNATURE_CONV = (
+    "(input, weight, /, stride=1, padding=0, dilation=1, groups=1, *, stream=None, "
+    "precision=None, preferred_element_type=None)"
+)
+SIGNATURE_T = (
+    "(input, weight, /, stride=1, padding=0, dilation=1, output_padding=0, groups=1, *, "
+    "stream=None, precision=None, preferred_element_type=None)"
+)
+SIGNATURE_G = (
+    "(input, weight, /, stride=1, padding=0, kernel_dilation=1, input_dilation=1, groups=1, "
+    "flip=False, *, stream=None, precision=None, preferred_element_type=None)"
+)
 
 
 @pytest.mark.parametrize(
@@ -125,8 +374,10 @@ SIGNATURE_G = "(input, weight, /, stride=1, padding=0, kernel_dilation=1, input_
 )
 def test_signatures_match_mlx(name, expected):
     sig = inspect.signature(getattr(convnn, name))
-    plain = sig.replace(parameters=[p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()],
-                        return_annotation=inspect.Signature.empty)
+    plain = sig.replace(
+        parameters=[p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()],
+        return_annotation=inspect.Signature.empty,
+    )
     assert str(plain) == expected
 
 
@@ -139,12 +390,25 @@ def test_dense_and_grouped_conv2d_jit_to_exactly_one_convolution(groups, strateg
         hlo = jax.jit(lambda a, b: convnn.conv2d(a, b, 1, 1, 1, groups)).lower(x, w).as_text()
     assert hlo.count("stablehlo.convolution") == 1
     assert "transpose" not in hlo
-    plain = jax.jit(lambda a, b: lax.conv_general_dilated(
-        a, b, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NHWC", "OHWI", "NHWC"),
-        feature_group_count=groups)).lower(x, w).as_text()
+    plain = (
+        jax.jit(
+            lambda a, b: lax.conv_general_dilated(
+                a,
+                b,
+                (1, 1),
+                [(1, 1), (1, 1)],
+                dimension_numbers=("NHWC", "OHWI", "NHWC"),
+                feature_group_count=groups,
+            )
+        )
+        .lower(x, w)
+        .as_text()
+    )
 
     def body(text):
-        return [line.split("=", 1)[1] for line in text.splitlines() if "stablehlo.convolution" in line]
+        return [
+            line.split("=", 1)[1] for line in text.splitlines() if "stablehlo.convolution" in line
+        ]
 
     assert body(hlo) == body(plain)
 
@@ -158,11 +422,14 @@ def test_jit_matches_eager():
     np.testing.assert_array_equal(np.asarray(eager), np.asarray(jitted))
 
 
-@pytest.mark.parametrize("fn, xs, ws, kw", [
-    ("conv1d", (6, 3), (2, 3, 3), {"padding": 1}),
-    ("conv2d", (6, 5, 4), (2, 3, 3, 2), {"groups": 2, "stride": 2}),
-    ("conv_transpose3d", (3, 3, 3, 2), (4, 2, 2, 2, 2), {"stride": 2}),
-])
+@pytest.mark.parametrize(
+    "fn, xs, ws, kw",
+    [
+        ("conv1d", (6, 3), (2, 3, 3), {"padding": 1}),
+        ("conv2d", (6, 5, 4), (2, 3, 3, 2), {"groups": 2, "stride": 2}),
+        ("conv_transpose3d", (3, 3, 3, 2), (4, 2, 2, 2, 2), {"stride": 2}),
+    ],
+)
 def test_vmap_over_a_leading_axis(fn, xs, ws, kw):
     rng = np.random.default_rng(1)
     xb = jnp.asarray(rng.standard_normal((3, 2, *xs)))
@@ -182,7 +449,9 @@ def test_unbatched_input_returns_unbatched_output():
     w = jnp.asarray(rng.standard_normal((5, 3, 3, 4)))
     out = convnn.conv2d(x, w, padding=1)
     assert out.shape == (7, 7, 5)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(convnn.conv2d(x[None], w, padding=1)[0]))
+    np.testing.assert_array_equal(
+        np.asarray(out), np.asarray(convnn.conv2d(x[None], w, padding=1)[0])
+    )
 
 
 def test_stream_places_the_computation():
@@ -213,17 +482,28 @@ def test_zero_batch_is_allowed():
     assert convnn.conv2d(ones(0, 5, 5, 2), ones(3, 3, 3, 2)).shape == (0, 3, 3, 3)
 
 
-@pytest.mark.parametrize("size, k, stride, dilation", [(7, 3, 1, 1), (7, 4, 2, 1), (8, 2, 3, 2), (5, 5, 2, 1), (1, 3, 2, 1)])
+@pytest.mark.parametrize(
+    "size, k, stride, dilation",
+    [(7, 3, 1, 1), (7, 4, 2, 1), (8, 2, 3, 2), (5, 5, 2, 1), (1, 3, 2, 1)],
+)
 def test_same_padding_keeps_ceil_size_and_matches_lax(size, k, stride, dilation):
     rng = np.random.default_rng(size + k)
     x = jnp.asarray(rng.standard_normal((1, size, size, 2)))
     w = jnp.asarray(rng.standard_normal((3, k, k, 2)))
     out = convnn.conv2d(x, w, stride, "same", dilation)
     assert out.shape[1:3] == (-(-size // stride),) * 2
-    lax_out = lax.conv_general_dilated(x, w, (stride,) * 2, "SAME", rhs_dilation=(dilation,) * 2,
-                                       dimension_numbers=("NHWC", "OHWI", "NHWC"))
+    lax_out = lax.conv_general_dilated(
+        x,
+        w,
+        (stride,) * 2,
+        "SAME",
+        rhs_dilation=(dilation,) * 2,
+        dimension_numbers=("NHWC", "OHWI", "NHWC"),
+    )
     assert_close(out, lax_out, jnp.float64)
-    valid = convnn.conv2d(x, w, stride, "VALID", dilation) if size >= (k - 1) * dilation + 1 else None
+    valid = (
+        convnn.conv2d(x, w, stride, "VALID", dilation) if size >= (k - 1) * dilation + 1 else None
+    )
     if valid is not None:
         assert_close(valid, convnn.conv2d(x, w, stride, 0, dilation), jnp.float64)
 
@@ -235,8 +515,17 @@ def test_conv_general_padding_pair_means_lows_then_highs():
     w = rng.standard_normal((3, 3, 3, 2))
     out = convnn.conv_general(jnp.asarray(x), jnp.asarray(w), padding=((1, 1), (2, 2)))
     assert out.shape == (1, 6, 7, 3)
-    ref = conv_general_ref(x, w, stride=(1, 1), padding_lo=(1, 1), padding_hi=(2, 2),
-                           kernel_dilation=(1, 1), input_dilation=(1, 1), groups=1, flip=False)
+    ref = conv_general_ref(
+        x,
+        w,
+        stride=(1, 1),
+        padding_lo=(1, 1),
+        padding_hi=(2, 2),
+        kernel_dilation=(1, 1),
+        input_dilation=(1, 1),
+        groups=1,
+        flip=False,
+    )
     assert_close(out, ref, jnp.float64)
 
 
@@ -246,7 +535,14 @@ def test_process_survives_3d_transposed_conv_with_large_padding():
     x = rng.standard_normal((1, 4, 4, 4, 2))
     w = rng.standard_normal((3, 2, 2, 2, 2))
     out = convnn.conv_transpose3d(jnp.asarray(x), jnp.asarray(w), stride=2, padding=2, dilation=1)
-    ref = conv_transpose_ref(x, w, stride=(2,) * 3, padding=(2,) * 3, dilation=(1,) * 3,
-                             output_padding=(0,) * 3, groups=1)
+    ref = conv_transpose_ref(
+        x,
+        w,
+        stride=(2,) * 3,
+        padding=(2,) * 3,
+        dilation=(1,) * 3,
+        output_padding=(0,) * 3,
+        groups=1,
+    )
     assert out.shape == ref.shape == (1, 4, 4, 4, 3)
     assert_close(out, ref, jnp.float64)

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from cases import CORE
 from helpers import call_api, random_operands, reference, reference_vjp
 from references import require

@@ -51,7 +51,9 @@ def test_conv_transpose_is_the_adjoint_of_conv(config, seed):
     )
     xt = conv_t(jnp.asarray(y), jnp.asarray(w), stride, padding, dilation, out_pad, groups)
     assert xt.shape == x.shape
-    lhs = float(jnp.vdot(conv(jnp.asarray(x), jnp.asarray(v), stride, padding, dilation, groups), y))
+    lhs = float(
+        jnp.vdot(conv(jnp.asarray(x), jnp.asarray(v), stride, padding, dilation, groups), y)
+    )
     rhs = float(jnp.vdot(jnp.asarray(x), xt))
     np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-10)
 
@@ -63,7 +65,9 @@ def test_flip_is_correlation_with_the_reversed_kernel(config, seed):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((1, *spatial, c_in)))
     w = rng.standard_normal((c_out, *kernel, c_in // groups))
-    flipped = convnn.conv_general(x, jnp.asarray(w), stride, list(padding), dilation, 1, groups, True)
+    flipped = convnn.conv_general(
+        x, jnp.asarray(w), stride, list(padding), dilation, 1, groups, True
+    )
     reversed_w = jnp.asarray(w[(slice(None), *(slice(None, None, -1),) * n)])
     plain = convnn.conv_general(x, reversed_w, stride, list(padding), dilation, 1, groups, False)
     np.testing.assert_allclose(np.asarray(flipped), np.asarray(plain), rtol=1e-12, atol=1e-12)

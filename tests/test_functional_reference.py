@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import CORE, SUBSETS, pick
+from helpers import call_api, random_operands, reference, reference_vjp
 from jax.test_util import check_grads
+from tolerances import assert_close
 
 import convnn
-from cases import CORE, SUBSETS, pick
 from convnn._reference import conv_general_ref
-from helpers import call_api, random_operands, reference, reference_vjp
-from tolerances import assert_close
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
 

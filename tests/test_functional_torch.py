@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import convnn
 from cases import CORE
 from helpers import call_api, random_operands
 from references import require
 from tolerances import assert_close
+
+import convnn
 
 torch = require("torch")
 F = require("torch.nn.functional")

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tolerances import assert_close
 
 import convnn.layers as L
 from convnn._flax_compat import get_value, set_value
-from tolerances import assert_close
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
 

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tolerances import assert_close
 
 from convnn import layers
-from convnn.interop import LoadResult, load_mlx_weights, load_torch_state_dict, save_mlx_weights
 from convnn._flax_compat import List, get_value, set_value
-from tolerances import assert_close
+from convnn.interop import LoadResult, load_mlx_weights, load_torch_state_dict, save_mlx_weights
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
 
@@ -434,7 +434,7 @@ def test_mlx_save_weights_loads_with_same_outputs(tmp_path, suffix, flavour, mx,
     path = str(tmp_path / f"mlx{suffix}")
     net.save_weights(path)
     expected = np.asarray(net(mx.array(X_MLX)))
-    model = _build(lambda: NnxMlxNet(flavour, nnx.Rngs(0)))
+    model = _build(lambda f=flavour: NnxMlxNet(f, nnx.Rngs(0)))
     assert load_mlx_weights(model, path) == LoadResult([], [], [])
     assert_close(model(jnp.asarray(X_MLX)), expected, F32)
 
@@ -456,7 +456,7 @@ def test_mlx_keys_match_mlx_parameter_names(mlx_models):
     MlxNet, tree_flatten = mlx_models.MlxNet, mlx_models.tree_flatten
     mlx_keys = {k for k, _ in tree_flatten(MlxNet().parameters())}
     for flavour in ("convnn", "flax"):
-        model = _build(lambda: NnxMlxNet(flavour, nnx.Rngs(0)))
+        model = _build(lambda f=flavour: NnxMlxNet(f, nnx.Rngs(0)))
         weights = {k: np.asarray(v) for k, v in tree_flatten(MlxNet().parameters())}
         load_mlx_weights(model, weights)  # strict: the key sets agree
     assert "stem.layers.1.running_var" in mlx_keys and "blocks.1.weight" in mlx_keys

@@ -18,11 +18,11 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tolerances import assert_close
 
 import convnn
 import convnn.layers as L
 from convnn._flax_compat import get_value, optimizer_update, set_value
-from tolerances import assert_close
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
 

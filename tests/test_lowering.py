@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cases import CORE, SUBSETS, Case, pick
+from helpers import call_api, random_operands, reference, reference_vjp
 from jax.test_util import check_grads
+from tolerances import assert_close
 
 import convnn
-from cases import CORE, SUBSETS, Case, pick
 from convnn import _dispatch
 from convnn._lowering import (
     BACKENDS,
@@ -27,8 +29,6 @@ from convnn._lowering import (
     current,
 )
 from convnn._reference import conv_general_ref
-from helpers import call_api, random_operands, reference, reference_vjp
-from tolerances import assert_close
 
 # The core tests' tables (tests/test_functional_reference.py): every third case for the
 # strategies new here, every ninth for "xla" (which the core tests cover in full).

@@ -55,7 +55,7 @@ def valid_calls(draw):
     idil = (draw(st.lists(st.integers(1, 3), min_size=n, max_size=n))
             if kind == "conv_general" else [1] * n)
     flip = draw(st.booleans()) if kind == "conv_general" else False
-    for s, k, t, d, lo, hi, i in zip(spatial, kernel, stride, dil, lows, highs, idil):
+    for s, k, _t, d, lo, hi, i in zip(spatial, kernel, stride, dil, lows, highs, idil):
         if (s - 1) * i + 1 + lo + hi < (k - 1) * d + 1:
             return draw(valid_calls())
     ref_kw = dict(stride=stride, padding_lo=lows, padding_hi=highs, kernel_dilation=dil,

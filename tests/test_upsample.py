@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import assert_close
 
 import convnn.layers as L
-from tolerances import assert_close
 
 pytestmark = pytest.mark.floor  # runs again at the version floor in CI
 

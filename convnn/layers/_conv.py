@@ -426,7 +426,8 @@ class Conv2d(_Conv):
       >>> from flax import nnx
       >>> conv = L.Conv2d(4, 8, 3, stride=2, padding=1, rngs=nnx.Rngs(0))
       >>> conv
-      Conv2d(4, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=1, groups=1, bias=True)
+      Conv2d(4, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), """
+        """dilation=1, groups=1, bias=True)
       >>> conv.weight.shape
       (8, 3, 3, 4)
       >>> conv(jnp.ones((2, 16, 16, 4))).shape
@@ -441,7 +442,8 @@ class Conv3d(_Conv):
     __doc__ = _conv_doc(
         3,
         False,
-        """3-D convolution over channels-last ``(N, D, H, W, C_in)``, as ``mlx.nn.Conv3d`` (+ groups).
+        "3-D convolution over channels-last ``(N, D, H, W, C_in)``, as ``mlx.nn.Conv3d``"
+        """ (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv3d` of ``x`` with ``weight``, plus ``bias``.
     The ``repr`` shows ``groups`` only when it is not 1 (MLX's ``Conv3d`` has none).
@@ -463,7 +465,8 @@ class ConvTranspose1d(_ConvTranspose):
     __doc__ = _conv_doc(
         1,
         True,
-        """1-D transposed convolution over ``(N, W, C_in)``, as MLX's ``ConvTranspose1d`` (+ groups).
+        "1-D transposed convolution over ``(N, W, C_in)``, as MLX's ``ConvTranspose1d``"
+        """ (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv_transpose1d` of ``x`` with ``weight``, plus
     ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
@@ -483,7 +486,8 @@ class ConvTranspose2d(_ConvTranspose):
     __doc__ = _conv_doc(
         2,
         True,
-        """2-D transposed convolution over ``(N, H, W, C_in)``, as MLX's ``ConvTranspose2d`` (+ groups).
+        "2-D transposed convolution over ``(N, H, W, C_in)``, as MLX's ``ConvTranspose2d``"
+        """ (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv_transpose2d` of ``x`` with ``weight``, plus
     ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
@@ -505,7 +509,8 @@ class ConvTranspose3d(_ConvTranspose):
     __doc__ = _conv_doc(
         3,
         True,
-        """3-D transposed convolution over ``(N, D, H, W, C_in)``, as MLX's ``ConvTranspose3d`` (+ groups).
+        "3-D transposed convolution over ``(N, D, H, W, C_in)``, as MLX's ``ConvTranspose3d``"
+        """ (+ groups).
 
     ``__call__(x)`` returns :func:`convnn.conv_transpose3d` of ``x`` with ``weight``, plus
     ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
