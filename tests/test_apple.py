@@ -487,6 +487,7 @@ def test_doctor_passes_on_cpu():
         assert f"{case.name:<26} ok " in out, out
 
 
+@pytest.mark.slow  # a self-check subprocess (the fast tier runs one)
 def test_doctor_applies_an_apple_policy_on_cpu():
     """The jax-metal table routes six of the cases to the decomposed strategy (its rank-4 form):
     they pass."""
@@ -497,6 +498,7 @@ def test_doctor_applies_an_apple_policy_on_cpu():
     assert "[decomposed-rank4]" in out and "[xla]" in out
 
 
+@pytest.mark.slow  # a self-check subprocess (the fast tier runs one)
 def test_doctor_fails_clearly_with_a_broken_strategy():
     proc = _doctor(CONVNN_DOCTOR_BREAK="1")
     assert proc.returncode == 1, proc.stdout + proc.stderr

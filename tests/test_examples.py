@@ -669,6 +669,7 @@ def test_port_from_torch(torch):
     assert match and float(match.group(1)) > 1e-3, proc.stdout
 
 
+@pytest.mark.slow
 def test_filters(tmp_path):
     import matplotlib.image
 

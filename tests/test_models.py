@@ -155,6 +155,7 @@ def test_nnx_conv_variant_equals_torchvision_and_bf16_is_as_close_as_autocast(to
     )
 
 
+@pytest.mark.slow
 def test_train_mode_is_random_and_eval_mode_deterministic():
     model = _abstract_model("mobilenet_v2")
     params = nnx.state(model, nnx.Param)
