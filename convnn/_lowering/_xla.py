@@ -80,6 +80,19 @@ def _input_dilated_conv_jvp(spec, primals, tangents):
     return out, t_x + t_w
 
 
+@jax.custom_jvp
+def _barrier(x):
+    """``lax.optimization_barrier`` with an identity derivative (JAX 0.5, the version floor, has
+    no differentiation rule for the barrier; the tangent needs none: its transpose, a strided
+    slice of the cotangent, has no input dilation to fold)."""
+    return lax.optimization_barrier(x)
+
+
+@_barrier.defjvp
+def _barrier_jvp(primals, tangents):
+    return _barrier(primals[0]), tangents[0]
+
+
 def _explicitly_dilated_conv(x, w, spec: ConvSpec):
     """The input dilated and padded by one ``lax.pad``, then a plain convolution.
 
@@ -87,7 +100,7 @@ def _explicitly_dilated_conv(x, w, spec: ConvSpec):
     dilation (its simplifier does, and then aborts on the folded form).
     """
     zero = ((0, 0),) * spec.ndim
-    xp = lax.optimization_barrier(dilate_and_pad(x, spec))
+    xp = _barrier(dilate_and_pad(x, spec))
     return _lax_conv(xp, w, spec, input_dilation=(1,) * spec.ndim, padding=zero)
 
 
