@@ -321,11 +321,11 @@ def plan(fn: str, x_shape, x_dtype, w_shape, w_dtype, **kwargs) -> ConvPlan:
     Raises:
       ValueError, TypeError: naming the function (or layer), the argument and the shapes.
     """
-    key = (fn, tuple(x_shape), x_dtype, tuple(w_shape), w_dtype, _lowering.current(),
-           *sorted((k, _strict(v)) for k, v in kwargs.items()))
     try:
+        key = (fn, tuple(x_shape), x_dtype, tuple(w_shape), w_dtype, _lowering.current(),
+               *sorted((k, _strict(v)) for k, v in kwargs.items()))
         entry = _PLANS.get(key)
-    except TypeError:  # an unhashable argument: plan without the cache
+    except TypeError:  # an unhashable argument (a list, a tracer): plan without the cache
         return _plan(fn, tuple(x_shape), x_dtype, tuple(w_shape), w_dtype, **kwargs)
     if entry is None:
         entry = _plan(fn, tuple(x_shape), x_dtype, tuple(w_shape), w_dtype, **kwargs)

@@ -110,8 +110,8 @@ def invalid_calls(draw):
     names = [k for k in kw if k != "flip"]
     name = draw(st.sampled_from(names))
     value = draw(st.sampled_from(BAD_VALUES))
-    if name == "output_padding" and value is None:  # None means 0 there: valid
-        value = -1
+    if name == "output_padding" and (value is None or (type(value) is int and value == 0)):
+        value = -1  # None means 0 there, and 0 is valid
     if name == "padding" and value in (0,) and type(value) is int:
         value = -(2**63)
     if name == "padding" and not fn.startswith("conv_transpose") and type(value) is int and \
