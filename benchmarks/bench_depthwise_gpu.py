@@ -29,7 +29,7 @@ several threads, see ``compile_all``):
 
 Usage::
 
-    python benchmarks/bench_depthwise_gpu.py --json depthwise_gpu.json [--budget 420]
+    python -m benchmarks.bench_depthwise_gpu --json depthwise_gpu.json [--budget 420]
 
 Times are medians over repetitions of the mean over a loop of asynchronous calls (JAX) or CUDA
 events (PyTorch); tensors are far larger than L2, so the loop does not measure the cache.
@@ -52,17 +52,15 @@ from pathlib import Path
 
 import numpy as np
 
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import convnn
+from convnn._lowering import ConvConfig, _cuda, _pallas
+from convnn._lowering._spec import ConvSpec
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax import lax  # noqa: E402
-
-import convnn  # noqa: E402
-from convnn._lowering import ConvConfig, _cuda, _pallas  # noqa: E402
-from convnn._lowering._spec import ConvSpec  # noqa: E402
 
 #: Run the kernels in Pallas interpret mode (``--dry-run``: checks the script on a CPU).
 INTERPRET = False

@@ -3,7 +3,7 @@
 Usage::
 
     ncu --profile-from-start off --set full -o fwd \\
-        python benchmarks/profile_depthwise_gpu.py --op fwd --dtype bfloat16
+        python -m benchmarks.profile_depthwise_gpu --op fwd --dtype bfloat16
 
 The kernels are compiled and run twice before the profiler is switched on
 (``cudaProfilerStart``), so that compilation and autotuning stay out of the report. Ops:
@@ -16,7 +16,7 @@ prints the lax op's time, then one line per tiling. The tilings compile concurre
 (``compile_all``). Operands, the lax convolution and the timing loop are those of
 ``bench_depthwise_gpu.py``. For example::
 
-    python benchmarks/profile_depthwise_gpu.py --time --op dw \
+    python -m benchmarks.profile_depthwise_gpu --time --op dw \
         --tiling ";block_w=8,block_c=32,vector=2,span=7,prefetch=0,num_warps=4"
 """
 
@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from bench_depthwise_gpu import _pallas, _rel_err, compile_all, lax_conv, operands, time_jax  # noqa: E402
+from benchmarks.bench_depthwise_gpu import (
+    _pallas,
+    _rel_err,
+    compile_all,
+    lax_conv,
+    operands,
+    time_jax,
+)
 
 
 def _profiler():
