@@ -68,6 +68,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -582,8 +583,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_ctrl_c(signum, frame):
+    # Ctrl-C, also while XLA compiles: one line, no traceback. Exiting in the handler, since a
+    # KeyboardInterrupt raised inside a callback (JAX's garbage-collection hook) is swallowed.
+    print("\ninterrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A checkpoint cut short by the exit is left as a temporary folder, which restore ignores.
+    signal.signal(signal.SIGINT, _exit_on_ctrl_c)
     try:
         return run(args)
     except (UsageError, CheckpointError) as err:
@@ -592,9 +602,6 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C, also while XLA compiles: one line, no traceback
-        print("\ninterrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
