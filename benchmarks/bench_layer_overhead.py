@@ -111,8 +111,9 @@ def main(argv=None) -> None:
     out.write_text(json.dumps(dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
         machine=dict(platform=platform.platform(), cpus=os.cpu_count(), jax=jax.__version__,
-                     convnn=convnn.__version__, load=os.getloadavg()),
-        args=vars(args), rows=rows), indent=1))
+                     convnn=convnn.__version__, load=os.getloadavg(),
+                     device=f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"),
+        args={**vars(args), "out": out.name}, rows=rows), indent=1))
     print(f"wrote {out}")
 
 

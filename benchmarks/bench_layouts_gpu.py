@@ -169,7 +169,7 @@ def main(argv=None):
     def save():
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
-                "argv": vars(args)}
+                "argv": {**vars(args), "json": path.name}}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"meta": meta, "layers": results, "models": totals()},
                                   indent=1, default=list))

@@ -400,7 +400,7 @@ def main(argv=None):
         "jax": jax.__version__, "flax": importlib.metadata.version("flax"),
         "convnn_backend": str(convnn.backend_info()), "host": platform.node(),
         "cpu_count": os.cpu_count(), "size": args.size, "steps": args.steps,
-        "repeats": args.repeats, "argv": vars(args),
+        "repeats": args.repeats, "argv": {**vars(args), "json": path.name},
     }
     torch = build_torch = None
     if not args.no_torch:

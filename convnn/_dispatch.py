@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from convnn import _lowering, _plan
 from convnn._lowering._context import _LOCAL
 
-__all__ = ["conv", "execute", "as_array", "clear_caches", "EAGER"]
+__all__ = ["conv", "execute", "as_array", "clear_caches", "EAGER", "TRACED"]
 
 try:
     _Tracer = jax.core.Tracer
@@ -146,10 +146,18 @@ def _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip, o
                    preferred_element_type=preferred_element_type, name=name)
     if p.device is not None:
         x, w = jax.device_put(x, p.device), jax.device_put(w, p.device)
-    return execute(p, x, w)
+    return TRACED(p, x, w)
+
+
+#: The traced calls' body, one ``jax.jit`` keyed by the plan. Under an outer ``jit`` it is a
+#: nested call that JAX traces, differentiates and lowers once per distinct plan (a model's
+#: repeated layers share one body); under an eager ``grad`` or ``vmap`` it runs as a few
+#: compiled programs instead of every operation compiled on its own.
+TRACED = jax.jit(execute, static_argnums=0)
 
 
 def clear_caches() -> None:
     """Empties the eager calls' compiled programs and the plans' cache."""
     EAGER.clear_cache()
+    TRACED.clear_cache()
     _plan.clear_cache()

@@ -41,6 +41,19 @@ CIFAR = ["--synthetic", "--epochs", "3", "--steps-per-epoch", "2", "--batch-size
          "--width", "8", "--blocks", "1"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent JAX compilation cache for this module's runs (inherited through the
+    environment): the tiny runs compile the same programs again and again, which was about
+    half of each run's time. A cached program is the same executable, so runs that must agree
+    bit for bit still do."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+        yield
+
+
 def _env(devices: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     # This checkout's convnn, not whichever one is installed.

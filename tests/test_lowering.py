@@ -492,14 +492,25 @@ def test_eager_cache_is_keyed_on_the_lowering(spy):
     assert len(spy) == 2
 
 
-def test_traced_calls_bypass_the_cache(spy):
+def test_traced_calls_trace_one_body_per_plan(spy):
     x, w = _operands()
     with convnn.lowering("spy"):
         jax.jit(lambda a, b: convnn.conv2d(a, b, padding=1))(x, w)
+        # the same plan under grad, and twice in one function: the body traced above
         jax.grad(lambda a: jnp.sum(convnn.conv2d(a, w, padding=1)))(x)
-        jax.vmap(lambda a: convnn.conv2d(a, w, padding=1))(x)
-    assert _dispatch.EAGER._cache_size() == 0
+        jax.jit(lambda a: convnn.conv2d(a, w, padding=1) + convnn.conv2d(a, w, padding=1))(x)
+        assert len(spy) == 1
+        jax.vmap(lambda a: convnn.conv2d(a, w, padding=1))(x)  # unbatched input: another plan
+        jax.jit(lambda a: convnn.conv2d(a, w, padding=2))(x)
+        assert len(spy) == 3
+    with convnn.lowering("xla"):  # the plan names the strategy: no spy
+        jax.jit(lambda a: convnn.conv2d(a, w, padding=1))(x)
     assert len(spy) == 3
+    assert _dispatch.EAGER._cache_size() == 0
+    # each call is still judged on its own: a bad call under jit is refused every time
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"\[conv2d\] the \(dilated\) kernel"):
+            jax.jit(lambda a: convnn.conv2d(a, w, padding=-9))(x)
 
 
 def test_eager_calls_reuse_programs_until_clear_caches(spy):

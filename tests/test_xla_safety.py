@@ -78,4 +78,4 @@ def test_bounded_sweep_finds_no_abort_or_disagreement(tmp_path):
 
 @pytest.mark.slow
 def test_larger_sweep_finds_no_abort_or_disagreement(tmp_path):
-    _sweep(tmp_path, "--count", "150", "--seed", "7", "--batch", "50")
+    _sweep(tmp_path, "--count", "60", "--seed", "7", "--batch", "30")
