@@ -1,15 +1,17 @@
-"""Running planned convolutions: the traced body, and the one cache of eager calls.
+"""Running planned convolutions: the traced calls' body, and the cache of eager calls.
 
 Every public convolution function and layer ends in :func:`conv`. A traced call (under
-``jax.jit``, ``grad``, ``vmap``, ...) plans (:func:`convnn._plan.plan`) and runs
-:func:`execute` inline. An eager call goes to :data:`EAGER`, one ``jax.jit`` whose static
+``jax.jit``, ``grad``, ``vmap``, ...) plans (:func:`convnn._plan.plan`) on every call and runs
+:func:`execute` through :data:`TRACED`, one ``jax.jit`` keyed by the plan, so that each
+distinct convolution is traced, differentiated and lowered once. An eager call goes to
+:data:`EAGER`, one ``jax.jit`` whose static
 argument is the call's *strict key*: the function's name, the lowering in force and every
 argument tagged with its type (:func:`convnn._plan._strict`), so that ``1``, ``1.0``, ``True``
 and ``np.int64(1)``, which Python hashes alike, never share an entry. JAX's C++ dispatch looks
 the key up with the operands' shapes and dtypes; the first call of a key traces
 :func:`_eager_body`, which plans (validates) before anything is compiled, and a call that fails
-validation leaves no entry. That jit cache (bounded by JAX) and the plans' cache are the only
-caches; :func:`clear_caches` empties both.
+validation leaves no entry. These two jit caches (bounded by JAX) and the plans' cache are the
+only caches; :func:`clear_caches` empties all three.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def conv(fn: str, x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: A
                preferred_element_type if preferred_element_type is None
                else _strict(preferred_element_type),
                name)
-    except TypeError:  # an unhashable argument: plan and run op by op
+    except TypeError:  # an unhashable argument: planned on every call, as under a trace
         return _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip,
                        output_padding, stream, precision, preferred_element_type, name)
     if stream is not None:
@@ -157,7 +159,8 @@ TRACED = jax.jit(execute, static_argnums=0)
 
 
 def clear_caches() -> None:
-    """Empties the eager calls' compiled programs and the plans' cache."""
+    """Empties the eager calls' compiled programs, the traced calls' bodies and the plans'
+    cache."""
     EAGER.clear_cache()
     TRACED.clear_cache()
     _plan.clear_cache()
