@@ -182,6 +182,19 @@ KERNELS = [
      jnp.float16, T(block_w=2, block_c=2, num_warps=1, prefetch=0, hold_weights=True),
      T(block_w=2, block_c=4, rows=2, num_warps=1, prefetch=0, images=2, vector=1,
        hold_weights=True)),
+    # the rows before a tile's first output and after its last cotangent row as unrolled code
+    # (unrolled_edges=True; the other cases run them as masked loop iterations, the default):
+    # row tiles, stride 2 in one axis (phases), a kernel taller than the tile, prefetch.
+    ("5x3 unrolled edges", (2, 9, 6, 5), (5, 3), (2, 1), ((2, 1), (1, 1)), False, jnp.float32,
+     T(block_w=4, block_c=4, rows=2, num_warps=1, prefetch=1, vector=2, hold_weights=True,
+       unrolled_edges=True),
+     T(block_w=4, block_c=4, rows=2, num_warps=1, prefetch=1, vector=2, unrolled_edges=True)),
+    ("7x7 packed, unrolled edges", (2, 9, 14, 6), (7, 7), (1, 1), ((3, 3), (2, 4)), False,
+     jnp.bfloat16,
+     T(block_w=2, block_c=4, rows=4, num_warps=1, vector=2, hold_weights=True, span=7,
+       packed=True, unrolled_edges=True),
+     T(block_w=2, block_c=4, rows=4, num_warps=1, prefetch=0, vector=2, span=7, packed=True,
+       unrolled_edges=True)),
     # 1x1 kernel, stride 2 (one of the two phases has no tap at all); default tilings.
     ("1x1 stride 2", (2, 5, 6, 3), (1, 1), (2, 2), ((0, 0), (0, 0)), False, jnp.float32,
      None, None),
@@ -231,7 +244,7 @@ def _reference(x, w, g, stride, padding, flip):
 
 #: The cases of the fast tier (a few seconds each in interpret mode on a 2-core CPU); the others,
 #: 20 s to 2 min each, are in the slow tier.
-FAST_KERNELS = {"3x3 tiles and tails", "1x1 stride 2"}
+FAST_KERNELS = {"3x3 tiles and tails", "1x1 stride 2", "5x3 unrolled edges"}
 
 
 @pytest.mark.interpret

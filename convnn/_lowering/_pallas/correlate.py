@@ -98,34 +98,45 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     zeros = (jnp.zeros(tile.shape, jnp.float32),) * w_ref.shape[2]
     blank = (zeros,) * span
     accs = [blank] * live
-    for t in range(max(taps - a, 0)):  # prologue: rows of the first window read before q0
+    # The rows of the first window read before q0: unrolled, with only the multiply-adds that
+    # count, or as ``early`` more loop iterations whose outputs (rows before q0) are not stored.
+    early = 0 if tiling.unrolled_edges else live - 1
+    for t in range(max(taps - a, 0) if tiling.unrolled_edges else 0):
         accs = accumulate(accs, {}, t, row_of(q0, t))
 
     def prefetch(q):
         return tuple(tuple(load(row_of(q, t), sh) for sh in ahead) for t in new_taps)
 
-    queue = tuple(prefetch(q0 + k) for k in range(depth))
+    queue = tuple(prefetch(q0 - early + k) for k in range(depth))
     ocols = [gw.m * (tile.qx + j) + p_w for j in range(span)]
     ocols_ok = [tile.qx + j < count_w for j in range(span)]
 
     def body(i, carry):
         accs, queue = list(carry[0]), carry[1]
-        q = q0 + i
+        q = q0 - early + i
         if depth:
             ready, queue = queue[0], queue[1:] + (prefetch(q + depth),)
         for k, t in enumerate(new_taps):
             pre = dict(zip(ahead, ready[k])) if depth else {}
             accs = accumulate(accs, pre, t, row_of(q, t))
+        row_ok = q < q_end
+        if early:
+            row_ok = row_ok & (q >= q0)
+            q = jnp.maximum(q, q0)  # a masked store, at an address inside the array
         orow = gh.m * q + p_h
         for j in range(span):
             tile.store(plgpu, out_ref, n, orow, ocols[j], accs[0][j],
-                       tile.mask(q < q_end, ocols_ok[j]))
+                       tile.mask(row_ok, ocols_ok[j]))
         accs = accs[1:] + [blank]
         return tuple(accs), queue
 
-    lax.fori_loop(0, th, body, (tuple(accs), queue))
+    lax.fori_loop(0, th + early, body, (tuple(accs), queue))
 
 
+# Jitted with the geometry, dtype and tiling static: JAX then traces and lowers each distinct
+# kernel once per program, however often it is called (the forward pass and the input gradient
+# of a stride-1 convolution with symmetric padding are the same kernel).
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
 def correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Tiling | None,
               interpret: bool):
     """``out[n, mh*q+ph, mw*r+pw, c] = sum src[n, ah*q+bh+i, aw*r+bw+j, c] * wt[phase, i*Tw+j, c]``

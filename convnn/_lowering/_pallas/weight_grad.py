@@ -77,7 +77,9 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
         n = jnp.minimum(n, n_images - 1)
 
         def load_g(q):
-            return tuple(tile.load(plgpu, g_ref, n, q, count_h, gc, n_ok) for gc in gcols)
+            # Folded edges: cotangent rows past the tile read as zero.
+            ok = n_ok if tiling.unrolled_edges else n_ok & (q < q0 + th)
+            return tuple(tile.load(plgpu, g_ref, n, q, count_h, gc, ok) for gc in gcols)
 
         def load_x(q):
             return tuple(tuple(tile.load(plgpu, x_ref, n, a * q + b_h + u, gh.src_size,
@@ -101,9 +103,13 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
             return accs, tuple(gbuf), queue
 
         queue = tuple(prefetch(q0 + k) for k in range(depth))
-        accs, gbuf, _ = lax.fori_loop(0, th, body, (accs, (blank,) * live, queue))
+        # The input rows after the tile, paired with its last cotangent rows: unrolled, with
+        # only the multiply-adds that count, or as ``late`` more loop iterations whose
+        # cotangent rows are zero.
+        late = 0 if tiling.unrolled_edges else live - 1
+        accs, gbuf, _ = lax.fori_loop(0, th + late, body, (accs, (blank,) * live, queue))
         gbuf = list(gbuf)
-        for e in range(1, live):  # epilogue: rows after the tile, paired with its last rows
+        for e in range(1, live if tiling.unrolled_edges else 1):  # the unrolled epilogue
             q = q0 + th - 1 + e
             gbuf = [blank] + gbuf[:-1]
             for u in us:
@@ -123,6 +129,9 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
                 plgpu.store(at, total, mask=tile.c_ok)
 
 
+# Jitted with the geometry and tiling static, so each distinct kernel is traced and lowered
+# once per program (see correlate).
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def tap_sums(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None,
              interpret: bool):
     """Per-tap sums ``sum_{n,q,r} x[n, a*q+b+i, a*r+b+j, c] * g[n, q, r, c]``: (Th, Tw, C) f32."""
