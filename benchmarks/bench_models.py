@@ -362,7 +362,7 @@ def main(argv=None):
     p.add_argument("--compile-batches", default=None,
                    help="batches for torch.compile (default: the first of --batches)")
     p.add_argument("--steps", type=int, default=5, help="steps per timed group")
-    p.add_argument("--repeats", type=int, default=3, help="timed groups (median)")
+    p.add_argument("--repeats", type=int, default=5, help="timed groups (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--budget", type=float, default=None, help="seconds; then skip the rest")

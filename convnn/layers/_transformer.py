@@ -35,6 +35,19 @@ def _check(fn, dims, num_heads, mlp_dims, activation, norm_first):
     return dims, mlp_dims, check_bool(norm_first, "norm_first", fn)
 
 
+def _stack(module: Module, fn: str, layer: type, num_layers, dims, num_heads, mlp_dims, dropout,
+           activation, norm_first, checkpoint, rngs) -> None:
+    """Builds ``module.layers`` (``num_layers`` of ``layer``), ``module.ln`` and
+    ``module.checkpoint``: the body shared by :class:`TransformerEncoder` and
+    :class:`TransformerDecoder`."""
+    num_layers = _args.as_int(num_layers, "num_layers", fn, minimum=0)
+    rngs = _random.resolve_rngs(rngs, fn)
+    module.layers = [layer(dims, num_heads, mlp_dims, dropout, activation, norm_first, rngs=rngs)
+                     for _ in range(num_layers)]
+    module.ln = LayerNorm(dims)
+    module.checkpoint = check_bool(checkpoint, "checkpoint", fn)
+
+
 def _run(layer: Module, checkpoint: bool, *args: Any) -> Any:
     """``layer(*args)``, rematerialised in the backward pass when ``checkpoint`` (MLX's
     ``nn.utils.checkpoint``). Masks that are not arrays (``None``, ``"causal"``) are closed
@@ -163,17 +176,8 @@ class TransformerEncoder(Module):
         *,
         rngs: nnx.Rngs | None = None,
     ):
-        fn = "TransformerEncoder"
-        num_layers = _args.as_int(num_layers, "num_layers", fn, minimum=0)
-        rngs = _random.resolve_rngs(rngs, fn)
-        self.layers = [
-            TransformerEncoderLayer(
-                dims, num_heads, mlp_dims, dropout, activation, norm_first, rngs=rngs
-            )
-            for _ in range(num_layers)
-        ]
-        self.ln = LayerNorm(dims)
-        self.checkpoint = check_bool(checkpoint, "checkpoint", fn)
+        _stack(self, "TransformerEncoder", TransformerEncoderLayer, num_layers, dims, num_heads,
+               mlp_dims, dropout, activation, norm_first, checkpoint, rngs)
 
     def __call__(self, x, mask):
         for layer in self.layers:
@@ -295,17 +299,8 @@ class TransformerDecoder(Module):
         *,
         rngs: nnx.Rngs | None = None,
     ):
-        fn = "TransformerDecoder"
-        num_layers = _args.as_int(num_layers, "num_layers", fn, minimum=0)
-        rngs = _random.resolve_rngs(rngs, fn)
-        self.layers = [
-            TransformerDecoderLayer(
-                dims, num_heads, mlp_dims, dropout, activation, norm_first, rngs=rngs
-            )
-            for _ in range(num_layers)
-        ]
-        self.ln = LayerNorm(dims)
-        self.checkpoint = check_bool(checkpoint, "checkpoint", fn)
+        _stack(self, "TransformerDecoder", TransformerDecoderLayer, num_layers, dims, num_heads,
+               mlp_dims, dropout, activation, norm_first, checkpoint, rngs)
 
     def __call__(self, x, memory, x_mask, memory_mask):
         for layer in self.layers:
