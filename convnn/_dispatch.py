@@ -11,7 +11,8 @@ and ``np.int64(1)``, which Python hashes alike, never share an entry. JAX's C++ 
 the key up with the operands' shapes and dtypes; the first call of a key traces
 :func:`_eager_body`, which plans (validates) before anything is compiled, and a call that fails
 validation leaves no entry. These two jit caches (bounded by JAX) and the plans' cache are the
-only caches; :func:`clear_caches` empties all three.
+front end's only caches; :func:`clear_caches` empties all three. (The Pallas kernels' wrappers
+are jitted too, keyed by their geometry and tiling; ``jax.clear_caches`` empties those.)
 """
 
 from __future__ import annotations
