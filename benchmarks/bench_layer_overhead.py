@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=60)
     p.add_argument("--channels", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=21, help="interleaved samples per function")
+    p.add_argument("--rounds", type=int, default=41, help="interleaved samples per function")
     p.add_argument("--calls", type=int, default=30, help="calls per sample")
     p.add_argument("--out", default=str(RESULTS / "layer_overhead.json"))
     args = p.parse_args(argv)
