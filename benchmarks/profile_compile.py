@@ -7,7 +7,8 @@ tracing and lowering it, XLA's compile time and the median run time. Variants:
 
 * ``unrolled``: the default tilings with ``Tiling.unrolled_edges=True`` (the rows before a
   tile's first output row and after its last cotangent row as unrolled code);
-* ``folded``: the same with ``unrolled_edges=False`` (those rows as masked loop iterations);
+* ``folded``: the default tilings (``unrolled_edges=False``: those rows as masked loop
+  iterations), exactly the kernels the model runs;
 * ``xla``: XLA's convolution (the ``"xla"`` strategy; cuDNN on an NVIDIA GPU), for scale.
 
 Each row also counts how often the model runs the convolution, so that the run times sum to
@@ -40,7 +41,7 @@ from convnn import _lowering
 from convnn._lowering import ConvConfig, _cuda, _pallas
 from convnn._lowering._xla import conv_xla
 
-VARIANTS = {"unrolled": True, "folded": False, "xla": None}
+VARIANTS = ("unrolled", "folded", "xla")
 
 
 def depthwise_configs(name: str, batch: int, size: int, dtype: str) -> dict[ConvConfig, int]:
@@ -58,25 +59,35 @@ def depthwise_configs(name: str, batch: int, size: int, dtype: str) -> dict[Conv
     return configs
 
 
-def program(cfg: ConvConfig, unrolled: bool | None):
-    """The forward pass and its VJP of ``cfg`` with the default tilings, ``unrolled`` edges
-    (``None``: XLA's convolution)."""
-    n, h, w, c = cfg.x_shape
-    kh, kw = cfg.kernel
-    out_h = (h + sum(cfg.spec.padding[0]) - kh) // cfg.spec.stride[0] + 1
-    out_w = (w + sum(cfg.spec.padding[1]) - kw) // cfg.spec.stride[1] + 1
-    tc = _pallas.default_tiling("correlate", n, (out_h, out_w), c, cfg.dtype, (kh, kw), 1,
-                                cfg.spec.stride[1])
-    tw = _pallas.default_tiling("weight_grad", n, (out_h, out_w), c, cfg.dtype, (kh, kw), 1,
-                                cfg.spec.stride[1])
-    tc, tw = (dataclasses.replace(t, unrolled_edges=unrolled) for t in (tc, tw))
-    if unrolled is None:
+def unrolled_tilings(cfg: ConvConfig, forward: str) -> dict:
+    """The default tilings with ``unrolled_edges=True``, derived as ``correlate`` and
+    ``tap_sums`` derive theirs. ``depthwise`` takes one correlation tiling for the forward pass
+    and the input gradient: it is derived from the input gradient's geometry where XLA computes
+    the forward pass, else from the forward pass's (the same geometry at stride 1 with "same"
+    padding)."""
+    n, c = cfg.x_shape[0], cfg.x_shape[-1]
+    args = [(cfg.x_shape[1 + i], cfg.kernel[i], cfg.spec.stride[i], *cfg.spec.padding[i])
+            for i in range(2)]
+    fh, fw = (_pallas.forward_geometry(*a) for a in args)
+    gh, gw = ((_pallas.input_grad_geometry(*a)[0] for a in args) if forward == "xla"
+              else (fh, fw))
+    tc = _pallas.default_tiling("correlate", n, (gh.max_count, gw.max_count), c, cfg.dtype,
+                                (gh.taps, gw.taps), gh.phases * gw.phases, gw.a)
+    tw = _pallas.default_tiling("weight_grad", n, (fh.count[0], fw.count[0]), c, cfg.dtype,
+                                (fh.taps, fw.taps), 1, fw.a)
+    return {"tiling": dataclasses.replace(tc, unrolled_edges=True),
+            "weight_grad_tiling": dataclasses.replace(tw, unrolled_edges=True)}
+
+
+def program(cfg: ConvConfig, variant: str):
+    """The forward pass and its VJP of ``cfg``, as ``variant`` computes it."""
+    if variant == "xla":
         f = functools.partial(conv_xla, spec=cfg.spec)
     else:
-        f = functools.partial(_pallas.depthwise, spec=cfg.spec,
-                              forward_pass=_cuda.forward_kernel(cfg),
-                              weight_gradient=_cuda.weight_kernel(cfg), tiling=tc,
-                              weight_grad_tiling=tw)
+        forward = _cuda.forward_kernel(cfg)
+        tilings = unrolled_tilings(cfg, forward) if variant == "unrolled" else {}
+        f = functools.partial(_pallas.depthwise, spec=cfg.spec, forward_pass=forward,
+                              weight_gradient=_cuda.weight_kernel(cfg), **tilings)
 
     def step(x, w, g):
         out, vjp = jax.vjp(f, x, w)
@@ -161,7 +172,7 @@ def main(argv=None):
                 jax.clear_caches()
                 row = {"model": name, "x_shape": cfg.x_shape, "kernel": cfg.kernel,
                        "stride": cfg.spec.stride, "layers": layers, "variant": variant,
-                       **measure(program(cfg, VARIANTS[variant]), args_, args.repeats)}
+                       **measure(program(cfg, variant), args_, args.repeats)}
                 result["rows"].append(row)
                 save()
                 print(f"{name:14} {str(cfg.x_shape):20} {cfg.kernel} s{cfg.spec.stride[0]} "
