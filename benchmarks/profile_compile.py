@@ -3,7 +3,8 @@
 For every distinct depthwise convolution of a model that the CUDA policy gives the ``"pallas"``
 strategy, this builds one program, the forward pass and its VJP (the passes the strategy runs:
 ``_cuda.forward_kernel`` and ``_cuda.weight_kernel``), and reports per variant the seconds spent
-tracing and lowering it, XLA's compile time and the median run time. Variants:
+tracing and lowering it, the size of the lowered program, XLA's compile time and the median run
+time. Variants:
 
 * ``unrolled``: the default tilings with ``Tiling.unrolled_edges=True`` (the rows before a
   tile's first output row and after its last cotangent row as unrolled code);
@@ -119,6 +120,7 @@ def measure(fn, args, repeats: int) -> dict:
         jax.block_until_ready(out)
         times.append((time.perf_counter() - t) / 10)
     return {"trace_lower_s": t1 - t0, "compile_s": t2 - t1,
+            "stablehlo_kb": len(lowered.as_text()) / 1024,
             "run_ms": 1e3 * statistics.median(times)}
 
 
