@@ -57,6 +57,43 @@ def test_audit_aborting_calls_return_the_reference_values():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+def test_padding_wider_than_the_kernel_gives_the_reference_gradients():
+    """Input-dilated convolutions padded on one side by at least the dilated kernel: XLA on CPU
+    returned uninitialised memory for their input gradient (``_lowering/_xla.py``). The
+    sweep's case, and a grid of the family through ``conv_general``, under ``"xla"``."""
+    out = _child("""
+        import itertools, jax, numpy as np, convnn
+        from convnn._reference import (conv_general_ref, conv_general_ref_vjp,
+                                       conv_transpose_ref, conv_transpose_ref_vjp)
+        rng = np.random.default_rng(0)
+        def check(got, want):
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4)
+        x = rng.standard_normal((2, 4, 3, 4)).astype(np.float32)
+        w = rng.standard_normal((4, 2, 2, 2)).astype(np.float32)
+        kw = dict(stride=(3, 2), padding=(2, 0), dilation=(1, 1), output_padding=(1, 1),
+                  groups=2)
+        ct = rng.standard_normal(conv_transpose_ref(x, w, **kw).shape).astype(np.float32)
+        with convnn.lowering("xla"):
+            f = lambda a, b: convnn.conv_transpose2d(a, b, **kw)
+            check(jax.jit(lambda a, b, g: jax.vjp(f, a, b)[1](g))(x, w, ct),
+                  conv_transpose_ref_vjp(x, w, ct, **kw))
+        for size, k, d, lo, hi in itertools.product((4,), (1, 2, 3), (2, 3), (0, 3), (0, 3)):
+            x = rng.standard_normal((1, size, 2, 2)).astype(np.float32)
+            w = rng.standard_normal((2, k, 1, 2)).astype(np.float32)
+            kw = dict(stride=(1, 1), padding_lo=(lo, 0), padding_hi=(hi, 0),
+                      kernel_dilation=(1, 1), input_dilation=(d, 1), groups=1, flip=False)
+            ct = rng.standard_normal(conv_general_ref(x, w, **kw).shape).astype(np.float32)
+            f = lambda a, b: convnn.conv_general(a, b, padding=((lo, 0), (hi, 0)),
+                                                 input_dilation=(d, 1))
+            with convnn.lowering("xla"):
+                check(jax.jit(lambda a, b, g: jax.vjp(f, a, b)[1](g))(x, w, ct),
+                      conv_general_ref_vjp(x, w, ct, **kw))
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def _sweep(tmp_path, *args):
     target = tmp_path / "sweep.json"
     out = subprocess.run([sys.executable, "-m", "benchmarks.sweep_xla_safety", *args,

@@ -7,7 +7,11 @@ swaps the operands of convolutions whose kernel is larger than their input, and 
 input-dilated ones the swapped program is invalid and the process aborts ("Window dimensions
 do not match RHS shape"; found by ``benchmarks/sweep_xla_safety.py``: 2-D and 3-D, a kernel
 wider than the input on one axis). A kernel larger than the input on no axis is never swapped,
-so the rule covers the family with a margin. There, the input is dilated and padded explicitly
+so the rule covers the family with a margin. A second family: padding on one side at least as
+wide as the dilated kernel. The input gradient is then a strided convolution with negative
+padding, for which XLA on CPU returns wrong values (uninitialised memory, up to 1e38; found by
+the sweep: ``conv_transpose2d`` of a (2, 4, 3, 4) input with a 2x2 kernel at stride (3, 2)).
+For both families the input is dilated and padded explicitly
 (one ``lax.pad`` with interior padding, behind an optimization barrier so that XLA cannot fold
 it back) and convolved with no input dilation and no padding: the same arithmetic, and its
 derivatives (a strided slice, and convolutions without input dilation) stay out of the family.
@@ -112,6 +116,7 @@ def conv_xla(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     # lax.platform_dependent both branches would reach XLA's simplifier, which is what aborts.
     k_dil = [(k - 1) * d + 1 for k, d in zip(w.shape[1:-1], spec.kernel_dilation)]
     if jax.default_backend() == "cpu" and any(
-            kd >= size for kd, size in zip(k_dil, x.shape[1:-1])):
+            kd >= size or lo >= kd or hi >= kd
+            for kd, size, (lo, hi) in zip(k_dil, x.shape[1:-1], spec.padding)):
         return _explicitly_dilated_conv(x, w, spec)
     return _input_dilated_conv(x, w, spec)
