@@ -67,6 +67,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import convnn  # noqa: E402
+from benchmarks.device_profile import profile_steps  # noqa: E402
 from convnn.models import MODELS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,15 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
             carry, loss = step(carry, x, y)
         loss.block_until_ready()
         rates.append(args.steps * batch / (time.perf_counter() - t0))
+    if args.profile_steps:
+
+        def run_steps(n):
+            nonlocal carry, loss
+            for _ in range(n):
+                carry, loss = step(carry, x, y)
+            loss.block_until_ready()
+
+        extra["profile"] = profile_steps(run_steps, args.profile_steps)
     loss = float(loss)
     del carry, model, optimizer, step
     gc.collect()
@@ -365,6 +375,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed groups (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="after timing a JAX row, trace this many steps and record its device "
+                   "time by kernel category (benchmarks/device_profile.py)")
     p.add_argument("--budget", type=float, default=None, help="seconds; then skip the rest")
     p.add_argument("--smoke", action="store_true",
                    help="CPU check: batch 2, 32x32, float32, 2 steps, no torch.compile")

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import convnn.layers as L
 from convnn.layers import init, losses
@@ -193,6 +194,25 @@ def test_init_distributions(make, shape, mean, std, bound):
     assert abs(s - std) < 0.03 * std
     if bound is not None:
         assert biggest <= bound
+
+
+def test_flat_draws_equal_jax_draws_of_the_shape():
+    """Parameters are drawn flat and reshaped (it compiles faster): the values must be exactly
+    jax.random's for the weight's own shape, for the initializers and the layers' defaults."""
+    key, shape = jax.random.key(5), (6, 3, 2, 4)
+    np.testing.assert_array_equal(
+        init.normal(0.5, 2.0)(key, shape, jnp.float32),
+        0.5 + 2.0 * jax.random.normal(key, shape, jnp.float32),
+    )
+    np.testing.assert_array_equal(
+        init.uniform(-1.0, 3.0)(key, shape, jnp.float32),
+        jax.random.uniform(key, shape, jnp.float32, -1.0, 3.0),
+    )
+    conv = L.Conv2d(4, 6, (3, 2), rngs=nnx.Rngs(params=7))
+    bound = 1.0 / np.sqrt(4 * 3 * 2)
+    expected = jax.random.uniform(nnx.Rngs(params=7).params(), (6, 3, 2, 4), jnp.float32,
+                                  -bound, bound)
+    np.testing.assert_array_equal(conv.weight[...], expected)
 
 
 def test_init_modes_gain_and_flax_form():

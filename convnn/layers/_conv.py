@@ -12,6 +12,7 @@ from flax import nnx
 from jax import lax
 
 from convnn import _args, _dispatch, _flax_compat
+from convnn.layers import _random
 from convnn.layers._module import Module
 from convnn.layers._random import resolve_rngs
 
@@ -33,7 +34,7 @@ def uniform_init(bound: float):
     """An initializer drawing from ``uniform(-bound, bound)`` (MLX's convolution default)."""
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+        return _random.uniform(key, shape, dtype, -bound, bound)
 
     return init
 

@@ -12,15 +12,9 @@ from flax import nnx
 from convnn import _args
 from convnn.layers._common import as_input, check_bool, compute_dtype, expand
 from convnn.layers._module import Module
-from convnn.layers._random import resolve_rngs
+from convnn.layers._random import normal, resolve_rngs, uniform_param
 
 __all__ = ["Identity", "Linear", "Bilinear", "Embedding"]
-
-
-def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], scale: float) -> nnx.Param:
-    return nnx.Param(
-        jax.random.uniform(rngs.params(), shape, jnp.float32, minval=-scale, maxval=scale)
-    )
 
 
 class Identity(Module):
@@ -88,9 +82,9 @@ class Linear(Module):
         bias = check_bool(bias, "bias", fn)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / input_dims)
-        self.weight = _uniform(rngs, (output_dims, input_dims), scale)
+        self.weight = uniform_param(rngs, (output_dims, input_dims), scale)
         if bias:
-            self.bias = _uniform(rngs, (output_dims,), scale)
+            self.bias = uniform_param(rngs, (output_dims,), scale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = as_input(x, "Linear")
@@ -155,9 +149,9 @@ class Bilinear(Module):
         bias = check_bool(bias, "bias", fn)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / in1)
-        self.weight = _uniform(rngs, (out, in2, in1), scale)
+        self.weight = uniform_param(rngs, (out, in2, in1), scale)
         if bias:
-            self.bias = _uniform(rngs, (out,), scale)
+            self.bias = uniform_param(rngs, (out,), scale)
 
     def __call__(self, x1: jax.Array, x2: jax.Array) -> jax.Array:
         x1, x2 = as_input(x1, "Bilinear"), as_input(x2, "Bilinear")
@@ -215,7 +209,7 @@ class Embedding(Module):
         dims = _args.as_int(dims, "dims", fn, minimum=1)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / dims)
-        self.weight = nnx.Param(jax.random.normal(rngs.params(), (num, dims), jnp.float32) * scale)
+        self.weight = nnx.Param(normal(rngs.params(), (num, dims)) * scale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x if isinstance(x, jax.Array) else jnp.asarray(x)

@@ -20,14 +20,16 @@ their own, whose state is part of the model and advances correctly under ``nnx.j
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["seed", "next_key", "resolve_rngs"]
+__all__ = ["seed", "next_key", "resolve_rngs", "normal", "uniform", "uniform_param"]
 
 _lock = threading.Lock()
 _state = {"seed": 0, "count": 0}
@@ -78,3 +80,28 @@ def resolve_rngs(rngs: Any, fn: str) -> nnx.Rngs:
     if not isinstance(rngs, nnx.Rngs):
         raise TypeError(f"[{fn}] rngs must be None or an nnx.Rngs, got {rngs!r}.")
     return rngs
+
+
+# The layers draw their parameters through these two. A draw is made flat and reshaped: JAX's
+# counter-based generator numbers the elements in row-major order, so the values are those of
+# ``jax.random.normal(key, shape)``, but XLA compiles a 1-D draw several times faster than a
+# 4-D one, and a model builds one draw program per distinct weight shape (docs/performance.md,
+# "Building a model").
+
+
+def normal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """``jax.random.normal(key, shape, dtype)``, drawn flat."""
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def uniform(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32, minval: float = 0.0,
+    maxval: float = 1.0,
+) -> jax.Array:
+    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, drawn flat."""
+    return jax.random.uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
+
+
+def uniform_param(rngs: nnx.Rngs, shape: tuple[int, ...], scale: float) -> nnx.Param:
+    """A float32 parameter drawn from ``U(-scale, scale)`` (MLX's linear and recurrent default)."""
+    return nnx.Param(uniform(rngs.params(), shape, jnp.float32, -scale, scale))

@@ -14,12 +14,9 @@ from convnn import _args, _flax_compat
 from convnn.layers import _random
 from convnn.layers._conv import check_bool
 from convnn.layers._module import Module
+from convnn.layers._random import uniform_param
 
 __all__ = ["RNN", "GRU", "LSTM"]
-
-
-def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], scale: float) -> nnx.Param:
-    return nnx.Param(jax.random.uniform(rngs.params(), shape, jnp.float32, -scale, scale))
 
 
 class _Recurrent(Module):
@@ -40,9 +37,9 @@ class _Recurrent(Module):
         rows = self._gates * self.hidden_size
         wx, wh, b = names
         # MLX's draw order: input weight, hidden weight, bias.
-        setattr(self, wx, _uniform(rngs, (rows, input_size), scale))
-        setattr(self, wh, _uniform(rngs, (rows, self.hidden_size), scale))
-        setattr(self, b, _uniform(rngs, (rows,), scale) if bias else _flax_compat.data(None))
+        setattr(self, wx, uniform_param(rngs, (rows, input_size), scale))
+        setattr(self, wh, uniform_param(rngs, (rows, self.hidden_size), scale))
+        setattr(self, b, uniform_param(rngs, (rows,), scale) if bias else _flax_compat.data(None))
         return bias, scale, rngs
 
     def _project(self, x: Any, wx: Any, b: Any):
@@ -190,7 +187,7 @@ class GRU(_Recurrent):
     ):
         bias, scale, rngs = self._setup(input_size, hidden_size, bias, rngs, ("Wx", "Wh", "b"))
         self.bhn = (
-            _uniform(rngs, (self.hidden_size,), scale) if bias else _flax_compat.data(None)
+            uniform_param(rngs, (self.hidden_size,), scale) if bias else _flax_compat.data(None)
         )
 
     def _extra_repr(self) -> str:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from convnn.layers import _random
 from convnn.layers._random import next_key
 
 __all__ = [
@@ -83,7 +84,7 @@ def normal(mean: float = 0.0, std: float = 1.0, dtype: Any = jnp.float32):
     """Draws from ``N(mean, std**2)``."""
 
     def draw(key, shape, dt):
-        return mean + std * jax.random.normal(key, shape, dt)
+        return mean + std * _random.normal(key, shape, dt)
 
     return _initializer(draw, dtype)
 
@@ -91,7 +92,7 @@ def normal(mean: float = 0.0, std: float = 1.0, dtype: Any = jnp.float32):
 def uniform(low: float = 0.0, high: float = 1.0, dtype: Any = jnp.float32):
     """Draws from ``U(low, high)``."""
     return _initializer(
-        lambda key, shape, dt: jax.random.uniform(key, shape, dt, minval=low, maxval=high), dtype
+        lambda key, shape, dt: _random.uniform(key, shape, dt, low, high), dtype
     )
 
 
@@ -111,7 +112,7 @@ def glorot_normal(dtype: Any = jnp.float32):
 
     def draw(key, shape, dt, gain=1.0):
         fan_in, fan_out = _fans(shape, "glorot_normal")
-        return gain * math.sqrt(2.0 / (fan_in + fan_out)) * jax.random.normal(key, shape, dt)
+        return gain * math.sqrt(2.0 / (fan_in + fan_out)) * _random.normal(key, shape, dt)
 
     return _initializer(draw, dtype)
 
@@ -122,7 +123,7 @@ def glorot_uniform(dtype: Any = jnp.float32):
     def draw(key, shape, dt, gain=1.0):
         fan_in, fan_out = _fans(shape, "glorot_uniform")
         limit = gain * math.sqrt(6.0 / (fan_in + fan_out))
-        return jax.random.uniform(key, shape, dt, minval=-limit, maxval=limit)
+        return _random.uniform(key, shape, dt, -limit, limit)
 
     return _initializer(draw, dtype)
 
@@ -141,7 +142,7 @@ def he_normal(dtype: Any = jnp.float32):
 
     def draw(key, shape, dt, mode="fan_in", gain=1.0):
         std = gain / math.sqrt(_fan(shape, mode, "he_normal"))
-        return std * jax.random.normal(key, shape, dt)
+        return std * _random.normal(key, shape, dt)
 
     return _initializer(draw, dtype)
 
@@ -151,7 +152,7 @@ def he_uniform(dtype: Any = jnp.float32):
 
     def draw(key, shape, dt, mode="fan_in", gain=1.0):
         limit = gain * math.sqrt(3.0 / _fan(shape, mode, "he_uniform"))
-        return jax.random.uniform(key, shape, dt, minval=-limit, maxval=limit)
+        return _random.uniform(key, shape, dt, -limit, limit)
 
     return _initializer(draw, dtype)
 
