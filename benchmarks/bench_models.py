@@ -24,6 +24,13 @@ convnn/nnx per pattern, convnn (split) against the best other column, and compil
 convnn/nnx. The JSON is rewritten after every row, so a run cut short keeps what it measured;
 ``--budget`` skips the remaining rows once spent.
 
+Each JAX (model, batch, dtype, conv) runs in a child process of this script: XLA keeps cuDNN's
+autotuning results in memory, so in one process the second column's program would reuse the
+first's for every convolution they share and its first step would look shorter than a user's
+(``--in-process`` runs everything in this process, as the runs recorded before this option did).
+``--profile-steps N`` adds each JAX row's device time by kernel category
+(``benchmarks/device_profile.py``).
+
 Usage (from the repository root)::
 
     python -m benchmarks.bench_models                      # GPU: all models, batch 128 and 32
@@ -53,6 +60,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -211,7 +221,7 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
         rates.append(args.steps * batch / (time.perf_counter() - t0))
     if args.profile_steps:
 
-        def run_steps(n):
+        def run_steps(n, step=step):
             nonlocal carry, loss
             for _ in range(n):
                 carry, loss = step(carry, x, y)
@@ -221,11 +231,36 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
     loss = float(loss)
     del carry, model, optimizer, step
     gc.collect()
-    if extra:  # what a user waits for: trace + lower + compile + the first run
+    if compiled is not None:  # what a user waits for: trace + lower + compile + the first run
         extra["first_run_s"] = first
         first += extra["lower_s"] + extra["compile_s"]
     return {"images_per_s": statistics.median(rates), "first_step_s": first,
             "build_s": build_s, "loss": loss, "rates": rates, **extra}
+
+
+def run_isolated(name, batch, dtype, conv, patterns, args):
+    """The rows of one (model, batch, dtype, conv) from a child process of this script.
+
+    XLA keeps cuDNN's autotuning results in memory, so a program compiled after another reuses
+    them for every convolution the two share, and its first step looks faster than a user's
+    would; a child process per JAX column starts every compile cold (docs/benchmarks.md).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", "benchmarks.bench_models", "--in-process", "--no-torch",
+               "--models", name, "--batches", str(batch), "--dtypes", dtype,
+               "--float32-batches", str(batch), "--nnx-jit-batches", str(batch),
+               "--convs", conv, "--patterns", ",".join(patterns), "--size", str(args.size),
+               "--steps", str(args.steps), "--repeats", str(args.repeats),
+               "--warmup", str(args.warmup), "--classes", str(args.classes),
+               "--profile-steps", str(args.profile_steps), "--json", str(out)]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [{"model": name, "batch": batch, "dtype": dtype, "column": f"{conv}/{p}",
+                     "error": f"child process exited {done.returncode}: {tail[0]}"}
+                    for p in patterns]
+        return json.loads(out.read_text())["rows"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -381,6 +416,11 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=None, help="seconds; then skip the rest")
     p.add_argument("--smoke", action="store_true",
                    help="CPU check: batch 2, 32x32, float32, 2 steps, no torch.compile")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the JAX columns in this process (faster to run, but a program "
+                   "compiled after another reuses its cuDNN autotuning, so first-step times "
+                   "depend on the order of the columns); by default each (model, batch, dtype, "
+                   "conv) runs in a child process")
     p.add_argument("--json", default=None, help="default benchmarks/results/models_<device>.json")
     args = p.parse_args(argv)
     if args.report:
@@ -413,7 +453,8 @@ def main(argv=None):
         "jax": jax.__version__, "flax": importlib.metadata.version("flax"),
         "convnn_backend": str(convnn.backend_info()), "host": platform.node(),
         "cpu_count": os.cpu_count(), "size": args.size, "steps": args.steps,
-        "repeats": args.repeats, "argv": {**vars(args), "json": path.name},
+        "repeats": args.repeats, "isolated": not args.in_process,
+        "argv": {**vars(args), "json": path.name},
     }
     torch = build_torch = None
     if not args.no_torch:
@@ -452,9 +493,27 @@ def main(argv=None):
                         plan.append((name, batch, dtype, f"{conv}/{pattern}"))
     print(f"{meta['device']}; {len(plan)} rows; results -> {path}", flush=True)
     programs: dict = {}
+    isolated: dict = {}  # (name, batch, dtype, conv) -> {column: row}, from a child process
     for i, (name, batch, dtype, column) in enumerate(plan):
         if args.budget is not None and time.perf_counter() - START > args.budget:
             print(f"budget spent: skipping {name} {batch} {dtype} {column}", flush=True)
+            continue
+        if not args.in_process and not column.startswith("torch"):
+            conv = column.split("/")[0]
+            key = (name, batch, dtype, conv)
+            if key not in isolated:
+                mine = [c.split("/")[1] for n, b, d, c in plan
+                        if (n, b, d, c.split("/")[0]) == key]
+                isolated[key] = {r["column"]: r for r in
+                                 run_isolated(name, batch, dtype, conv, mine, args)}
+            row = isolated[key].get(column) or {"model": name, "batch": batch, "dtype": dtype,
+                                                "column": column, "error": "no row from child"}
+            rows.append(row)
+            save()
+            shown = row.get("error") or (f"{row['images_per_s']:8.1f} images/s, first step "
+                                         f"{row['first_step_s']:.1f} s")
+            print(f"[{time.perf_counter() - START:6.0f} s] {name:16} {batch:4d} {dtype:8} "
+                  f"{column:15} {shown} (child process)", flush=True)
             continue
         if i == 0 or plan[i - 1][0] != name:  # a new model: compile its split programs
             keys = [(n, b, d, c.split("/")[0]) for n, b, d, c in plan
