@@ -476,6 +476,14 @@ def main(argv=None):
                                   indent=1))
         tmp.replace(path)
 
+    def record(row):
+        rows.append(row)
+        save()
+        shown = row.get("error") or (f"{row['images_per_s']:8.1f} images/s, first step "
+                                     f"{row['first_step_s']:.1f} s")
+        print(f"[{time.perf_counter() - START:6.0f} s] {row['model']:16} {row['batch']:4d} "
+              f"{row['dtype']:8} {row['column']:15} {shown}", flush=True)
+
     plan = []
     for name in names:
         for batch in batches:
@@ -506,14 +514,8 @@ def main(argv=None):
                         if (n, b, d, c.split("/")[0]) == key]
                 isolated[key] = {r["column"]: r for r in
                                  run_isolated(name, batch, dtype, conv, mine, args)}
-            row = isolated[key].get(column) or {"model": name, "batch": batch, "dtype": dtype,
-                                                "column": column, "error": "no row from child"}
-            rows.append(row)
-            save()
-            shown = row.get("error") or (f"{row['images_per_s']:8.1f} images/s, first step "
-                                         f"{row['first_step_s']:.1f} s")
-            print(f"[{time.perf_counter() - START:6.0f} s] {name:16} {batch:4d} {dtype:8} "
-                  f"{column:15} {shown} (child process)", flush=True)
+            record(isolated[key].get(column) or {"model": name, "batch": batch, "dtype": dtype,
+                                                 "column": column, "error": "no row from child"})
             continue
         if i == 0 or plan[i - 1][0] != name:  # a new model: compile its split programs
             keys = [(n, b, d, c.split("/")[0]) for n, b, d, c in plan
@@ -538,12 +540,7 @@ def main(argv=None):
         except Exception as e:  # record and go on: one failing column must not lose the rest
             row["error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
-        rows.append(row)
-        save()
-        shown = row.get("error") or (f"{row['images_per_s']:8.1f} images/s, first step "
-                                     f"{row['first_step_s']:.1f} s")
-        print(f"[{time.perf_counter() - START:6.0f} s] {name:16} {batch:4d} {dtype:8} "
-              f"{column:15} {shown}", flush=True)
+        record(row)
     programs.clear()
     print_table(rows)
     print(f"wrote {path}")
