@@ -29,7 +29,9 @@ autotuning results in memory, so in one process the second column's program woul
 first's for every convolution they share and its first step would look shorter than a user's
 (``--in-process`` runs everything in this process, as the runs recorded before this option did).
 ``--profile-steps N`` adds each JAX row's device time by kernel category
-(``benchmarks/device_profile.py``).
+(``benchmarks/device_profile.py``). After the first step every column calls ``gc.freeze()``,
+as docs/training-step.md recommends, so that no full garbage collection (a pause of 0.2 to
+0.3 s, ``benchmarks/bench_gc.py``) lands in a timed group; runs before this did not.
 
 Usage (from the repository root)::
 
@@ -209,6 +211,8 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
     carry, loss = step(carry, x, y)
     loss.block_until_ready()
     first = time.perf_counter() - t0
+    gc.collect()
+    gc.freeze()  # as docs/training-step.md recommends: no full collection walks the model
     for _ in range(args.warmup):
         carry, loss = step(carry, x, y)
     loss.block_until_ready()
@@ -230,6 +234,7 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
         extra["profile"] = profile_steps(run_steps, args.profile_steps)
     loss = float(loss)
     del carry, model, optimizer, step
+    gc.unfreeze()
     gc.collect()
     if compiled is not None:  # what a user waits for: trace + lower + compile + the first run
         extra["first_run_s"] = first
@@ -310,6 +315,8 @@ def time_torch(torch, build_torch, name, compiled, batch, size, dtype, args):
     loss = step()
     sync()
     first = time.perf_counter() - t0
+    gc.collect()
+    gc.freeze()
     for _ in range(args.warmup):
         loss = step()
     sync()
@@ -321,6 +328,7 @@ def time_torch(torch, build_torch, name, compiled, batch, size, dtype, args):
         sync()
         rates.append(args.steps * batch / (time.perf_counter() - t0))
     loss = float(loss.detach())
+    gc.unfreeze()
     gc.collect()
     if dev == "cuda":
         torch.cuda.empty_cache()

@@ -121,6 +121,8 @@ def family_grid() -> list[dict]:
 
 def reference(cfg, x, w, ct):
     """Forward and VJP of one configuration in float64 (``convnn._reference``)."""
+    # Imported in the child that calls this: the parent process never loads JAX or convnn, so
+    # nothing it holds can be disturbed by what a child's XLA does.
     from convnn import _reference as ref
 
     kw, n = cfg["kw"], len(cfg["x"]) - 2
@@ -145,6 +147,7 @@ PASSES = ("forward", "vjp")
 
 
 def _child(cfg_path: str, start: int, stop: int, progress: str, strategies: list[str]) -> None:
+    # JAX and convnn load here, in the child only (see reference()).
     import jax
     import numpy as np
 
