@@ -14,16 +14,12 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
-
+from benchmarks import _results
 from convnn.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +48,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="default benchmarks/results/build_<device>.json")
     args = p.parse_args(argv)
-    device = jax.devices()[0]
-    tag = device.device_kind.lower().replace(" ", "_") if device.platform == "gpu" else "cpu"
-    path = Path(args.json or ROOT / "benchmarks" / "results" / f"build_{tag}.json")
+    path = Path(args.json) if args.json else _results.default_path("build")
     names, convs = args.models.split(","), args.convs.split(",")
     samples = {(n, c): [] for n in names for c in convs}
     for _ in range(args.repeats):
@@ -66,14 +60,7 @@ def main(argv=None):
     for n in names:
         print(f"{n:16} " + " ".join(f"{statistics.median(samples[n, c]):10.2f}" for c in convs))
     print(f"seconds to build, median of {args.repeats} fresh processes")
-    meta = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
-            "host": platform.node(), "cpu_count": os.cpu_count(),
-            "argv": {**vars(args), "json": path.name}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    tmp.replace(path)
-    print(f"wrote {path}")
+    _results.write(path, args, rows)
 
 
 if __name__ == "__main__":

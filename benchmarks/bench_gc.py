@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import jax
 from flax import nnx
 
 import convnn
+from benchmarks import _results
 from benchmarks.bench_models import build, inputs, split_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,9 +86,7 @@ def main(argv=None):
         name, conv, freeze = args.child.split(",")
         print(json.dumps(run(name, conv, freeze == "1", args)))
         return
-    device = jax.devices()[0]
-    tag = device.device_kind.lower().replace(" ", "_") if device.platform == "gpu" else "cpu"
-    path = Path(args.json or ROOT / "benchmarks" / "results" / f"gc_{tag}.json")
+    path = Path(args.json) if args.json else _results.default_path("gc")
     rows = []
     print(f"{'model':16} {'conv':7} {'freeze':>6} {'objects':>8} {'ms/step':>8} {'full GCs':>8} "
           f"{'max ms':>7} {'total ms':>8}")
@@ -107,14 +103,7 @@ def main(argv=None):
                 print(f"{name:16} {conv:7} {freeze:>6} {r['tracked_objects']:8d} "
                       f"{r['ms_per_step']:8.2f} {r['full_collections']:8d} "
                       f"{r['full_max_ms']:7.1f} {r['full_total_ms']:8.1f}", flush=True)
-    meta = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "argv": {**vars(args), "json": path.name}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    tmp.replace(path)
-    print(f"wrote {path}")
+    _results.write(path, args, rows)
 
 
 if __name__ == "__main__":
