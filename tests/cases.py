@@ -15,6 +15,8 @@ import dataclasses
 import random
 from typing import Any
 
+import pytest
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -180,6 +182,17 @@ def table(kind: str, count_per_rank: int, seed: int) -> list[Case]:
 #: strategies all run on it (PyTorch on it too).
 CORE: list[Case] = table("conv", 14, seed=1) + table("general", 14, seed=2) + table(
     "transpose", 12, seed=3)
+
+
+def half_in_fast_tier(cases: list[Case], offset: int = 0) -> list:
+    """``cases`` as pytest parameters, every other one (from ``offset``) marked slow.
+
+    The table is ordered by kind, then rank, so either half still has every function and rank;
+    CI runs both tiers, so every case still runs there. Tests that check the same cases against
+    different opinions use different offsets, so that the fast tier sees all of them once.
+    """
+    return [pytest.param(c, marks=[pytest.mark.slow] * ((i + offset) % 2), id=str(c))
+            for i, c in enumerate(cases)]
 
 
 def _any(values, test=lambda v: v > 1):
