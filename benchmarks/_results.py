@@ -1,7 +1,7 @@
 """Where a benchmark's JSON goes and what it records: the machine, the arguments, the rows.
 
-The write is atomic (a temporary file, then a rename), so a run cut short leaves the previous
-file or the new one, never half of one.
+Writes are atomic (a temporary file, then a rename), so a run cut short leaves the previous
+file or the new one, never half of one; scripts that save after every row call :func:`save`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -23,14 +24,23 @@ def default_path(stem: str) -> Path:
     return RESULTS / f"{stem}_{tag}.json"
 
 
-def write(path: Path, args, rows: list[dict]) -> None:
-    """Writes ``{"meta": ..., "rows": rows}`` to ``path`` atomically and says so."""
+def machine(args, path: Path) -> dict:
+    """The machine and the arguments of a run (the JSON path as its file name only)."""
     device = jax.devices()[0]
-    meta = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
+    return {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
             "python": platform.python_version(), "host": platform.node(),
             "cpu_count": os.cpu_count(), "argv": {**vars(args), "json": path.name}}
+
+
+def save(path: Path, data: Any) -> None:
+    """Writes ``data`` as JSON to ``path`` atomically (sets and the like as lists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    tmp.write_text(json.dumps(data, indent=1, default=list))
     tmp.replace(path)
+
+
+def write(path: Path, args, rows: list[dict]) -> None:
+    """Saves ``{"meta": machine(...), "rows": rows}`` and says so."""
+    save(path, {"meta": machine(args, path), "rows": rows})
     print(f"wrote {path}")

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from benchmarks import _results
 from convnn.models import MODELS
 
-ROOT = Path(__file__).resolve().parents[1]
 START = time.perf_counter()
 VARIANTS = ("ohwi", "hwio", "ohwi->hwio")
 
@@ -150,8 +150,7 @@ def main(argv=None):
     dtype = jnp.dtype(args.dtype)
     kinds = set(args.kinds.split(","))
     device = jax.devices()[0]
-    tag = device.device_kind.lower().replace(" ", "_") if device.platform == "gpu" else "cpu"
-    path = Path(args.json or ROOT / "benchmarks" / "results" / f"layouts_{tag}.json")
+    path = Path(args.json) if args.json else _results.default_path("layouts")
 
     # Distinct convolutions, with how often each model uses them.
     layers: dict[tuple, dict] = {}
@@ -167,13 +166,8 @@ def main(argv=None):
     results = []
 
     def save():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
-                "argv": {**vars(args), "json": path.name}}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "layers": results, "models": totals()},
-                                  indent=1, default=list))
-        tmp.replace(path)
+        _results.save(path, {"meta": _results.machine(args, path), "layers": results,
+                             "models": totals()})
 
     def totals():
         out = defaultdict(lambda: defaultdict(float))

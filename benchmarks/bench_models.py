@@ -60,7 +60,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -79,6 +78,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import convnn  # noqa: E402
+from benchmarks import _results  # noqa: E402
 from benchmarks.device_profile import profile_steps  # noqa: E402
 from convnn.models import MODELS  # noqa: E402
 
@@ -452,17 +452,12 @@ def main(argv=None):
     patterns = args.patterns.split(",")
     convs = [] if args.no_jax else args.convs.split(",")
 
-    device = jax.devices()[0]
-    tag = device.device_kind.lower().replace(" ", "_") if device.platform == "gpu" else "cpu"
-    path = Path(args.json or ROOT / "benchmarks" / "results" / f"models_{tag}.json")
+    path = Path(args.json) if args.json else _results.default_path("models")
     meta = {
-        "jobs": args.jobs,
-        "device": f"{device.platform}: {device.device_kind}",
-        "jax": jax.__version__, "flax": importlib.metadata.version("flax"),
-        "convnn_backend": str(convnn.backend_info()), "host": platform.node(),
-        "cpu_count": os.cpu_count(), "size": args.size, "steps": args.steps,
-        "repeats": args.repeats, "isolated": not args.in_process,
-        "argv": {**vars(args), "json": path.name},
+        **_results.machine(args, path), "jobs": args.jobs,
+        "flax": importlib.metadata.version("flax"), "convnn_backend": str(convnn.backend_info()),
+        "size": args.size, "steps": args.steps, "repeats": args.repeats,
+        "isolated": not args.in_process,
     }
     torch = build_torch = None
     if not args.no_torch:
@@ -478,11 +473,7 @@ def main(argv=None):
     rows: list[dict] = []
 
     def save():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios(rows)},
-                                  indent=1))
-        tmp.replace(path)
+        _results.save(path, {"meta": meta, "rows": rows, "ratios": ratios(rows)})
 
     def record(row):
         rows.append(row)
