@@ -6,11 +6,15 @@ collection. So every few dozen steps Python runs a full (generation 2) collectio
 every object the process holds: the model, the optimizer, and the traced and compiled
 programs' Python objects. That pause stalls the host, and with it the GPU once its queue runs
 dry. ``gc.freeze()`` after building and compiling moves the objects alive then out of the
-collector's reach, so a full collection walks only what came since.
+collector's reach, so a full collection walks only what came since. ``jax.clear_caches()``
+instead drops JAX's tracing caches (the jaxprs kept to retrace a function, convnn's traced
+convolution bodies among them), which are most of the difference between the two columns.
 
 For each model and convolution this builds the model, compiles the step (``--batch`` images of
-``--size`` pixels, float32), and runs ``--steps`` steps twice, without and with ``gc.freeze()``,
-timing every collection through ``gc.callbacks``.
+``--size`` pixels, float32), and runs ``--steps`` steps three times, timing every collection
+through ``gc.callbacks``: as built (``none``), after
+``jax.clear_caches()`` (``clear_caches``) and after ``gc.freeze()`` (``freeze``), each in a fresh
+process.
 
 Usage (from the repository root)::
 
@@ -28,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 from flax import nnx
 
 import convnn
@@ -37,7 +42,10 @@ from benchmarks.bench_models import build, inputs, split_step
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(name: str, conv: str, freeze: bool, args) -> dict:
+MODES = ("none", "clear_caches", "freeze")
+
+
+def run(name: str, conv: str, mode: str, args) -> dict:
     """Builds, compiles and runs ``args.steps`` steps; the collections' count and pauses."""
     with convnn.lowering("auto"):
         model, opt = build(name, conv, "float32", 10)
@@ -45,8 +53,10 @@ def run(name: str, conv: str, freeze: bool, args) -> dict:
         x, y = inputs(args.batch, args.size, "float32", 10)
         step = split_step(graphdef).lower(state, x, y).compile()
     del model, opt
+    if mode == "clear_caches":  # the compiled step stays usable; later traces start afresh
+        jax.clear_caches()
     gc.collect()
-    if freeze:
+    if mode == "freeze":
         gc.freeze()
     tracked = len(gc.get_objects())
     pauses, started = [], {}
@@ -65,7 +75,7 @@ def run(name: str, conv: str, freeze: bool, args) -> dict:
     wall = time.perf_counter() - t0
     gc.callbacks.remove(timer)
     full = [d for g, d in pauses if g == 2]
-    return {"model": name, "conv": conv, "gc_freeze": freeze, "tracked_objects": tracked,
+    return {"model": name, "conv": conv, "mode": mode, "tracked_objects": tracked,
             "steps": args.steps, "ms_per_step": wall * 1e3 / args.steps,
             "full_collections": len(full), "full_max_ms": max(full, default=0.0) * 1e3,
             "full_total_ms": sum(full) * 1e3,
@@ -82,25 +92,25 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="default benchmarks/results/gc_<device>.json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:  # one measurement in this process: name,conv,freeze
-        name, conv, freeze = args.child.split(",")
-        print(json.dumps(run(name, conv, freeze == "1", args)))
+    if args.child:  # one measurement in this process: name,conv,mode
+        name, conv, mode = args.child.split(",")
+        print(json.dumps(run(name, conv, mode, args)))
         return
     path = Path(args.json) if args.json else _results.default_path("gc")
     rows = []
-    print(f"{'model':16} {'conv':7} {'freeze':>6} {'objects':>8} {'ms/step':>8} {'full GCs':>8} "
+    print(f"{'model':16} {'conv':7} {'mode':>12} {'objects':>8} {'ms/step':>8} {'full GCs':>8} "
           f"{'max ms':>7} {'total ms':>8}")
     for name in args.models.split(","):
         for conv in args.convs.split(","):
-            for freeze in ("0", "1"):  # a fresh process each: the same start for both
+            for mode in MODES:  # a fresh process each: the same start for all
                 out = subprocess.run(
                     [sys.executable, "-m", "benchmarks.bench_gc", "--child",
-                     f"{name},{conv},{freeze}", "--batch", str(args.batch), "--size",
+                     f"{name},{conv},{mode}", "--batch", str(args.batch), "--size",
                      str(args.size), "--steps", str(args.steps)],
                     cwd=ROOT, capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(r)
-                print(f"{name:16} {conv:7} {freeze:>6} {r['tracked_objects']:8d} "
+                print(f"{name:16} {conv:7} {mode:>12} {r['tracked_objects']:8d} "
                       f"{r['ms_per_step']:8.2f} {r['full_collections']:8d} "
                       f"{r['full_max_ms']:7.1f} {r['full_total_ms']:8.1f}", flush=True)
     _results.write(path, args, rows)

@@ -22,7 +22,10 @@ with one synchronisation per group, so a host-bound step shows), the first step'
 compile + run: what a user waits for) and, per (model, batch, dtype), ratios within the run:
 convnn/nnx per pattern, convnn (split) against the best other column, and compile time
 convnn/nnx. The JSON is rewritten after every row, so a run cut short keeps what it measured;
-``--budget`` skips the remaining rows once spent.
+``--budget`` starts no further (model, batch, dtype) once spent, so that the columns of one
+are always measured together. ``--resume JSON`` keeps an earlier run's rows for each (model,
+batch, dtype) it measured in full and runs the others, whole: a matrix longer than one command's
+time limit is measured over several commands, each group's ratios still within one run.
 
 Each JAX (model, batch, dtype, conv) runs in a child process of this script: XLA keeps cuDNN's
 autotuning results in memory, so in one process the second column's program would reuse the
@@ -391,6 +394,24 @@ def print_table(rows):
           "other column; 'compile c/n': first step convnn/nnx, split pattern")
 
 
+def resume(plan: list, earlier: Path, rows: list, meta: dict) -> list:
+    """The plan without the (model, batch, dtype) groups ``earlier`` measured in full.
+
+    Their rows are appended to ``rows`` and ``meta["resumed"]`` records where they came from
+    (the earlier run's machine record); a group with a missing or failed column runs again
+    whole, so that its ratios are within one run.
+    """
+    old = json.loads(earlier.read_text())
+    done = {(r["model"], r["batch"], r["dtype"], r["column"]): r for r in old["rows"]
+            if "error" not in r}
+    complete = {k[:3] for k in plan} - {k[:3] for k in plan if k not in done}
+    rows.extend(done[k] for k in plan if k[:3] in complete)
+    meta["resumed"] = {"from": earlier.name, "meta": old["meta"],
+                       "groups": sorted(list(g) for g in complete)}
+    print(f"resumed from {earlier}: {len(complete)} groups kept", flush=True)
+    return [k for k in plan if k[:3] not in complete]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
@@ -421,7 +442,11 @@ def main(argv=None):
     p.add_argument("--profile-steps", type=int, default=0,
                    help="after timing a JAX row, trace this many steps and record its device "
                    "time by kernel category (benchmarks/device_profile.py)")
-    p.add_argument("--budget", type=float, default=None, help="seconds; then skip the rest")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds; then start no further (model, batch, dtype)")
+    p.add_argument("--resume", default=None, metavar="JSON",
+                   help="keep this earlier run's rows for every (model, batch, dtype) it "
+                   "measured in full (all planned columns, no error) and run the rest")
     p.add_argument("--smoke", action="store_true",
                    help="CPU check: batch 2, 32x32, float32, 2 steps, no torch.compile")
     p.add_argument("--in-process", action="store_true",
@@ -498,11 +523,17 @@ def main(argv=None):
                         continue
                     for conv in convs:
                         plan.append((name, batch, dtype, f"{conv}/{pattern}"))
+    if args.resume:
+        plan = resume(plan, Path(args.resume), rows, meta)
     print(f"{meta['device']}; {len(plan)} rows; results -> {path}", flush=True)
     programs: dict = {}
     isolated: dict = {}  # (name, batch, dtype, conv) -> {column: row}, from a child process
+    skipped: set = set()  # (name, batch, dtype) left out once the budget was spent
     for i, (name, batch, dtype, column) in enumerate(plan):
-        if args.budget is not None and time.perf_counter() - START > args.budget:
+        group = (name, batch, dtype)
+        if (args.budget is not None and time.perf_counter() - START > args.budget
+                and (i == 0 or plan[i - 1][:3] != group or group in skipped)):
+            skipped.add(group)  # a group is started whole or not at all
             print(f"budget spent: skipping {name} {batch} {dtype} {column}", flush=True)
             continue
         if not args.in_process and not column.startswith("torch"):
