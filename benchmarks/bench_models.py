@@ -31,10 +31,13 @@ Each JAX (model, batch, dtype, conv) runs in a child process of this script: XLA
 autotuning results in memory, so in one process the second column's program would reuse the
 first's for every convolution they share and its first step would look shorter than a user's
 (``--in-process`` runs everything in this process, as the runs recorded before this option did).
-``--profile-steps N`` adds each JAX row's device time by kernel category
-(``benchmarks/device_profile.py``). After the first step every column calls ``gc.freeze()``,
-as docs/training-step.md recommends, so that no full garbage collection (a pause of 0.2 to
-0.3 s, ``benchmarks/bench_gc.py``) lands in a timed group; runs before this did not.
+On a GPU, each JAX row also records where its device time goes: ``--profile-steps`` (default
+5 there, 0 elsewhere) steps traced after the timed ones, by kernel category and with every
+convolution's kernel (``benchmarks/device_profile.py``), so that a column's outlier (a slow
+cuDNN algorithm picked by the autotuner, say) can be explained from the record. After the
+first step every column calls ``gc.freeze()``, as docs/training-step.md recommends, so that no
+full garbage collection (a pause of 0.2 to 0.3 s, ``benchmarks/bench_gc.py``) lands in a timed
+group; runs before this did not.
 
 Usage (from the repository root)::
 
@@ -439,9 +442,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed groups (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--profile-steps", type=int, default=0,
+    p.add_argument("--profile-steps", type=int, default=None,
                    help="after timing a JAX row, trace this many steps and record its device "
-                   "time by kernel category (benchmarks/device_profile.py)")
+                   "time by kernel category (benchmarks/device_profile.py); default 5 on a "
+                   "GPU, 0 elsewhere")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds; then start no further (model, batch, dtype)")
     p.add_argument("--resume", default=None, metavar="JSON",
@@ -456,6 +460,8 @@ def main(argv=None):
                    "conv) runs in a child process")
     p.add_argument("--json", default=None, help="default benchmarks/results/models_<device>.json")
     args = p.parse_args(argv)
+    if args.profile_steps is None:
+        args.profile_steps = 5 if jax.default_backend() == "gpu" else 0
     if args.report:
         rows = [r for f in args.report for r in json.loads(Path(f).read_text())["rows"]]
         print_table(rows)

@@ -62,7 +62,8 @@ def profile_steps(run: Callable[[int], None], steps: int, top: int = 40) -> dict
     """Trace ``run(steps)`` (which runs ``steps`` steps and waits for them) and summarise.
 
     Returns per-step milliseconds: ``wall_ms``, ``kernel_ms`` and ``by_category`` (sorted,
-    largest first), and ``top_ops``: the ``top`` largest (op, kernel) pairs.
+    largest first), ``top_ops``: the ``top`` largest (op, kernel) pairs, and ``convolution_ops``:
+    every convolution's, largest first, so that a slow kernel choice shows whatever its rank.
     """
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp):
@@ -79,6 +80,11 @@ def profile_steps(run: Callable[[int], None], steps: int, top: int = 40) -> dict
         cat = category(op, kernel)
         by_cat[cat] = by_cat.get(cat, 0.0) + ns * per_step
     ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])
+
+    def entry(op, kernel, n, ns, width=160):
+        return {"op": op, "kernel": kernel[:width], "category": category(op, kernel),
+                "calls_per_step": n / steps, "ms": ns * per_step}
+
     return {
         "steps": steps,
         "wall_ms": wall * 1e3 / steps,
@@ -86,9 +92,9 @@ def profile_steps(run: Callable[[int], None], steps: int, top: int = 40) -> dict
         "by_category": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
         "distinct_ops": len(totals),
         "lines": lines,
-        "top_ops": [
-            {"op": op, "kernel": kernel[:160], "category": category(op, kernel),
-             "calls_per_step": n / steps, "ms": ns * per_step}
-            for (op, kernel), (n, ns) in ranked[:top]
+        "top_ops": [entry(op, kernel, n, ns) for (op, kernel), (n, ns) in ranked[:top]],
+        "convolution_ops": [
+            entry(op, kernel, n, ns, width=100) for (op, kernel), (n, ns) in ranked
+            if category(op, kernel) in ("convolution", "pallas depthwise")
         ],
     }
