@@ -530,7 +530,11 @@ def main(argv=None):
                     for conv in convs:
                         plan.append((name, batch, dtype, f"{conv}/{pattern}"))
     if args.resume:
-        plan = resume(plan, Path(args.resume), rows, meta)
+        try:
+            plan = resume(plan, Path(args.resume), rows, meta)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # never resume from a bad file
+            p.error(f"--resume {args.resume}: not a readable bench_models result "
+                    f"({type(e).__name__}: {e})")
     print(f"{meta['device']}; {len(plan)} rows; results -> {path}", flush=True)
     programs: dict = {}
     isolated: dict = {}  # (name, batch, dtype, conv) -> {column: row}, from a child process
