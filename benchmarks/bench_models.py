@@ -34,7 +34,11 @@ first's for every convolution they share and its first step would look shorter t
 On a GPU, each JAX row also records where its device time goes: ``--profile-steps`` (default
 5 there, 0 elsewhere) steps traced after the timed ones, by kernel category and with every
 convolution's kernel (``benchmarks/device_profile.py``), so that a column's outlier (a slow
-cuDNN algorithm picked by the autotuner, say) can be explained from the record. After the
+cuDNN algorithm picked by the autotuner, say) can be explained from the record;
+``--autotune DIR`` keeps each column's autotuning results (XLA's
+``--xla_gpu_dump_autotune_results_to``) and, in a later run with the same ``DIR``, loads them
+instead of tuning again, so that two runs can be made with the same algorithms (their first
+steps then leave autotuning out: the rows say ``"autotune": {"mode": "load"}``). After the
 first step every column calls ``gc.freeze()``, as docs/training-step.md recommends, so that no
 full garbage collection (a pause of 0.2 to 0.3 s, ``benchmarks/bench_gc.py``) lands in a timed
 group; runs before this did not.
@@ -265,13 +269,22 @@ def run_isolated(name, batch, dtype, conv, patterns, args):
                "--steps", str(args.steps), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--classes", str(args.classes),
                "--profile-steps", str(args.profile_steps), "--json", str(out)]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        env, tuning = dict(os.environ), None
+        if args.autotune:  # the cuDNN and GEMM algorithms this column runs, kept or reused
+            path = Path(args.autotune).resolve() / f"{name}_{batch}_{dtype}_{conv}.pbtxt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            mode = "load" if path.exists() else "dump"
+            flag = "load_autotune_results_from" if mode == "load" else "dump_autotune_results_to"
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_gpu_{flag}={path}".strip()
+            tuning = {"file": path.name, "mode": mode}
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if done.returncode != 0 or not out.exists():
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             return [{"model": name, "batch": batch, "dtype": dtype, "column": f"{conv}/{p}",
                      "error": f"child process exited {done.returncode}: {tail[0]}"}
                     for p in patterns]
-        return json.loads(out.read_text())["rows"]
+        rows = json.loads(out.read_text())["rows"]
+        return [{**r, "autotune": tuning} for r in rows] if tuning else rows
 
 
 # ------------------------------------------------------------------------------------------
@@ -458,8 +471,14 @@ def main(argv=None):
                    "compiled after another reuses its cuDNN autotuning, so first-step times "
                    "depend on the order of the columns); by default each (model, batch, dtype, "
                    "conv) runs in a child process")
+    p.add_argument("--autotune", default=None, metavar="DIR",
+                   help="each JAX column loads XLA's autotuning results (the cuDNN and GEMM "
+                   "algorithms it runs) from DIR/<model>_<batch>_<dtype>_<conv>.pbtxt where "
+                   "that file exists, and otherwise writes them there")
     p.add_argument("--json", default=None, help="default benchmarks/results/models_<device>.json")
     args = p.parse_args(argv)
+    if args.autotune and args.in_process:
+        p.error("--autotune needs a process per column: leave out --in-process")
     if args.profile_steps is None:
         args.profile_steps = 5 if jax.default_backend() == "gpu" else 0
     if args.report:
