@@ -42,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STRATEGIES = ("xla", "decomposed", "mixed", "auto")
-#: Calls the audit found aborting the process (forward), always part of the sweep.
+#: Calls the audit and the sweeps found aborting the process, always part of the sweep: three in
+#: the forward pass, one (the last) in the input gradient of a strided convolution.
 KNOWN = [
     dict(fn="conv_transpose2d", x=[1, 2, 3, 1], w=[1, 3, 2, 1],
          kw=dict(stride=[1, 2], padding=[1, 1], dilation=[2, 1], output_padding=[0, 0],
@@ -53,6 +54,8 @@ KNOWN = [
     dict(fn="conv_general", x=[1, 3, 2, 1], w=[1, 2, 3, 1],
          kw=dict(stride=[1, 1], padding=[[0, 0], [0, 0]], kernel_dilation=[1, 1],
                  input_dilation=[2, 2], groups=1, flip=False)),
+    dict(fn="conv2d", x=[2, 6, 4, 2], w=[2, 2, 2, 2],
+         kw=dict(stride=[2, 3], groups=1, padding=[[1, 0], [1, 0]], dilation=[1, 2])),
 ]
 TOLERANCE = 1e-4  # of max |reference| (float32 arithmetic on sums of at most ~200 terms)
 

@@ -94,6 +94,40 @@ def test_padding_wider_than_the_kernel_gives_the_reference_gradients():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+def test_strided_input_gradients_give_the_reference_values():
+    """Strided convolutions whose output is no longer than the dilated kernel on some axis: JAX's
+    input gradient is then an input-dilated convolution that XLA's CPU simplifier aborted on
+    (``_lowering/_xla.py``). The sweep's case and a grid of the family, under ``"xla"`` and
+    ``"auto"``: forward, both gradients and forward mode against the float64 reference."""
+    out = _child("""
+        import itertools, jax, numpy as np, convnn
+        from convnn._reference import conv_general_ref, conv_general_ref_vjp
+        rng = np.random.default_rng(0)
+        cases = [((6, 4), (2, 2), (2, 3), (1, 0), (1, 0), (1, 2))]
+        cases += [((4, n), (2, 2), (2, s), (1, lo), (1, hi), (1, 1))
+                  for n, s, lo, hi in itertools.product((2, 3, 4), (2, 3), (0, 1), (0, 1))]
+        for size, k, stride, lo, hi, dil in cases:
+            x = rng.standard_normal((1, *size, 2)).astype(np.float32)
+            w = rng.standard_normal((2, *k, 2)).astype(np.float32)
+            ref = dict(stride=stride, padding_lo=lo, padding_hi=hi, kernel_dilation=dil,
+                       input_dilation=(1, 1), groups=1, flip=False)
+            want = conv_general_ref(x, w, **ref)
+            ct = rng.standard_normal(want.shape).astype(np.float32)
+            want_dx, want_dw = conv_general_ref_vjp(x, w, ct, **ref)
+            f = lambda a, b: convnn.conv_general(a, b, stride=stride, padding=(lo, hi),
+                                                 kernel_dilation=dil)
+            for s in ("xla", "auto"):
+                with convnn.lowering(s):
+                    y, vjp = jax.vjp(jax.jit(f), x, w)
+                    dx, dw = vjp(ct)
+                    _, t = jax.jvp(f, (x, w), (x, w))
+                for a, b in ((y, want), (dx, want_dx), (dw, want_dw), (t, 2 * want)):
+                    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4)
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def _sweep(tmp_path, *args):
     target = tmp_path / "sweep.json"
     out = subprocess.run([sys.executable, "-m", "benchmarks.sweep_xla_safety", *args,
@@ -110,7 +144,7 @@ def _sweep(tmp_path, *args):
 def test_bounded_sweep_finds_no_abort_or_disagreement(tmp_path):
     result = _sweep(tmp_path, "--count", "6", "--seed", "19", "--strategies", "xla,auto",
                     "--batch", "20")
-    assert result["runs"] == (6 + 3) * 2 * 2
+    assert result["runs"] == (6 + 4) * 2 * 2
 
 
 @pytest.mark.slow

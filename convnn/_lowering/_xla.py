@@ -17,6 +17,16 @@ it back) and convolved with no input dilation and no padding: the same arithmeti
 derivatives (a strided slice, and convolutions without input dilation) stay out of the family.
 Other input-dilated convolutions, and every one on other platforms, keep the native form; its
 weight derivative goes through the explicitly dilated input (:func:`_input_dilated_conv`).
+
+Rule for the input gradient of strided convolutions (on CPU): JAX's input gradient of a strided
+convolution is a convolution of the cotangent dilated by the stride, so where the dilated kernel
+is at least as large as the output on some axis it falls in the first family above and the
+process aborts (found by the sweep: a (1, 6, 4, 1) input, 2x2 kernel, stride (2, 3), padding
+((1, 1), (0, 0)); on a grid of 2,880 such 2-D convolutions 24 aborted, all inside the rule).
+There the input's tangent is computed by the decomposed form (:func:`_strided_conv`), whose
+transpose contains no convolution; the forward pass and the weight's tangent stay XLA's. These
+are tiny convolutions (an output no larger than the kernel), so the decomposed form costs
+nothing that matters, and forward mode and higher derivatives keep working.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import functools
 import jax
 from jax import lax
 
+from convnn._lowering._decomposed import conv_decomposed
 from convnn._lowering._spec import ConvSpec
 
 
@@ -108,13 +119,37 @@ def _explicitly_dilated_conv(x, w, spec: ConvSpec):
     return _lax_conv(xp, w, spec, input_dilation=(1,) * spec.ndim, padding=zero)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _strided_conv(x, w, spec):
+    return _lax_conv(x, w, spec)
+
+
+@_strided_conv.defjvp
+def _strided_conv_jvp(spec, primals, tangents):
+    # The input's tangent through the decomposed form: transposed, it is pads, slices and
+    # products, never the input-dilated convolution that XLA's CPU simplifier aborts on.
+    x, w = primals
+    dx, dw = tangents
+    return _strided_conv(x, w, spec), conv_decomposed(dx, w, spec) + _strided_conv(x, dw, spec)
+
+
+def _spans(w, spec: ConvSpec) -> list[int]:
+    """The dilated kernel's extent per spatial axis."""
+    return [(k - 1) * d + 1 for k, d in zip(w.shape[1:-1], spec.kernel_dilation)]
+
+
 def conv_xla(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     """Computes the convolution with a single ``lax.conv_general_dilated`` call."""
     if all(d == 1 for d in spec.input_dilation):
+        if jax.default_backend() == "cpu" and any(s > 1 for s in spec.stride):
+            out = [(size + lo + hi - span) // s + 1 for size, (lo, hi), span, s in
+                   zip(x.shape[1:-1], spec.padding, _spans(w, spec), spec.stride)]
+            if any(span >= n for span, n in zip(_spans(w, spec), out)):
+                return _strided_conv(x, w, spec)
         return _lax_conv(x, w, spec)
     # Decided at trace time from the backend that compiles it, as the policy decides: with
     # lax.platform_dependent both branches would reach XLA's simplifier, which is what aborts.
-    k_dil = [(k - 1) * d + 1 for k, d in zip(w.shape[1:-1], spec.kernel_dilation)]
+    k_dil = _spans(w, spec)
     if jax.default_backend() == "cpu" and any(
             kd >= size or lo >= kd or hi >= kd
             for kd, size, (lo, hi) in zip(k_dil, x.shape[1:-1], spec.padding)):
