@@ -127,10 +127,13 @@ def _strided_conv(x, w, spec):
 @_strided_conv.defjvp
 def _strided_conv_jvp(spec, primals, tangents):
     # The input's tangent through the decomposed form: transposed, it is pads, slices and
-    # products, never the input-dilated convolution that XLA's CPU simplifier aborts on.
+    # products, never the input-dilated convolution that XLA's CPU simplifier aborts on. Rank 4
+    # at most, so that the program stays one the Apple plugins run too (a CPU host traces for
+    # them in convnn.explain and the routing tests).
     x, w = primals
     dx, dw = tangents
-    return _strided_conv(x, w, spec), conv_decomposed(dx, w, spec) + _strided_conv(x, dw, spec)
+    t_x = conv_decomposed(dx, w, spec, max_rank=4)
+    return _strided_conv(x, w, spec), t_x + _strided_conv(x, dw, spec)
 
 
 def _spans(w, spec: ConvSpec) -> list[int]:
