@@ -177,12 +177,13 @@ def test_bad_conv_name_is_a_value_error():
         MODELS["resnet18"](rngs=nnx.Rngs(0), conv="lax")
 
 
-def test_train_mode_batch_statistics_follow_pytorch(torch):
-    """Train mode normalises with the batch statistics and moves the running mean as PyTorch
-    does (momentum 0.1). The running variance differs by design: PyTorch stores the unbiased
-    batch variance, Flax's BatchNorm the biased one."""
+@pytest.mark.parametrize("conv", ["convnn", "nnx"])
+def test_train_mode_batch_statistics_follow_pytorch(torch, conv):
+    """Train mode normalises with the batch statistics and moves the running statistics as
+    PyTorch does (momentum 0.1). The ``nnx`` form's running variance differs by design: PyTorch
+    (and convnn's BatchNorm) store the unbiased batch variance, Flax's BatchNorm the biased one."""
     tmodel = _torch_model(torch, "resnet18")
-    model = _abstract_model("resnet18")
+    model = _abstract_model("resnet18", conv)
     load_torch_state_dict(model, tmodel)
     x = np.random.default_rng(3).standard_normal((4, 32, 32, 3)).astype(np.float32)
     tmodel.train()
@@ -200,9 +201,13 @@ def test_train_mode_batch_statistics_follow_pytorch(torch):
     nnx.update(model, state)
     scale = float(np.max(np.abs(expected)))
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4 * scale)
-    for got, want in [(model.bn1.mean, tmodel.bn1.running_mean),
-                      (model.layer4.layers[1].bn2.mean, tmodel.layer4[1].bn2.running_mean)]:
-        np.testing.assert_allclose(np.asarray(got[...]), want.numpy(), rtol=1e-4, atol=1e-5)
+    names = ["running_mean", "running_var"] if conv == "convnn" else ["mean"]
+    for ours, theirs in [(model.bn1, tmodel.bn1),
+                         (model.layer4.layers[1].bn2, tmodel.layer4[1].bn2)]:
+        for name in names:
+            want = getattr(theirs, name if name != "mean" else "running_mean").numpy()
+            got = np.asarray(getattr(ours, name)[...])
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_loaded_parameters_do_not_share_memory_with_the_torch_tensors(torch):

@@ -178,6 +178,64 @@ def test_batchnorm_statistics_from_the_definition():
     bn(jnp.ones((1, 3)))  # evaluation takes one sample
 
 
+def _batchnorm_definition(x, weight, bias, eps, activation):
+    """Training-mode batch norm of a rank-3 input from its definition (two-pass statistics),
+    then ``activation``."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes, keepdims=True)
+    var = jnp.mean((x - mean) ** 2, axes, keepdims=True)
+    y = (x - mean) / jnp.sqrt(var + eps) * weight.reshape(1, 1, -1) + bias.reshape(1, 1, -1)
+    acts = {None: lambda y: y, "relu": lambda y: jnp.maximum(y, 0.0),
+            "relu6": lambda y: jnp.clip(y, 0.0, 6.0), "silu": lambda y: y / (1 + jnp.exp(-y))}
+    return acts[activation](y)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu"])
+@pytest.mark.parametrize("offset", [0.0, 1000.0])  # a large mean must not cancel the variance
+def test_batchnorm_training_values_and_derivatives_match_the_definition(activation, offset):
+    """Output, reverse-mode gradients (input, weight, bias) and forward mode of training-mode
+    BatchNorm with a fused activation, against the float64 definition differentiated by JAX."""
+    x = _x(6, 5, 4, scale=2.0) + offset
+    weight, bias = _x(4, seed=1) + 1.0, _x(4, seed=2)
+    g, t = _x(6, 5, 4, seed=3), _x(6, 5, 4, seed=4)
+    # Without running statistics the layer has no state to update under the transformations.
+    bn = L.BatchNorm(4, activation=activation, track_running_stats=False)
+    bn.weight.value, bn.bias.value = jnp.asarray(weight), jnp.asarray(bias)
+    graphdef, params, rest = nnx.split(bn, nnx.Param, ...)
+
+    def ours(x, params):
+        return nnx.merge(graphdef, params, rest)(x)
+
+    def ref(x, params):
+        return _batchnorm_definition(x, params["weight"], params["bias"], 1e-5, activation)
+
+    p64 = {"weight": jnp.asarray(weight, jnp.float64), "bias": jnp.asarray(bias, jnp.float64)}
+    x64 = jnp.asarray(x, jnp.float64)
+    y, vjp = jax.vjp(ours, jnp.asarray(x), params)
+    y_ref, vjp_ref = jax.vjp(ref, x64, p64)
+    gx, gp = vjp(jnp.asarray(g))
+    gx_ref, gp_ref = vjp_ref(jnp.asarray(g, jnp.float64))
+    tol = {"rtol": 1e-4, "atol": 1e-4}
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), **tol)
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(gx_ref), **tol)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(np.asarray(gp[name][...]), np.asarray(gp_ref[name]), **tol)
+    _, tangent = jax.jvp(lambda x: ours(x, params), (jnp.asarray(x),), (jnp.asarray(t),))
+    _, tangent_ref = jax.jvp(lambda x: ref(x, p64), (x64,), (jnp.asarray(t, jnp.float64),))
+    np.testing.assert_allclose(np.asarray(tangent), np.asarray(tangent_ref), **tol)
+
+
+def test_batchnorm_dtype_and_bad_activation():
+    x = jnp.asarray(_x(4, 3)).astype(jnp.bfloat16)
+    assert L.BatchNorm(3)(x).dtype == jnp.float32  # MLX's promotion with float32 parameters
+    assert L.BatchNorm(3, dtype=jnp.bfloat16)(x).dtype == jnp.bfloat16
+    assert L.BatchNorm(3, dtype=jnp.bfloat16).eval()(x).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match=r"\[BatchNorm\] activation must be one of"):
+        L.BatchNorm(3, activation="gelu")
+    with pytest.raises(TypeError, match=r"\[BatchNorm\] activation must be None or one of"):
+        L.BatchNorm(3, activation=jax.nn.relu)
+
+
 def test_batchnorm_under_jit_and_nnx_eval():
     bn = L.BatchNorm(2)
     x = jnp.asarray(_x(4, 2))

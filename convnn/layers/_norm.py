@@ -302,6 +302,92 @@ class InstanceNorm(Module):
         return f"InstanceNorm({self.dims}, eps={self.eps}, affine={'weight' in self})"
 
 
+_BN_ACTIVATIONS = (None, "relu", "relu6", "silu")
+
+
+def _activate(y: jax.Array, activation: str | None) -> jax.Array:
+    if activation == "relu":
+        return jnp.maximum(y, 0)
+    if activation == "relu6":
+        return jnp.clip(y, 0, 6)
+    if activation == "silu":
+        return y * jax.nn.sigmoid(y)
+    return y
+
+
+def _activate_tangent(y: jax.Array, t: jax.Array, activation: str | None) -> jax.Array:
+    """The activation's derivative at ``y`` times ``t`` (linear in ``t``)."""
+    if activation == "relu":
+        return jnp.where(y > 0, t, 0)
+    if activation == "relu6":
+        return jnp.where((y > 0) & (y < 6), t, 0)
+    if activation == "silu":
+        s = jax.nn.sigmoid(y)
+        return t * (s * (1 + y * (1 - s)))
+    return t
+
+
+def _batch_stats(xs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance over every axis but the last (kept as size-1 axes), in one pass.
+
+    The values are shifted by the first sample of each channel first, so that the one-pass
+    formula ``E[d^2] - E[d]^2`` does not cancel catastrophically when the mean is large against
+    the spread (the unshifted form, Flax's ``use_fast_variance``, does).
+    """
+    axes = tuple(range(xs.ndim - 1))
+    shift = jax.lax.stop_gradient(xs[(slice(0, 1),) * (xs.ndim - 1)])
+    d = xs - shift
+    m1 = jnp.mean(d, axes, keepdims=True)
+    var = jnp.maximum(jnp.mean(d * d, axes, keepdims=True) - m1 * m1, 0)
+    return shift + m1, var
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(x, weight, bias, eps, activation, dtype):
+    """Training-mode batch norm with an optional activation: ``(act(y), mean, var)``.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the batch mean and biased variance
+    over every axis but the last, computed in ``promote(dtype, float32)``; ``act(y)`` is returned
+    in ``dtype``, the statistics with shape ``(C,)``. The derivative rule is written out (below)
+    rather than traced through the statistics: its transpose, the backward pass, is one
+    reduction (``sum(g)`` and ``sum(g * x)`` per channel) and one elementwise pass that reads
+    ``x`` and recomputes ``y``. It is a ``custom_jvp``, so forward mode and higher derivatives
+    work too.
+    """
+    z, mean, var = _batch_norm_train(x, weight, bias, eps, activation, dtype)[:3]
+    return z, mean.reshape(-1), var.reshape(-1)
+
+
+def _batch_norm_train(x, weight, bias, eps, activation, dtype):
+    stats = _stats_dtype(dtype)
+    xs = x.astype(stats)
+    mean, var = _batch_stats(xs)
+    inv = jax.lax.rsqrt(var + jnp.asarray(eps, stats))
+    a = expand(weight.astype(stats), x.ndim) * inv
+    c = expand(bias.astype(stats), x.ndim) - mean * a
+    y = xs * a + c
+    return _activate(y, activation).astype(dtype), mean, var, xs, y, a, inv
+
+
+@batch_norm_train.defjvp
+def _batch_norm_train_jvp(eps, activation, dtype, primals, tangents):
+    x, weight, bias = primals
+    tx, tw, tb = tangents
+    z, mean, var, xs, y, a, inv = _batch_norm_train(x, weight, bias, eps, activation, dtype)
+    axes = tuple(range(x.ndim - 1))
+    stats = xs.dtype
+    txs = tx.astype(stats)
+    tmean = jnp.mean(txs, axes, keepdims=True)
+    half_tvar = jnp.mean(txs * xs, axes, keepdims=True) - mean * tmean
+    # y = x * a + (bias - mean * a), a = weight * inv; every full-size term below is ``x`` or
+    # ``tx`` times a per-channel vector, so the backward pass reads ``x`` and nothing saved.
+    k = expand(tw.astype(stats), x.ndim) * inv - a * inv * inv * half_tvar
+    ty = a * txs + k * xs + (expand(tb.astype(stats), x.ndim) - a * tmean - k * mean)
+    tz = _activate_tangent(y, ty, activation).astype(dtype)
+    primal = (z, mean.reshape(-1), var.reshape(-1))
+    return primal, (tz, tmean.reshape(-1), 2 * half_tvar.reshape(-1))
+
+
 class BatchNorm(Module):
     """Batch normalization over channels-last ``(N, *rest, num_features)``, as
     ``mlx.nn.BatchNorm``, with MLX's (and PyTorch's) running statistics.
@@ -325,9 +411,18 @@ class BatchNorm(Module):
       affine: learn ``weight`` (ones) and ``bias`` (zeros). Default True.
       track_running_stats: keep ``running_mean`` (zeros) and ``running_var`` (ones) as
         ``nnx.BatchStat`` variables (never trained, like MLX's frozen arrays). Default True.
+      activation: keyword-only; ``"relu"``, ``"relu6"`` or ``"silu"`` applied to the output in
+        the same pass over memory (in training, its derivative too), as a separate activation
+        layer after it would be but without a second pass. Default None. MLX has no such option.
+      dtype: keyword-only; the compute and output dtype (for example ``jnp.bfloat16`` in a
+        model computing in bfloat16 with float32 parameters). Default None: MLX's promotion of
+        the input's dtype with the parameters'. Statistics are always at least float32.
 
     Differences from MLX: inputs of any rank of at least 2 are accepted (MLX: 2 to 4); statistics
-    are computed in at least float32.
+    are computed in at least float32, in one pass over the input (shifted by each channel's
+    first value, so a large mean does not cancel the variance away); the derivative is written
+    out (:func:`batch_norm_train`) so that XLA reads the input once per pass (faster training
+    steps: docs/benchmarks.md).
 
     Raises:
       TypeError: on a non-integer ``num_features``, non-bool flags or non-numeric floats.
@@ -351,9 +446,23 @@ class BatchNorm(Module):
         momentum: float = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        *,
+        activation: str | None = None,
+        dtype: Any = None,
     ):
         super().__init__()
         fn = "BatchNorm"
+        if activation is not None and not isinstance(activation, str):
+            raise TypeError(
+                f"[{fn}] activation must be None or one of {_BN_ACTIVATIONS[1:]}, got "
+                f"{activation!r} of type {type(activation).__name__}."
+            )
+        if activation not in _BN_ACTIVATIONS:
+            raise ValueError(
+                f"[{fn}] activation must be one of {_BN_ACTIVATIONS}, got {activation!r}."
+            )
+        self.activation = activation
+        self.dtype = check_dtype(dtype, "dtype", fn, optional=True)
         self.num_features = _args.as_int(num_features, "num_features", fn, minimum=1)
         self.eps = check_positive_float(eps, "eps", fn)
         if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
@@ -382,10 +491,12 @@ class BatchNorm(Module):
         fn = "BatchNorm"
         x = as_input(x, fn)
         _check_last(x, self.num_features, fn, min_ndim=2)
-        weight = self.weight if "weight" in self else None
-        bias = self.bias if "bias" in self else None
-        dtype = compute_dtype(x, weight, bias)
-        stats = _stats_dtype(dtype)
+        weight = self.weight[...] if "weight" in self else None
+        bias = self.bias[...] if "bias" in self else None
+        dtype = self.dtype if self.dtype is not None else compute_dtype(x, weight, bias)
+        if weight is None:  # constants: their tangents are zeros that XLA folds away
+            weight = jnp.ones((self.num_features,), jnp.float32)
+            bias = jnp.zeros((self.num_features,), jnp.float32)
         if self.training or not self.track_running_stats:
             n = math.prod(x.shape[:-1])
             if self.training and n == 1:
@@ -393,26 +504,25 @@ class BatchNorm(Module):
                     f"[{fn}] training needs more than one value per channel; got input shape "
                     f"{tuple(x.shape)}."
                 )
-            xs = x.astype(stats)
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xs, axis=axes)
-            sq = jnp.sum(jnp.square(xs - expand(mean, x.ndim)), axis=axes)
-            var = sq / n
+            y, mean, var = batch_norm_train(x, weight, bias, self.eps, self.activation, dtype)
             if self.training and self.track_running_stats:
                 mu = self.momentum
                 rm, rv = self.running_mean, self.running_var
-                unbiased = sq / max(n - 1, 1)
+                unbiased = var * (n / max(n - 1, 1))
                 self.running_mean = (1 - mu) * rm[...] + mu * mean.astype(rm.dtype)
                 self.running_var = (1 - mu) * rv[...] + mu * unbiased.astype(rv.dtype)
-        else:
-            mean = self.running_mean[...].astype(stats)
-            var = self.running_var[...].astype(stats)
-        inv = jax.lax.rsqrt(var + jnp.asarray(self.eps, stats))
-        y = ((x.astype(stats) - expand(mean, x.ndim)) * expand(inv, x.ndim)).astype(dtype)
-        return _affine(y, weight, bias)
+            return y
+        stats = _stats_dtype(dtype)
+        inv = jax.lax.rsqrt(self.running_var[...].astype(stats) + jnp.asarray(self.eps, stats))
+        a = weight.astype(stats) * inv
+        c = bias.astype(stats) - self.running_mean[...].astype(stats) * a
+        y = x.astype(stats) * expand(a, x.ndim) + expand(c, x.ndim)
+        return _activate(y, self.activation).astype(dtype)
 
     def __repr__(self) -> str:
         return (
             f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={'weight' in self}, track_running_stats={self.track_running_stats})"
+            f"affine={'weight' in self}, track_running_stats={self.track_running_stats}"
+            + (f", activation={self.activation!r}" if self.activation else "")
+            + (f", dtype={self.dtype.name}" if self.dtype is not None else "") + ")"
         )

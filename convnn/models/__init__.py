@@ -10,8 +10,11 @@ nothing is downloaded.
 Every constructor takes keyword-only ``rngs``, ``dtype`` (the compute dtype, e.g.
 ``jnp.bfloat16``: parameters stay float32 and gradients arrive in float32) and ``conv``
 (``"convnn"``, the default, for :class:`convnn.layers.Conv2d` under convnn's lowering policy, or
-``"nnx"`` for ``nnx.Conv``, the plain-``lax`` baseline). Norms and linear layers are Flax's
-(``nnx.BatchNorm`` with PyTorch's momentum 0.1, ``nnx.LayerNorm``, ``nnx.Linear``).
+``"nnx"`` for the all-Flax baseline: ``nnx.Conv`` under plain ``lax`` and ``nnx.BatchNorm``).
+The ``convnn`` form normalises with :class:`convnn.layers.BatchNorm` (PyTorch's momentum 0.1 and
+unbiased running variance), with the activation that follows a BatchNorm in torchvision
+(ReLU, ReLU6, SiLU) fused into it; the ``nnx`` form with ``nnx.BatchNorm`` and the activation
+after it. Both use ``nnx.LayerNorm`` and ``nnx.Linear``.
 
 ``model.train()`` / ``model.eval()`` switch BatchNorm statistics, dropout and stochastic depth
 (which draw from the ``dropout`` stream of ``rngs``, or its default stream).

@@ -50,8 +50,11 @@ class Factory:
             rngs=self.rngs,
         )
 
-    def bn(self, c: int, **kwargs):
-        return _norm.BatchNorm2d(c, dtype=self.dtype, rngs=self.rngs, **kwargs)
+    def bn(self, c: int, activation: str | None = None, **kwargs):
+        """BatchNorm over ``c`` channels, then ``activation`` (``"relu"``, ``"relu6"``,
+        ``"silu"`` or None): convnn's, with the activation fused, or Flax's."""
+        cls = _norm.BatchNorm2d if self.conv_impl == "convnn" else _norm.FlaxBatchNorm2d
+        return cls(c, activation=activation, dtype=self.dtype, rngs=self.rngs, **kwargs)
 
     def ln(self, c: int, eps: float):
         return _norm.LayerNorm(c, eps=eps, dtype=self.dtype, rngs=self.rngs)

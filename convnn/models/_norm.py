@@ -1,25 +1,52 @@
 """The norm and linear layers the models use, behind one small seam.
 
 The models take PyTorch's hyperparameters (``momentum=0.1`` means ``running = 0.9 * running +
-0.1 * batch``) and these functions translate them to Flax's layers, so a later swap to other
-classes touches this file only. Eval-mode outputs equal torchvision's for the same weights.
+0.1 * batch``). The ``convnn`` form of a model takes :class:`convnn.layers.BatchNorm`, with the
+following activation fused into it; the ``nnx`` form, the all-Flax baseline, takes
+``nnx.BatchNorm`` (Flax's momentum is ``1 - m``) followed by the same activation. Eval-mode
+outputs equal torchvision's for the same weights.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
 from flax import nnx
+
+from convnn import layers
+
+ACTIVATIONS = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, "silu": jax.nn.silu}
 
 
 def BatchNorm2d(
-    num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = None,
-    rngs: nnx.Rngs,
-) -> nnx.BatchNorm:
-    """``torch.nn.BatchNorm2d`` over the last (channel) axis; Flax's momentum is ``1 - m``."""
-    return nnx.BatchNorm(
-        num_features, momentum=1.0 - momentum, epsilon=eps, dtype=dtype, rngs=rngs
-    )
+    num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, activation: str | None = None,
+    dtype: Any = None, rngs: nnx.Rngs,
+) -> layers.BatchNorm:
+    """``torch.nn.BatchNorm2d`` over the last (channel) axis, followed by ``activation``
+    (``"relu"``, ``"relu6"``, ``"silu"`` or None), as :class:`convnn.layers.BatchNorm`: PyTorch's
+    momentum and unbiased running variance, the activation fused into its passes."""
+    del rngs  # no random initialisation
+    return layers.BatchNorm(num_features, eps, momentum, activation=activation, dtype=dtype)
+
+
+class FlaxBatchNorm2d(nnx.BatchNorm):
+    """``nnx.BatchNorm`` (the Flax baseline's norm) followed by an activation, so that the
+    models' code is the same for both forms; its variables and state-dict keys are
+    ``nnx.BatchNorm``'s."""
+
+    def __init__(
+        self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
+        activation: str | None = None, dtype: Any = None, rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            num_features, momentum=1.0 - momentum, epsilon=eps, dtype=dtype, rngs=rngs
+        )
+        self.activation = activation
+
+    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+        y = super().__call__(x, *args, **kwargs)
+        return y if self.activation is None else ACTIVATIONS[self.activation](y)
 
 
 def LayerNorm(num_features: int, *, eps: float = 1e-5, dtype: Any = None, rngs: nnx.Rngs):

@@ -39,9 +39,9 @@ class MBConv(nnx.Module):
         expanded = make_divisible(cin * expand_ratio)
         parts: list[Any] = []
         if expanded != cin:
-            parts.append(conv_bn_act(f, cin, expanded, 1, activation=jax.nn.silu))
+            parts.append(conv_bn_act(f, cin, expanded, 1, activation="silu"))
         parts += [
-            conv_bn_act(f, expanded, expanded, kernel, stride, expanded, activation=jax.nn.silu),
+            conv_bn_act(f, expanded, expanded, kernel, stride, expanded, activation="silu"),
             SqueezeExcitation(f, expanded, max(1, cin // 4)),
             conv_bn_act(f, expanded, cout, 1, activation=None),
         ]
@@ -74,7 +74,7 @@ class EfficientNet(nnx.Module):
         num_classes: int = 1000, *, rngs: nnx.Rngs, conv: str = "convnn", dtype: Any = None,
     ):
         f = Factory(type(self).__name__, conv, dtype, rngs)
-        feats: list[Any] = [conv_bn_act(f, 3, setting[0][3], 3, 2, activation=jax.nn.silu)]
+        feats: list[Any] = [conv_bn_act(f, 3, setting[0][3], 3, 2, activation="silu")]
         total = sum(s[5] for s in setting)
         block_id = 0
         for expand, k, stride, cin, cout, n in setting:
@@ -87,7 +87,7 @@ class EfficientNet(nnx.Module):
                 block_id += 1
             feats.append(nnx.Sequential(*stage))
         last_in = setting[-1][4]
-        feats.append(conv_bn_act(f, last_in, 4 * last_in, 1, activation=jax.nn.silu))
+        feats.append(conv_bn_act(f, last_in, 4 * last_in, 1, activation="silu"))
         self.features = nnx.Sequential(*feats)
         bound = 1.0 / math.sqrt(num_classes)  # torchvision: uniform(-1/sqrt(out), 1/sqrt(out))
         uniform = nnx.initializers.uniform(2 * bound)

@@ -13,10 +13,11 @@ __all__ = ["MobileNetV2", "InvertedResidual", "mobilenet_v2"]
 
 
 def conv_bn_act(f: Factory, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
-                activation: Any = jax.nn.relu6):
-    """torchvision's ``Conv2dNormActivation``: convolution (no bias), BatchNorm, activation."""
-    parts = [f.conv(cin, cout, k, stride, (k - 1) // 2, groups), f.bn(cout)]
-    return nnx.Sequential(*parts, *([activation] if activation is not None else []))
+                activation: str | None = "relu6"):
+    """torchvision's ``Conv2dNormActivation``: convolution (no bias), BatchNorm, activation (the
+    BatchNorm applies it: torchvision's third, parameter-free entry is folded into the second)."""
+    conv = f.conv(cin, cout, k, stride, (k - 1) // 2, groups)
+    return nnx.Sequential(conv, f.bn(cout, activation))
 
 
 class InvertedResidual(nnx.Module):

@@ -21,14 +21,14 @@ class BasicBlock(nnx.Module):
 
     def __init__(self, f: Factory, inplanes: int, planes: int, stride: int = 1, downsample=None):
         self.conv1 = f.conv(inplanes, planes, 3, stride, 1)
-        self.bn1 = f.bn(planes)
+        self.bn1 = f.bn(planes, "relu")
         self.conv2 = f.conv(planes, planes, 3, 1, 1)
         self.bn2 = f.bn(planes)
         self.downsample = downsample
 
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = x if self.downsample is None else self.downsample(x)
-        out = nnx.relu(self.bn1(self.conv1(x)))
+        out = self.bn1(self.conv1(x))
         out = self.bn2(self.conv2(out))
         return nnx.relu(out + identity)
 
@@ -40,17 +40,17 @@ class Bottleneck(nnx.Module):
 
     def __init__(self, f: Factory, inplanes: int, planes: int, stride: int = 1, downsample=None):
         self.conv1 = f.conv(inplanes, planes, 1)
-        self.bn1 = f.bn(planes)
+        self.bn1 = f.bn(planes, "relu")
         self.conv2 = f.conv(planes, planes, 3, stride, 1)
-        self.bn2 = f.bn(planes)
+        self.bn2 = f.bn(planes, "relu")
         self.conv3 = f.conv(planes, planes * 4, 1)
         self.bn3 = f.bn(planes * 4)
         self.downsample = downsample
 
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = x if self.downsample is None else self.downsample(x)
-        out = nnx.relu(self.bn1(self.conv1(x)))
-        out = nnx.relu(self.bn2(self.conv2(out)))
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
         out = self.bn3(self.conv3(out))
         return nnx.relu(out + identity)
 
@@ -78,7 +78,7 @@ class ResNet(nnx.Module):
     ):
         f = Factory(type(self).__name__, conv, dtype, rngs)
         self.conv1 = f.conv(3, 64, 7, 2, 3)
-        self.bn1 = f.bn(64)
+        self.bn1 = f.bn(64, "relu")
         self.maxpool = layers.MaxPool2d(3, 2, 1)
         inplanes = 64
         for i, (planes, n) in enumerate(zip((64, 128, 256, 512), stage_sizes, strict=True)):
@@ -102,7 +102,7 @@ class ResNet(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.maxpool(nnx.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(global_avg_pool(x))
 
