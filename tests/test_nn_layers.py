@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import convnn.layers as L
 from convnn import _flax_compat
@@ -223,6 +225,57 @@ def test_batchnorm_training_values_and_derivatives_match_the_definition(activati
     _, tangent = jax.jvp(lambda x: ours(x, params), (jnp.asarray(x),), (jnp.asarray(t),))
     _, tangent_ref = jax.jvp(lambda x: ref(x, p64), (x64,), (jnp.asarray(t, jnp.float64),))
     np.testing.assert_allclose(np.asarray(tangent), np.asarray(tangent_ref), **tol)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 5), st.floats(-1e4, 1e4), st.floats(1e-2, 1e2),
+       st.floats(0.0, 30.0), st.integers(0, 2**31 - 1))
+def test_batchnorm_statistics_hold_for_large_means_and_outliers(n, c, offset, scale, spike, seed):
+    """The one-pass statistics against float64 two-pass ones, for means up to 1e6 spreads away
+    and the first sample (the shift) up to 30 spreads off the mean: the running statistics after
+    one step with momentum 1 are the batch mean and unbiased variance (to 2e-4, which the
+    unshifted one-pass form misses by far); the output and the input's gradient follow."""
+    x = np.random.default_rng(seed).standard_normal((n, c)) * scale + offset
+    x[0] += spike * scale
+    x = x.astype(np.float32)
+    bn = L.BatchNorm(c, momentum=1.0)
+    y = np.asarray(bn(jnp.asarray(x)))
+    x64 = x.astype(np.float64)
+    var = x64.var(0)
+    np.testing.assert_allclose(bn.running_mean[...], x64.mean(0), rtol=1e-6, atol=1e-5 * scale)
+    np.testing.assert_allclose(bn.running_var[...], x64.var(0, ddof=1), rtol=2e-4,
+                               atol=1e-6 * scale**2)
+    # The output and the gradient carry one float32 rounding at the magnitude of the values, as
+    # any float32 batch norm does (x - mean, or x * a + c): an error of about |mean| / spread
+    # float32 epsilons. The statistics above carry none.
+    ratio = float(np.max(np.abs(x64.mean(0)) / np.sqrt(var + 1e-5)))
+    xhat = (x64 - x64.mean(0)) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(y, xhat, rtol=1e-3, atol=1e-3 + 1e-6 * ratio)
+    g = np.random.default_rng(seed + 1).standard_normal((n, c))
+    _, vjp = jax.vjp(L.BatchNorm(c, track_running_stats=False), jnp.asarray(x))
+    dx = np.asarray(vjp(jnp.asarray(g, jnp.float32))[0])
+    want = (g - g.mean(0) - xhat * (g * xhat).mean(0)) / np.sqrt(var + 1e-5)
+    # The terms are of size |g| / std and cancel (to zero, for two samples): atol follows them.
+    terms = np.abs(g).max(0) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(dx, want, rtol=1e-3, atol=(1e-4 + 1e-6 * ratio) * terms.max())
+
+
+def test_batchnorm_second_derivatives_match_the_definition():
+    """Reverse over forward mode through the fused pass (the derivative rule is itself
+    differentiable), against the float64 definition."""
+    x, t = _x(5, 3, 4, scale=2.0) + 3.0, _x(5, 3, 4, seed=1)
+    bn = L.BatchNorm(4, activation="silu", track_running_stats=False)
+
+    def ours(x):
+        return jnp.sum(jax.jvp(bn, (x,), (jnp.asarray(t),))[1] ** 2)
+
+    def ref(x):
+        f = lambda x: _batchnorm_definition(x, jnp.ones(4), jnp.zeros(4), 1e-5, "silu")
+        return jnp.sum(jax.jvp(f, (x,), (jnp.asarray(t, jnp.float64),))[1] ** 2)
+
+    np.testing.assert_allclose(np.asarray(jax.grad(ours)(jnp.asarray(x))),
+                               np.asarray(jax.grad(ref)(jnp.asarray(x, jnp.float64))),
+                               rtol=1e-3, atol=1e-3)
 
 
 def test_batchnorm_dtype_and_bad_activation():

@@ -57,7 +57,8 @@ class ConvNeXt(nnx.Module):
       layer_scale: initial value of each block's ``layer_scale``. Default 1e-6.
       num_classes: size of the head. Default 1000.
       rngs: an ``nnx.Rngs`` (``params``, and ``dropout`` for stochastic depth in training).
-      conv: ``"convnn"`` (default) or ``"nnx"`` (``nnx.Conv``).
+      conv: ``"convnn"`` (default: convnn's layers) or ``"nnx"`` (``nnx.Conv``, the all-Flax
+        baseline).
       dtype: compute dtype; parameters stay float32.
     """
 

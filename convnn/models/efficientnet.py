@@ -65,7 +65,8 @@ class EfficientNet(nnx.Module):
       stochastic_depth_prob: the drop probability reached at the last block. Default 0.2.
       num_classes: size of the head. Default 1000.
       rngs: an ``nnx.Rngs`` (``params``, and ``dropout`` in training).
-      conv: ``"convnn"`` (default) or ``"nnx"`` (``nnx.Conv``).
+      conv: ``"convnn"`` (default: convnn's layers) or ``"nnx"`` (``nnx.Conv`` and
+        ``nnx.BatchNorm``, the all-Flax baseline).
       dtype: compute dtype; parameters stay float32.
     """
 

@@ -51,7 +51,8 @@ class MobileNetV2(nnx.Module):
       width_mult: channel multiplier. Default 1.0.
       dropout: dropout before the head. Default 0.2.
       rngs: an ``nnx.Rngs`` (``params``, and ``dropout`` in training).
-      conv: ``"convnn"`` (default) or ``"nnx"`` (``nnx.Conv``).
+      conv: ``"convnn"`` (default: convnn's layers) or ``"nnx"`` (``nnx.Conv`` and
+        ``nnx.BatchNorm``, the all-Flax baseline).
       dtype: compute dtype; parameters stay float32.
 
     Example:

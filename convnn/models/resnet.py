@@ -63,7 +63,8 @@ class ResNet(nnx.Module):
       stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
       num_classes: size of the ``fc`` head. Default 1000.
       rngs: an ``nnx.Rngs`` for the initial parameters.
-      conv: ``"convnn"`` (default: :class:`convnn.layers.Conv2d`) or ``"nnx"`` (``nnx.Conv``).
+      conv: ``"convnn"`` (default: :class:`convnn.layers.Conv2d` and
+        :class:`convnn.layers.BatchNorm`) or ``"nnx"`` (``nnx.Conv`` and ``nnx.BatchNorm``).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32. Default ``None``:
         the input's dtype.
 
