@@ -196,7 +196,8 @@ def test_routed_programs_hold_no_risky_convolution(backend, config):
             assert convs, f"{backend}, {config[0]}, {what}: not routed, yet no convolution"
 
 
-@pytest.mark.parametrize("backend", ["jax-metal", "jax-mps", "metaljax"])
+@pytest.mark.parametrize("backend", ["jax-metal", pytest.param("jax-mps", marks=pytest.mark.slow),
+                                     pytest.param("metaljax", marks=pytest.mark.slow)])
 def test_routed_values_equal_the_default_strategy(backend):
     for config in CONFIGS:
         if config[0] not in ROUTED[backend]:

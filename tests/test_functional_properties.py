@@ -30,7 +30,7 @@ def forward_configs(draw):
     return n, groups, c_in, c_out, kernel, stride, dilation, padding, spatial
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(forward_configs(), st.integers(0, 2**31 - 1))
 def test_conv_transpose_is_the_adjoint_of_conv(config, seed):
     n, groups, c_in, c_out, kernel, stride, dilation, padding, spatial = config
@@ -58,7 +58,7 @@ def test_conv_transpose_is_the_adjoint_of_conv(config, seed):
     np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-10)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(forward_configs(), st.integers(0, 2**31 - 1))
 def test_flip_is_correlation_with_the_reversed_kernel(config, seed):
     n, groups, c_in, c_out, kernel, stride, dilation, padding, spatial = config
