@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from convnn import _args, _flax_compat
+from convnn.layers._activations import relu, relu6, silu
 from convnn.layers._common import as_input, check_positive_float, compute_dtype, expand
 from convnn.layers._conv import check_bool, check_dtype
 from convnn.layers._module import Module
@@ -302,17 +303,13 @@ class InstanceNorm(Module):
         return f"InstanceNorm({self.dims}, eps={self.eps}, affine={'weight' in self})"
 
 
-_BN_ACTIVATIONS = (None, "relu", "relu6", "silu")
+# The activations BatchNorm can fuse: MLX's functions (layers/_activations.py) by name.
+_FUSED = {"relu": relu, "relu6": relu6, "silu": silu}
+_BN_ACTIVATIONS = (None, *_FUSED)
 
 
 def _activate(y: jax.Array, activation: str | None) -> jax.Array:
-    if activation == "relu":
-        return jnp.maximum(y, 0)
-    if activation == "relu6":
-        return jnp.clip(y, 0, 6)
-    if activation == "silu":
-        return y * jax.nn.sigmoid(y)
-    return y
+    return y if activation is None else _FUSED[activation](y)
 
 
 def _activate_tangent(y: jax.Array, t: jax.Array, activation: str | None) -> jax.Array:
