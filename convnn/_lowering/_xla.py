@@ -16,14 +16,14 @@ For both families the input is dilated and padded explicitly
 it back) and convolved with no input dilation and no padding: the same arithmetic, and its
 derivatives (a strided slice, and convolutions without input dilation) stay out of the family.
 Other input-dilated convolutions, and every one on other platforms, keep the native form; its
-weight derivative goes through the explicitly dilated input (:func:`_input_dilated_conv`).
+weight derivative goes through the explicitly dilated input (:func:`_guarded_conv`).
 
 Rule for the input gradient of strided convolutions (on CPU): JAX's input gradient of a strided
 convolution is a convolution of the cotangent dilated by the stride, so where the dilated kernel
 is at least as large as the output on some axis it falls in the first family above and the
 process aborts (found by the sweep: a (1, 6, 4, 1) input, 2x2 kernel, stride (2, 3), padding
 ((1, 1), (0, 0)); on a grid of 2,880 such 2-D convolutions 24 aborted, all inside the rule).
-There the input's tangent is computed by the decomposed form (:func:`_strided_conv`), whose
+There the input's tangent is computed by the decomposed form (:func:`_guarded_conv`), whose
 transpose contains no convolution; the forward pass and the weight's tangent stay XLA's. These
 are tiny convolutions (an output no larger than the kernel), so the decomposed form costs
 nothing that matters, and forward mode and higher derivatives keep working.
@@ -74,25 +74,38 @@ def dilate_and_pad(x, spec: ConvSpec):
     return lax.pad(x, lax.full((), 0, x.dtype), config)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _input_dilated_conv(x, w, spec):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _guarded_conv(x, w, spec, guard):
+    """``_lax_conv`` whose tangent takes one operand's term through another form (``guard``):
+
+    * ``"weight"`` (input-dilated convolutions): autodiff with respect to the weight emits a
+      convolution with input dilation whose operands XLA's CPU algebraic simplifier may swap
+      into an invalid program, aborting the process; the weight's term goes through the
+      explicitly dilated input, whose transpose needs no input dilation.
+    * ``"input"`` (strided convolutions whose output is no longer than the dilated kernel): the
+      input's term goes through the decomposed form, whose transpose is pads, slices and
+      products, never the input-dilated convolution that the simplifier aborts on; rank 4 at
+      most, so that the program stays one the Apple plugins run too (a CPU host traces for them
+      in convnn.explain and the routing tests).
+
+    The other term stays this function, so forward mode and higher derivatives keep working.
+    """
     return _lax_conv(x, w, spec)
 
 
-@_input_dilated_conv.defjvp
-def _input_dilated_conv_jvp(spec, primals, tangents):
-    # Autodiff of an input-dilated convolution with respect to the weight emits a convolution
-    # with input dilation whose operands XLA's CPU algebraic simplifier may swap into an invalid
-    # program, aborting the process. The weight tangent therefore goes through the explicitly
-    # dilated input, whose transpose needs no input dilation.
+@_guarded_conv.defjvp
+def _guarded_conv_jvp(spec, guard, primals, tangents):
     x, w = primals
     dx, dw = tangents
-    out = _input_dilated_conv(x, w, spec)
-    zero = (0,) * spec.ndim
-    t_w = _lax_conv(dilate_and_pad(x, spec), dw, spec, input_dilation=(1,) * spec.ndim,
-                    padding=tuple(zip(zero, zero)))
-    t_x = _input_dilated_conv(dx, w, spec)
-    return out, t_x + t_w
+    if guard == "weight":
+        zero = (0,) * spec.ndim
+        t_w = _lax_conv(dilate_and_pad(x, spec), dw, spec, input_dilation=(1,) * spec.ndim,
+                        padding=tuple(zip(zero, zero)))
+        t_x = _guarded_conv(dx, w, spec, guard)
+    else:
+        t_x = conv_decomposed(dx, w, spec, max_rank=4)
+        t_w = _guarded_conv(x, dw, spec, guard)
+    return _guarded_conv(x, w, spec, guard), t_x + t_w
 
 
 @jax.custom_jvp
@@ -119,23 +132,6 @@ def _explicitly_dilated_conv(x, w, spec: ConvSpec):
     return _lax_conv(xp, w, spec, input_dilation=(1,) * spec.ndim, padding=zero)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _strided_conv(x, w, spec):
-    return _lax_conv(x, w, spec)
-
-
-@_strided_conv.defjvp
-def _strided_conv_jvp(spec, primals, tangents):
-    # The input's tangent through the decomposed form: transposed, it is pads, slices and
-    # products, never the input-dilated convolution that XLA's CPU simplifier aborts on. Rank 4
-    # at most, so that the program stays one the Apple plugins run too (a CPU host traces for
-    # them in convnn.explain and the routing tests).
-    x, w = primals
-    dx, dw = tangents
-    t_x = conv_decomposed(dx, w, spec, max_rank=4)
-    return _strided_conv(x, w, spec), t_x + _strided_conv(x, dw, spec)
-
-
 def _spans(w, spec: ConvSpec) -> list[int]:
     """The dilated kernel's extent per spatial axis."""
     return [(k - 1) * d + 1 for k, d in zip(w.shape[1:-1], spec.kernel_dilation)]
@@ -148,7 +144,7 @@ def conv_xla(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
             out = [(size + lo + hi - span) // s + 1 for size, (lo, hi), span, s in
                    zip(x.shape[1:-1], spec.padding, _spans(w, spec), spec.stride)]
             if any(span >= n for span, n in zip(_spans(w, spec), out)):
-                return _strided_conv(x, w, spec)
+                return _guarded_conv(x, w, spec, "input")
         return _lax_conv(x, w, spec)
     # Decided at trace time from the backend that compiles it, as the policy decides: with
     # lax.platform_dependent both branches would reach XLA's simplifier, which is what aborts.
@@ -157,4 +153,4 @@ def conv_xla(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
             kd >= size or lo >= kd or hi >= kd
             for kd, size, (lo, hi) in zip(k_dil, x.shape[1:-1], spec.padding)):
         return _explicitly_dilated_conv(x, w, spec)
-    return _input_dilated_conv(x, w, spec)
+    return _guarded_conv(x, w, spec, "weight")
