@@ -24,8 +24,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from flax import nnx
 
 import convnn.layers as L
 from benchmarks import _results
+from benchmarks._timing import median_ms
 from convnn.models._common import make_divisible
 from convnn.models._norm import ACTIVATIONS
 from convnn.models.mobilenet import MobileNetV2
@@ -86,18 +85,6 @@ def step_fn(variant: str, channels: int, activation, dtype):
     return lambda x, g: run(x, g, params, rest)
 
 
-def time_ms(fn, args, iters: int, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    groups = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        groups.append((time.perf_counter() - t0) / iters * 1e3)
-    return statistics.median(groups)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=128)
@@ -118,8 +105,8 @@ def main(argv=None) -> None:
         kx, kg = jax.random.split(jax.random.key(0))
         x = jax.random.normal(kx, shape, dtype) * 2 + 1
         g = jax.random.normal(kg, shape, dtype)
-        ms = {v: time_ms(step_fn(v, shape[-1], activation, dtype), (x, g), args.iters,
-                         args.repeats) for v in VARIANTS}
+        ms = {v: median_ms(step_fn(v, shape[-1], activation, dtype), x, g, iters=args.iters,
+                           repeats=args.repeats) for v in VARIANTS}
         for v in VARIANTS:
             totals[v] += count * ms[v]
         rows.append({"shape": shape, "activation": activation, "count": count, "ms": ms})

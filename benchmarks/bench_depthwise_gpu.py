@@ -56,6 +56,7 @@ import numpy as np
 from jax import lax
 
 import convnn
+from benchmarks._timing import median_ms
 from convnn._lowering import ConvConfig, _cuda, _pallas
 from convnn._lowering._spec import ConvSpec
 
@@ -237,19 +238,6 @@ def correctness():
 # ---------------------------------------------------------------------------------------------
 # timing helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def time_jax(fn, *args, iters=20, reps=7):
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / iters)
-    return statistics.median(times) * 1e3
 
 
 def time_torch(fn, iters=20, reps=7):
@@ -476,7 +464,7 @@ def sweep(budget, only=None):
                         args = (x, g)
                     entry["passed"] = entry["rel_err"] <= tol
                     if entry["passed"]:
-                        entry["ms"] = time_jax(fn, *args, iters=10, reps=5)
+                        entry["ms"] = median_ms(fn, *args, iters=10, repeats=5)
                     log(
                         name,
                         kind,
@@ -632,18 +620,18 @@ def timing(budget, bandwidth, shapes):
                 )
             )
             mixed = fns.get("mixed", strategy_bwd)
-            row["convnn_fwd_ms"] = time_jax(strategy_fwd, x, w)
-            row["pallas_fwd_ms"] = time_jax(fwd, x, w)
-            row["convnn_bwd_ms"] = time_jax(strategy_bwd, x, w, g)
-            row["pallas_bwd_ms"] = time_jax(bwd, x, w, g)
-            row["lax_fwd_ms"] = time_jax(lfwd, x, w)
-            row["lax_bwd_ms"] = time_jax(lbwd, x, w, g)
-            row["pallas_dx_ms"] = time_jax(pdx, g, w)
-            row["pallas_dw_ms"] = time_jax(pdw, x, g)
-            row["lax_dx_ms"] = time_jax(ldx, x, w, g)
-            row["lax_dw_ms"] = time_jax(ldw, x, w, g)
+            row["convnn_fwd_ms"] = median_ms(strategy_fwd, x, w)
+            row["pallas_fwd_ms"] = median_ms(fwd, x, w)
+            row["convnn_bwd_ms"] = median_ms(strategy_bwd, x, w, g)
+            row["pallas_bwd_ms"] = median_ms(bwd, x, w, g)
+            row["lax_fwd_ms"] = median_ms(lfwd, x, w)
+            row["lax_bwd_ms"] = median_ms(lbwd, x, w, g)
+            row["pallas_dx_ms"] = median_ms(pdx, g, w)
+            row["pallas_dw_ms"] = median_ms(pdw, x, g)
+            row["lax_dx_ms"] = median_ms(ldx, x, w, g)
+            row["lax_dw_ms"] = median_ms(ldw, x, w, g)
             row["mixed_bwd_ms"] = (
-                row["convnn_bwd_ms"] if mixed is strategy_bwd else time_jax(mixed, x, w, g)
+                row["convnn_bwd_ms"] if mixed is strategy_bwd else median_ms(mixed, x, w, g)
             )
             d_mixed, d_lax = mixed(x, w, g), lbwd(x, w, g)
             row["mixed_max_rel_diff_vs_lax"] = max(map(_max_rel_diff, d_mixed, d_lax))
@@ -767,7 +755,7 @@ def convnext(n=256, size=56, c=96, dtype="bfloat16"):
             hlo = f.as_text()
             key = f"{name}{suffix}"
             out[f"{key}_uses_pallas_kernels"] = "convnn_depthwise" in hlo
-            out[f"{key}_step_ms"] = time_jax(f, params, x, iters=10, reps=7)
+            out[f"{key}_step_ms"] = median_ms(f, params, x, iters=10, repeats=7)
             out[f"{key}_loss"] = float(f(params, x)[1])
             log("convnext", key, out[f"{key}_step_ms"], out[f"{key}_uses_pallas_kernels"])
         for name in ("pallas", "pallas_all", "pallas_xla_grad"):

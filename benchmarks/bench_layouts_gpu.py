@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,6 +40,7 @@ from flax import nnx
 from jax import lax
 
 from benchmarks import _results
+from benchmarks._timing import median_ms
 from convnn.models import MODELS
 
 START = time.perf_counter()
@@ -119,19 +119,6 @@ def build(c: dict, variant: str, dtype):
     return jax.jit(conv), jax.jit(fwd_bwd), (x, w), (x, w, g)
 
 
-def time_fn(fn, args, iters: int, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm up (cuDNN autotuning)
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / iters * 1e3)
-    return statistics.median(times)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
@@ -188,8 +175,9 @@ def main(argv=None):
         ms = {}
         for variant in VARIANTS:
             fwd, fwd_bwd, fargs, bargs = build(entry, variant, dtype)
-            ms[f"{variant} fwd"] = time_fn(fwd, fargs, args.iters, args.repeats)
-            ms[f"{variant} f+b"] = time_fn(fwd_bwd, bargs, args.iters, args.repeats)
+            ms[f"{variant} fwd"] = median_ms(fwd, *fargs, iters=args.iters, repeats=args.repeats)
+            ms[f"{variant} f+b"] = median_ms(fwd_bwd, *bargs, iters=args.iters,
+                                               repeats=args.repeats)
         results.append({**entry, "uses": dict(entry["uses"]), "ms": ms})
         save()
         ratio = ms["ohwi f+b"] / ms["hwio f+b"]

@@ -29,13 +29,13 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks._timing import median_ms
 from benchmarks.bench_depthwise_gpu import (
     _pallas,
     _rel_err,
     compile_all,
     lax_conv,
     operands,
-    time_jax,
 )
 
 
@@ -78,11 +78,11 @@ def time_tilings(op, tilings, x, w, g, spec):
     fns = compile_all({i: (jax.jit(_ops(spec, t)[op]), (x, w, g))
                        for i, t in enumerate(tilings)})
     print(f"compiled {len(tilings)} tilings in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"lax_{op} {x.dtype} {x.shape} {time_jax(lax_op, x, w, g):.3f} ms", flush=True)
+    print(f"lax_{op} {x.dtype} {x.shape} {median_ms(lax_op, x, w, g):.3f} ms", flush=True)
     for i, t in enumerate(tilings):
         err = _rel_err(jax.block_until_ready(fns[i](x, w, g)), want)
         print(f"{op} {x.dtype} {x.shape} {t} err {err:.1e} "
-              f"{time_jax(fns[i], x, w, g):.3f} ms", flush=True)
+              f"{median_ms(fns[i], x, w, g):.3f} ms", flush=True)
 
 
 def main():
