@@ -102,6 +102,21 @@ def test_explain_matches_what_runs():
         assert ("conv_general_dilated" in jaxpr) == convolves == (e.strategy == "xla")
 
 
+@pytest.mark.parametrize("stride, decomposed", [((2, 3), True), ((2, 1), False)])
+def test_explain_names_the_strided_guard_on_cpu(stride, decomposed):
+    """A strided convolution whose output is no longer than the kernel on some axis takes its
+    input gradient through the decomposed form on CPU (conv_xla's guard); explain says so, and
+    the traced input gradient then has no convolution."""
+    x, w = jnp.ones((1, 6, 4, 1)), jnp.ones((1, 2, 2, 1))
+    with convnn.lowering("xla"):
+        e = convnn.explain(convnn.conv2d, x, w, stride=stride, padding=(1, 0))
+        y, backward = jax.vjp(lambda a: convnn.conv2d(a, w, stride=stride, padding=(1, 0)), x)
+    jaxpr = str(jax.make_jaxpr(backward)(y))  # the input gradient alone
+    assert ("decomposed" in e.input_grad) == decomposed, e.input_grad
+    assert ("conv_general_dilated" in jaxpr) != decomposed
+    assert "XLA's transpose" in e.weight_grad
+
+
 def test_explain_checks_its_arguments_and_the_call():
     x, w = _sds((2, 8, 8, 4)), _sds((4, 3, 3, 1))
     with pytest.raises(ValueError, match=r"\[explain\] unknown backend"):

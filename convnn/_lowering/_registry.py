@@ -25,7 +25,7 @@ from convnn._lowering._float32 import (
 )
 from convnn._lowering._mixed import conv_mixed
 from convnn._lowering._spec import ConvSpec
-from convnn._lowering._xla import conv_xla
+from convnn._lowering._xla import conv_xla, xla_form
 
 __all__ = [
     "FALLBACK",
@@ -106,8 +106,17 @@ _XLA_CONV = "lax.conv_general_dilated"
 
 
 def _xla_passes(cfg: ConvConfig) -> Passes:
-    return Passes(_XLA_CONV, f"{_XLA_CONV} (XLA's transpose)",
-                  f"{_XLA_CONV} (XLA's transpose)")
+    transpose = f"{_XLA_CONV} (XLA's transpose)"
+    form = xla_form(cfg.x_shape, cfg.w_shape, cfg.spec, jax.default_backend())
+    if form == "input":
+        return Passes(_XLA_CONV, "the decomposed form's transpose (XLA's CPU transpose of this "
+                      "strided convolution aborts)", transpose)
+    if form == "weight":
+        return Passes(_XLA_CONV, transpose, f"{_XLA_CONV} over the explicitly dilated input")
+    if form == "explicit":
+        explicit = f"lax.pad (input dilation and padding), then {_XLA_CONV}"
+        return Passes(explicit, f"{explicit} (XLA's transpose)", f"{explicit} (XLA's transpose)")
+    return Passes(_XLA_CONV, transpose, transpose)
 
 
 def _decomposed_passes(cfg: ConvConfig) -> Passes:

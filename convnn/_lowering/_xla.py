@@ -132,25 +132,38 @@ def _explicitly_dilated_conv(x, w, spec: ConvSpec):
     return _lax_conv(xp, w, spec, input_dilation=(1,) * spec.ndim, padding=zero)
 
 
-def _spans(w, spec: ConvSpec) -> list[int]:
-    """The dilated kernel's extent per spatial axis."""
-    return [(k - 1) * d + 1 for k, d in zip(w.shape[1:-1], spec.kernel_dilation)]
+def xla_form(x_shape, w_shape, spec: ConvSpec, backend: str) -> str | None:
+    """Which form :func:`conv_xla` gives a convolution on ``backend`` (the rules above), so that
+    ``convnn.explain`` reports what runs from the same rule:
+
+    * ``None``: one plain ``lax.conv_general_dilated``;
+    * ``"input"``: strided, on CPU, an output no longer than the dilated kernel on some axis:
+      the input's tangent goes through the decomposed form;
+    * ``"explicit"``: input-dilated, on CPU, a dilated kernel at least as large as the input or
+      as one side's padding on some axis: the input dilated and padded explicitly;
+    * ``"weight"``: other input-dilated convolutions: the weight's tangent goes through the
+      explicitly dilated input.
+    """
+    spans = [(k - 1) * d + 1 for k, d in zip(w_shape[1:-1], spec.kernel_dilation)]
+    cpu = backend == "cpu"
+    if all(d == 1 for d in spec.input_dilation):
+        out = [(size + lo + hi - span) // s + 1 for size, (lo, hi), span, s in
+               zip(x_shape[1:-1], spec.padding, spans, spec.stride)]
+        strided = any(s > 1 for s in spec.stride)
+        return "input" if cpu and strided and any(k >= n for k, n in zip(spans, out)) else None
+    if cpu and any(k >= size or lo >= k or hi >= k
+                   for k, size, (lo, hi) in zip(spans, x_shape[1:-1], spec.padding)):
+        return "explicit"
+    return "weight"
 
 
 def conv_xla(x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
     """Computes the convolution with a single ``lax.conv_general_dilated`` call."""
-    if all(d == 1 for d in spec.input_dilation):
-        if jax.default_backend() == "cpu" and any(s > 1 for s in spec.stride):
-            out = [(size + lo + hi - span) // s + 1 for size, (lo, hi), span, s in
-                   zip(x.shape[1:-1], spec.padding, _spans(w, spec), spec.stride)]
-            if any(span >= n for span, n in zip(_spans(w, spec), out)):
-                return _guarded_conv(x, w, spec, "input")
-        return _lax_conv(x, w, spec)
     # Decided at trace time from the backend that compiles it, as the policy decides: with
     # lax.platform_dependent both branches would reach XLA's simplifier, which is what aborts.
-    k_dil = _spans(w, spec)
-    if jax.default_backend() == "cpu" and any(
-            kd >= size or lo >= kd or hi >= kd
-            for kd, size, (lo, hi) in zip(k_dil, x.shape[1:-1], spec.padding)):
+    form = xla_form(x.shape, w.shape, spec, jax.default_backend())
+    if form is None:
+        return _lax_conv(x, w, spec)
+    if form == "explicit":
         return _explicitly_dilated_conv(x, w, spec)
-    return _guarded_conv(x, w, spec, "weight")
+    return _guarded_conv(x, w, spec, form)
