@@ -100,10 +100,10 @@ def test_strided_input_gradients_give_the_reference_values(every):
     """Strided convolutions whose output is no longer than the dilated kernel on some axis: JAX's
     input gradient is then an input-dilated convolution that XLA's CPU simplifier aborted on
     (``_lowering/_xla.py``). The sweep's case and a grid of the family (every ``every``-th case
-    in the fast tier), under ``"xla"`` and ``"auto"``: forward, both gradients and forward mode
-    against the float64 reference."""
+    in the fast tier), under ``"xla"`` and ``"auto"``: forward, both gradients, forward mode and
+    the mixed second derivatives against the float64 reference."""
     out = _child("""
-        import itertools, jax, numpy as np, convnn
+        import itertools, jax, jax.numpy as jnp, numpy as np, convnn
         from convnn._reference import conv_general_ref, conv_general_ref_vjp
         rng = np.random.default_rng(0)
         cases = [((6, 4), (2, 2), (2, 3), (1, 0), (1, 0), (1, 2))]
@@ -116,6 +116,8 @@ def test_strided_input_gradients_give_the_reference_values(every):
                        input_dilation=(1, 1), groups=1, flip=False)
             want = conv_general_ref(x, w, **ref)
             ct = rng.standard_normal(want.shape).astype(np.float32)
+            u, v = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
+            u, v = u.astype(np.float32), v.astype(np.float32)
             want_dx, want_dw = conv_general_ref_vjp(x, w, ct, **ref)
             f = lambda a, b: convnn.conv_general(a, b, stride=stride, padding=(lo, hi),
                                                  kernel_dilation=dil)
@@ -124,7 +126,15 @@ def test_strided_input_gradients_give_the_reference_values(every):
                     y, vjp = jax.vjp(jax.jit(f), x, w)
                     dx, dw = vjp(ct)
                     t = jax.jit(lambda a, b: jax.jvp(f, (a, b), (a, b))[1])(x, w)
-                for a, b in ((y, want), (dx, want_dx), (dw, want_dw), (t, 2 * want)):
+                    # Second derivatives (reverse over reverse, through the guard's rule):
+                    # the mixed terms of <ct, f(x, w)> in directions u, v are gradients again.
+                    h = lambda a, b: jnp.vdot(ct, f(a, b))
+                    ddw = jax.jit(jax.grad(lambda b: jnp.vdot(u, jax.grad(h, 0)(x, b))))(w)
+                    ddx = jax.jit(jax.grad(lambda a: jnp.vdot(v, jax.grad(h, 1)(a, w))))(x)
+                pairs = ((y, want), (dx, want_dx), (dw, want_dw), (t, 2 * want),
+                         (ddw, conv_general_ref_vjp(u, w, ct, **ref)[1]),
+                         (ddx, conv_general_ref_vjp(x, v, ct, **ref)[0]))
+                for a, b in pairs:
                     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4)
         print("ok")
     """.replace("EVERY", str(every)))
