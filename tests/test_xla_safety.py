@@ -60,9 +60,10 @@ def test_audit_aborting_calls_return_the_reference_values():
 def test_padding_wider_than_the_kernel_gives_the_reference_gradients():
     """Input-dilated convolutions padded on one side by at least the dilated kernel: XLA on CPU
     returned uninitialised memory for their input gradient (``_lowering/_xla.py``). The
-    sweep's case, and a grid of the family through ``conv_general``, under ``"xla"``."""
+    sweep's case, and a grid of the family through ``conv_general``, under ``"xla"`` (gradients
+    and the mixed second derivatives)."""
     out = _child("""
-        import itertools, jax, numpy as np, convnn
+        import itertools, jax, jax.numpy as jnp, numpy as np, convnn
         from convnn._reference import (conv_general_ref, conv_general_ref_vjp,
                                        conv_transpose_ref, conv_transpose_ref_vjp)
         rng = np.random.default_rng(0)
@@ -86,9 +87,17 @@ def test_padding_wider_than_the_kernel_gives_the_reference_gradients():
             ct = rng.standard_normal(conv_general_ref(x, w, **kw).shape).astype(np.float32)
             f = lambda a, b: convnn.conv_general(a, b, padding=((lo, 0), (hi, 0)),
                                                  input_dilation=(d, 1))
+            u = rng.standard_normal(x.shape).astype(np.float32)
+            v = rng.standard_normal(w.shape).astype(np.float32)
+            h = lambda a, b: jnp.vdot(ct, f(a, b))
             with convnn.lowering("xla"):
                 check(jax.jit(lambda a, b, g: jax.vjp(f, a, b)[1](g))(x, w, ct),
                       conv_general_ref_vjp(x, w, ct, **kw))
+                # The mixed second derivatives, through the guard's rule (see the strided test).
+                check((jax.jit(jax.grad(lambda b: jnp.vdot(u, jax.grad(h, 0)(x, b))))(w),
+                       jax.jit(jax.grad(lambda a: jnp.vdot(v, jax.grad(h, 1)(a, w))))(x)),
+                      (conv_general_ref_vjp(u, w, ct, **kw)[1],
+                       conv_general_ref_vjp(x, v, ct, **kw)[0]))
         print("ok")
     """)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
