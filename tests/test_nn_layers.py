@@ -477,3 +477,30 @@ def test_training_steps_match_mlx(mx, mnn):
     for key, value in jax.tree_util.tree_leaves_with_path(ours.parameters()):
         dotted = ".".join(str(getattr(k, "key", k)) for k in key)
         np.testing.assert_allclose(value, after[dotted], rtol=1e-5, atol=1e-6, err_msg=dotted)
+
+
+# (layer, its call on an input of the shape, input shape, output shape): an empty batch is a
+# valid input and gives an empty output (reshapes with an inferred -1 size fail on it).
+EMPTY_BATCH = [
+    ("GroupNorm", lambda: L.GroupNorm(2, 4), lambda m, x: m(x), (0, 3, 3, 4), (0, 3, 3, 4)),
+    ("GroupNorm pytorch", lambda: L.GroupNorm(2, 4, pytorch_compatible=True),
+     lambda m, x: m(x), (0, 3, 3, 4), (0, 3, 3, 4)),
+    ("BatchNorm eval", lambda: L.BatchNorm(4).eval(), lambda m, x: m(x), (0, 4), (0, 4)),
+    ("MultiHeadAttention", lambda: L.MultiHeadAttention(8, 2), lambda m, x: m(x, x, x),
+     (0, 5, 8), (0, 5, 8)),
+    ("RoPE per-example offsets", lambda: L.RoPE(4),
+     lambda m, x: m(x, offset=jnp.zeros((0,), jnp.int32)), (0, 5, 4), (0, 5, 4)),
+    ("Conv2d", lambda: L.Conv2d(4, 2, 3), lambda m, x: m(x), (0, 5, 5, 4), (0, 3, 3, 2)),
+]
+
+
+@pytest.mark.parametrize("make, call, shape, out", [c[1:] for c in EMPTY_BATCH],
+                         ids=[c[0] for c in EMPTY_BATCH])
+def test_an_empty_batch_gives_an_empty_output(make, call, shape, out):
+    assert call(make(), jnp.ones(shape)).shape == out
+
+
+def test_batchnorm_training_on_an_empty_batch_names_the_layer():
+    with pytest.raises(ValueError, match=r"\[BatchNorm\] training needs more than one value per "
+                                         r"channel; got input shape \(0, 4\)"):
+        L.BatchNorm(4)(jnp.ones((0, 4)))

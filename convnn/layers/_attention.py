@@ -224,8 +224,8 @@ class MultiHeadAttention(Module):
             )
         heads = self.num_heads
 
-        def split(a):  # (B, L, F) -> (B, heads, L, F // heads)
-            return a.reshape(*a.shape[:2], heads, -1).transpose(0, 2, 1, 3)
+        def split(a):  # (B, L, F) -> (B, heads, L, F // heads); no -1: B or L may be 0
+            return a.reshape(*a.shape[:2], heads, a.shape[-1] // heads).transpose(0, 2, 1, 3)
 
         q = split(self.query_proj(queries))
         k = split(self.key_proj(keys))
@@ -233,7 +233,7 @@ class MultiHeadAttention(Module):
         scale = math.sqrt(1 / q.shape[-1])
         out = scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         out = out.transpose(0, 2, 1, 3)
-        return self.out_proj(out.reshape(*out.shape[:2], -1))
+        return self.out_proj(out.reshape(*out.shape[:2], heads * out.shape[-1]))
 
     @staticmethod
     def create_additive_causal_mask(N: int, dtype: Any = jnp.float32) -> jax.Array:

@@ -128,10 +128,11 @@ def _group_norm(x, weight, bias, groups, eps, pytorch_compatible, dtype):
     shape, dims = x.shape, x.shape[-1]
     xs = x.astype(stats)
     if pytorch_compatible:
-        xs = xs.reshape(shape[0], -1, groups, dims // groups)
+        # Sizes written out, not -1: an empty batch has no size to infer.
+        xs = xs.reshape(shape[0], math.prod(shape[1:-1]), groups, dims // groups)
         axes = (1, 3)
-    else:
-        xs = xs.reshape(shape[0], -1, groups)  # channel c lands in group c % groups
+    else:  # channel c lands in group c % groups
+        xs = xs.reshape(shape[0], math.prod(shape[1:]) // groups, groups)
         axes = (1,)
     mean = jnp.mean(xs, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(xs - mean), axis=axes, keepdims=True)
@@ -496,7 +497,7 @@ class BatchNorm(Module):
             bias = jnp.zeros((self.num_features,), jnp.float32)
         if self.training or not self.track_running_stats:
             n = math.prod(x.shape[:-1])
-            if self.training and n == 1:
+            if self.training and n <= 1:  # no variance (PyTorch's rule; also for no values)
                 raise ValueError(
                     f"[{fn}] training needs more than one value per channel; got input shape "
                     f"{tuple(x.shape)}."

@@ -191,7 +191,7 @@ class RoPE(Module):
         positions = jnp.arange(length, dtype=dtype)
         if offset.ndim == 1:  # one offset per example: (B, 1, ..., 1, L, 1)
             positions = offset.astype(dtype)[:, None] + positions[None, :]
-            positions = positions.reshape((-1,) + (1,) * (x.ndim - 3) + (length, 1))
+            positions = positions.reshape((offset.shape[0],) + (1,) * (x.ndim - 3) + (length, 1))
         else:
             positions = (offset.astype(dtype) + positions)[:, None]
         inv_freq = jnp.asarray(self.base, dtype) ** (-jnp.arange(half, dtype=dtype) / half)

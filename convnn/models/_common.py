@@ -77,7 +77,9 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 def flatten(x: jax.Array) -> jax.Array:
-    return x.reshape(x.shape[0], -1)
+    """``(N, ...) -> (N, prod(...))``; the size written out, since an empty batch has none to
+    infer."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 def identity(x: jax.Array) -> jax.Array:
