@@ -107,6 +107,7 @@ SUPPORTS = [
      jnp.float32, False),
     ("window larger than the padded input", dict(padding=((0, 0), (0, 0))), (1, 2, 8, 4),
      (4, 3, 3, 1), jnp.float32, False),
+    ("empty batch", {}, (0, 8, 8, 4), (4, 3, 3, 1), jnp.float32, False),
 ]
 
 

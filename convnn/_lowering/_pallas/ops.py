@@ -61,12 +61,15 @@ def supports(spec: ConvSpec, x_shape: Sequence[int], dtype: Any,
              w_shape: Sequence[int] | None = None) -> bool:
     """Whether the Pallas kernels compute this convolution (on an NVIDIA GPU, or interpreted).
 
-    Requires a 2-D depthwise convolution with channel multiplier 1 (``groups == C_in == C_out``),
-    kernel sizes up to :data:`MAX_KERNEL`, strides in :data:`STRIDES`, no kernel or input
-    dilation, and a float32, bfloat16 or float16 input with no wider output requested than
-    float32. Where the kernels run is the caller's question (the strategy's ``can_compute``).
+    Requires a non-empty batch, a 2-D depthwise convolution with channel multiplier 1
+    (``groups == C_in == C_out``), kernel sizes up to :data:`MAX_KERNEL`, strides in
+    :data:`STRIDES`, no kernel or input dilation, and a float32, bfloat16 or float16 input with
+    no wider output requested than float32. Where the kernels run is the caller's question (the
+    strategy's ``can_compute``).
     """
     if spec.ndim != 2 or len(x_shape) != 4:
+        return False
+    if x_shape[0] < 1:  # nothing to launch: a grid of no programs is left to XLA
         return False
     c = x_shape[-1]
     if spec.groups != c or c < 1:
