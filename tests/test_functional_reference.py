@@ -36,9 +36,15 @@ def test_vjp_float64(case):
     assert_close(dw, rdw, jnp.float64, what=f"dw {case}")
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16],
-                         ids=lambda d: d.__name__)
-@pytest.mark.parametrize("case", SUBSETS["every-4th"], ids=str)
+LOW_DTYPES = [jnp.float32, jnp.float16, jnp.bfloat16]
+# Every case in every dtype; the fast tier takes one dtype per case, in turn (CI runs both tiers).
+LOW_PRECISION = [pytest.param(case, dtype, id=f"{case}-{dtype.__name__}",
+                              marks=[pytest.mark.slow] * (i % 3 != j))
+                 for i, case in enumerate(SUBSETS["every-4th"])
+                 for j, dtype in enumerate(LOW_DTYPES)]
+
+
+@pytest.mark.parametrize("case, dtype", LOW_PRECISION)
 def test_forward_low_precision(case, dtype):
     x, w = random_operands(case, 3)
     xj, wj = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
