@@ -478,8 +478,29 @@ def test_numpy_integer_arguments_are_accepted():
     assert out.shape == (1, 5, 3)
 
 
-def test_zero_batch_is_allowed():
-    assert convnn.conv2d(ones(0, 5, 5, 2), ones(3, 3, 3, 2)).shape == (0, 3, 3, 3)
+# (function, input shape, weight shape, kwargs): dense, depthwise, 1x1, strided 3-D,
+# transposed grouped, input-dilated.
+ZERO_BATCH = [
+    ("conv1d", (0, 6, 4), (2, 3, 4), dict(stride=2, padding=1)),
+    ("conv2d", (0, 6, 6, 4), (4, 3, 3, 1), dict(groups=4, padding=1)),
+    ("conv2d", (0, 6, 6, 4), (2, 1, 1, 4), {}),
+    ("conv3d", (0, 4, 4, 4, 2), (2, 2, 2, 2, 2), dict(stride=2)),
+    ("conv_transpose2d", (0, 3, 3, 4), (4, 3, 3, 2), dict(stride=2, groups=2)),
+    ("conv_general", (0, 5, 5, 2), (3, 2, 2, 2), dict(input_dilation=2, padding=1)),
+]
+
+
+@pytest.mark.parametrize("strategy", ["auto", "xla", "decomposed", "mixed"])
+@pytest.mark.parametrize("fn, xs, ws, kw", ZERO_BATCH, ids=[f"{c[0]}-{c[2]}" for c in ZERO_BATCH])
+def test_zero_batch_is_allowed(fn, xs, ws, kw, strategy):
+    """An empty batch gives an empty output, an empty input gradient and a zero weight gradient,
+    whichever strategy runs it."""
+    f = lambda a, b: getattr(convnn, fn)(a, b, **kw)
+    with convnn.lowering(strategy):
+        y, vjp = jax.vjp(jax.jit(f), ones(*xs), ones(*ws))
+        dx, dw = vjp(jnp.ones(y.shape, y.dtype))
+    assert y.shape[0] == 0 and dx.shape == xs and dw.shape == ws
+    np.testing.assert_array_equal(np.asarray(dw), 0)
 
 
 @pytest.mark.parametrize(
