@@ -184,14 +184,15 @@ CORE: list[Case] = table("conv", 14, seed=1) + table("general", 14, seed=2) + ta
     "transpose", 12, seed=3)
 
 
-def half_in_fast_tier(cases: list[Case], offset: int = 0) -> list:
-    """``cases`` as pytest parameters, every other one (from ``offset``) marked slow.
+def in_fast_tier(cases: list[Case], every: int = 2, offset: int = 0) -> list:
+    """``cases`` as pytest parameters, one in ``every`` (from ``offset``) in the fast tier and
+    the others marked slow.
 
-    The table is ordered by kind, then rank, so either half still has every function and rank;
-    CI runs both tiers, so every case still runs there. Tests that check the same cases against
-    different opinions use different offsets, so that the fast tier sees all of them once.
+    The table is ordered by kind, then rank, so a sample still spans the functions; CI runs both
+    tiers, so every case still runs there. Tests that check the same cases against different
+    opinions use different offsets, so that the fast tier sees different cases with each.
     """
-    return [pytest.param(c, marks=[pytest.mark.slow] * ((i + offset) % 2), id=str(c))
+    return [pytest.param(c, marks=[pytest.mark.slow] * ((i + offset) % every != 0), id=str(c))
             for i, c in enumerate(cases)]
 
 

@@ -163,6 +163,7 @@ def _sweep(tmp_path, *args):
     return result
 
 
+@pytest.mark.slow  # a child process running the sweep script; the grids above stay fast
 def test_bounded_sweep_finds_no_abort_or_disagreement(tmp_path):
     result = _sweep(tmp_path, "--count", "6", "--seed", "19", "--strategies", "xla,auto",
                     "--batch", "20")
