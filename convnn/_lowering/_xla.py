@@ -66,6 +66,12 @@ def _lax_conv(x, w, spec: ConvSpec, *, input_dilation=None, padding=None):
     )
 
 
+def _conv_dilated_input(xp, w, spec: ConvSpec):
+    """The convolution of an input already dilated and padded by :func:`dilate_and_pad`."""
+    return _lax_conv(xp, w, spec, input_dilation=(1,) * spec.ndim,
+                     padding=((0, 0),) * spec.ndim)
+
+
 def dilate_and_pad(x, spec: ConvSpec):
     """Materialises the input dilation and padding of ``spec`` with one ``lax.pad``."""
     config = [(0, 0, 0)]
@@ -98,9 +104,7 @@ def _guarded_conv_jvp(spec, guard, primals, tangents):
     x, w = primals
     dx, dw = tangents
     if guard == "weight":
-        zero = (0,) * spec.ndim
-        t_w = _lax_conv(dilate_and_pad(x, spec), dw, spec, input_dilation=(1,) * spec.ndim,
-                        padding=tuple(zip(zero, zero)))
+        t_w = _conv_dilated_input(dilate_and_pad(x, spec), dw, spec)
         t_x = _guarded_conv(dx, w, spec, guard)
     else:
         t_x = conv_decomposed(dx, w, spec, max_rank=4)
@@ -127,9 +131,7 @@ def _explicitly_dilated_conv(x, w, spec: ConvSpec):
     The optimization barrier keeps XLA from folding the pad back into the convolution's input
     dilation (its simplifier does, and then aborts on the folded form).
     """
-    zero = ((0, 0),) * spec.ndim
-    xp = _barrier(dilate_and_pad(x, spec))
-    return _lax_conv(xp, w, spec, input_dilation=(1,) * spec.ndim, padding=zero)
+    return _conv_dilated_input(_barrier(dilate_and_pad(x, spec)), w, spec)
 
 
 def xla_form(x_shape, w_shape, spec: ConvSpec, backend: str) -> str | None:
