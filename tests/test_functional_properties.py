@@ -3,10 +3,13 @@
 The transposed convolution is the adjoint of the convolution with the same stride, padding and
 dilation: <conv(x, v), y> = <x, conv_transpose(y, w)> where w regroups v's channels, and
 ``output_padding`` restores the input size that the forward convolution's floor division lost.
+
+The fast tier draws a few examples of each property; the ``slow`` twins (``..._many``) draw more.
 """
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,9 +33,11 @@ def forward_configs(draw):
     return n, groups, c_in, c_out, kernel, stride, dilation, padding, spatial
 
 
-@settings(max_examples=15, deadline=None)
-@given(forward_configs(), st.integers(0, 2**31 - 1))
-def test_conv_transpose_is_the_adjoint_of_conv(config, seed):
+FAST = settings(max_examples=15, deadline=None)
+SLOW = settings(max_examples=80, deadline=None)
+
+
+def _check_adjoint(config, seed):
     n, groups, c_in, c_out, kernel, stride, dilation, padding, spatial = config
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, *spatial, c_in))
@@ -58,9 +63,20 @@ def test_conv_transpose_is_the_adjoint_of_conv(config, seed):
     np.testing.assert_allclose(lhs, rhs, rtol=1e-10, atol=1e-10)
 
 
-@settings(max_examples=10, deadline=None)
+@FAST
 @given(forward_configs(), st.integers(0, 2**31 - 1))
-def test_flip_is_correlation_with_the_reversed_kernel(config, seed):
+def test_conv_transpose_is_the_adjoint_of_conv(config, seed):
+    _check_adjoint(config, seed)
+
+
+@pytest.mark.slow
+@SLOW
+@given(forward_configs(), st.integers(0, 2**31 - 1))
+def test_conv_transpose_is_the_adjoint_of_conv_many(config, seed):
+    _check_adjoint(config, seed)
+
+
+def _check_flip(config, seed):
     n, groups, c_in, c_out, kernel, stride, dilation, padding, spatial = config
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal((1, *spatial, c_in)))
@@ -71,3 +87,16 @@ def test_flip_is_correlation_with_the_reversed_kernel(config, seed):
     reversed_w = jnp.asarray(w[(slice(None), *(slice(None, None, -1),) * n)])
     plain = convnn.conv_general(x, reversed_w, stride, list(padding), dilation, 1, groups, False)
     np.testing.assert_allclose(np.asarray(flipped), np.asarray(plain), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(forward_configs(), st.integers(0, 2**31 - 1))
+def test_flip_is_correlation_with_the_reversed_kernel(config, seed):
+    _check_flip(config, seed)
+
+
+@pytest.mark.slow
+@SLOW
+@given(forward_configs(), st.integers(0, 2**31 - 1))
+def test_flip_is_correlation_with_the_reversed_kernel_many(config, seed):
+    _check_flip(config, seed)
