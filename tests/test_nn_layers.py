@@ -504,3 +504,32 @@ def test_batchnorm_training_on_an_empty_batch_names_the_layer():
     with pytest.raises(ValueError, match=r"\[BatchNorm\] training needs more than one value per "
                                          r"channel; got input shape \(0, 4\)"):
         L.BatchNorm(4)(jnp.ones((0, 4)))
+
+
+# Each layer given an input of the wrong rank, then of a dtype it refuses: the error names the
+# layer (not the function it calls), the problem and the shape or dtype it got.
+WRONG_INPUT = [
+    ("Conv1d", lambda: L.Conv1d(4, 4, 3)),
+    ("ConvTranspose2d", lambda: L.ConvTranspose2d(4, 4, 3)),
+    ("MaxPool1d", lambda: L.MaxPool1d(2)),
+    ("MaxPool2d", lambda: L.MaxPool2d(2)),
+    ("AvgPool2d", lambda: L.AvgPool2d(2)),
+    ("AvgPool3d", lambda: L.AvgPool3d(2, count_include_pad=False)),
+    ("Upsample", lambda: L.Upsample(2)),
+    ("Linear", lambda: L.Linear(4, 4)),
+    ("BatchNorm", lambda: L.BatchNorm(4)),
+    ("InstanceNorm", lambda: L.InstanceNorm(4)),
+    ("GroupNorm", lambda: L.GroupNorm(2, 4)),
+    ("Dropout2d", lambda: L.Dropout2d(0.5)),
+    ("LSTM", lambda: L.LSTM(4, 4)),
+    ("RoPE", lambda: L.RoPE(4)),
+]
+
+
+@pytest.mark.parametrize("name, make", WRONG_INPUT, ids=[c[0] for c in WRONG_INPUT])
+def test_a_wrong_input_is_refused_by_the_layers_name(name, make):
+    layer = make()
+    with pytest.raises(ValueError, match=rf"^\[{name}\] input must have .*got input shape \(\)"):
+        layer(jnp.ones(()))
+    with pytest.raises(TypeError, match=rf"^\[{name}\] input must .*got complex64"):
+        layer(jnp.ones((2, 3, 3, 3, 4), jnp.complex64))

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from convnn import _pool, functional
+from convnn import _pool
 from convnn.layers._module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d"]
@@ -30,9 +30,9 @@ class _MaxPool(Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pool = getattr(functional, f"max_pool{self._n}d")
-        return pool(x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode,
-                    dilation=self.dilation)
+        # The layer's name, not the function's, in error messages (as the conv layers do).
+        return _pool.max_pool(type(self).__name__, self._n, x, self.kernel_size, self.stride,
+                              self.padding, ceil_mode=self.ceil_mode, dilation=self.dilation)
 
     def __repr__(self) -> str:
         text = (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -65,9 +65,9 @@ class _AvgPool(Module):
             _pool.check_exclude_pad(fn, self.padding, self.kernel_size)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pool = getattr(functional, f"avg_pool{self._n}d")
-        return pool(x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode,
-                    count_include_pad=self.count_include_pad)
+        return _pool.avg_pool(type(self).__name__, self._n, x, self.kernel_size, self.stride,
+                              self.padding, ceil_mode=self.ceil_mode,
+                              count_include_pad=self.count_include_pad)
 
     def __repr__(self) -> str:
         text = (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, "
