@@ -14,12 +14,28 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_INT",
+    "MAX_ELEMENTS",
     "as_int",
+    "bounded",
+    "check_size",
     "normalize_tuple",
     "canonicalize_padding",
     "check_float_dtype",
     "promote_float",
 ]
+
+
+#: The largest magnitude of any integer argument, and the largest size of one axis of any array
+#: built from the arguments: XLA computes sizes in 64-bit integers, and products of two such
+#: values stay far from overflowing.
+MAX_INT = 2**31 - 1
+
+#: The largest number of elements of any array built from the arguments (a convolution's or a
+#: pooling's output, a padded input, an upsampled image, a layer's parameter): 2**34, 64 GiB in
+#: float32, more than one accelerator holds. Larger requests are refused before XLA sees them:
+#: XLA aborts the process on some of them (a static size whose product overflows).
+MAX_ELEMENTS = 2**34
 
 
 def _is_int(value: Any) -> bool:
@@ -41,7 +57,28 @@ def as_int(value: Any, name: str, fn: str, *, minimum: int | None = None) -> int
     value = operator.index(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"[{fn}] {name} must be >= {minimum}, got {value}.")
+    if abs(value) > MAX_INT:
+        raise ValueError(f"[{fn}] {name} must be at most {MAX_INT} in magnitude, got {value}.")
     return value
+
+
+def bounded(values: tuple[int, ...], name: str, fn: str) -> tuple[int, ...]:
+    """Returns ``values``, or raises if one exceeds :data:`MAX_INT` in magnitude."""
+    if any(abs(v) > MAX_INT for v in values):
+        raise ValueError(f"[{fn}] {name} must be at most {MAX_INT} in magnitude, got {values}.")
+    return values
+
+
+def check_size(shape: Sequence[int], what: str, fn: str, context: str) -> None:
+    """Raises if an array of ``shape`` would exceed :data:`MAX_ELEMENTS` elements or
+    :data:`MAX_INT` on one axis; ``context`` says which arguments and shapes led to it."""
+    shape = tuple(shape)
+    size = int(np.prod(shape, dtype=object))
+    if size > MAX_ELEMENTS or any(s > MAX_INT for s in shape):
+        raise ValueError(
+            f"[{fn}] the {what} would have shape {shape} ({size} elements), above the limit of "
+            f"{MAX_ELEMENTS} elements ({MAX_INT} per axis); {context}."
+        )
 
 
 def normalize_tuple(
@@ -61,7 +98,8 @@ def normalize_tuple(
 
     Raises:
       TypeError: if ``value`` is neither an int nor a sequence of ints.
-      ValueError: if the sequence has the wrong length or a value is below ``minimum``.
+      ValueError: if the sequence has the wrong length or a value is below ``minimum`` or above
+        :data:`MAX_INT` in magnitude.
     """
     if _is_int(value):
         values = (operator.index(value),) * n
@@ -86,7 +124,7 @@ def normalize_tuple(
         )
     if minimum is not None and any(v < minimum for v in values):
         raise ValueError(f"[{fn}] {name} must be >= {minimum} on every axis, got {values}.")
-    return values
+    return bounded(values, name, fn)
 
 
 def canonicalize_padding(

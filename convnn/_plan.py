@@ -15,7 +15,6 @@ the value of an argument.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 from typing import Any
 
@@ -27,17 +26,8 @@ from jax import lax
 from convnn import _args, _lowering
 from convnn._lowering import ConvSpec
 
-__all__ = ["ConvPlan", "plan", "MAX_ELEMENTS", "MAX_INT", "resolve_stream", "clear_cache"]
+__all__ = ["ConvPlan", "plan", "resolve_stream", "clear_cache"]
 
-#: The largest value any integer argument may take (and the largest size of one spatial axis of
-#: any array a convolution builds): XLA computes sizes in 64-bit integers, and products of two
-#: such values stay far from overflowing.
-MAX_INT = 2**31 - 1
-
-#: The largest number of elements of any array a convolution builds (the output, and the input
-#: after dilation and padding): 2**34, 64 GiB in float32, more than one accelerator holds.
-#: Larger requests are refused before XLA sees them.
-MAX_ELEMENTS = 2**34
 
 _SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
 _RANKS = {"conv1d": 1, "conv2d": 2, "conv3d": 3, "conv_transpose1d": 1, "conv_transpose2d": 2,
@@ -60,7 +50,8 @@ class ConvPlan:
     * ``crop`` is ``None`` or ``(starts, stops)`` on the spatial axes of the batched input;
       after it, ``spec.padding`` (all non-negative) completes ``lows`` / ``highs``.
     * ``out_shape`` is the exact output shape (unbatched when the input is), every axis
-      positive, at most :data:`MAX_ELEMENTS` elements; the dilated, padded input also fits.
+      positive, at most ``convnn._args.MAX_ELEMENTS`` elements; the dilated, padded input also
+      fits.
     * ``dtype`` is the floating compute dtype of both operands (MLX's promotion);
       ``out_dtype`` is ``spec.preferred_element_type`` when given (never narrower than
       ``dtype``), else ``dtype``. ``spec.precision`` is ``None``, a ``lax.Precision`` or a pair.
@@ -163,14 +154,8 @@ def check_preferred_element_type(pet: Any, dtype: np.dtype, fn: str) -> np.dtype
     return pet_dtype
 
 
-def _bounded(values: tuple[int, ...], name: str, fn: str) -> tuple[int, ...]:
-    if any(abs(v) > MAX_INT for v in values):
-        raise ValueError(f"[{fn}] {name} must be at most {MAX_INT} in magnitude, got {values}.")
-    return values
-
-
 def _ints(value: Any, n: int, name: str, fn: str, minimum: int) -> tuple[int, ...]:
-    return _bounded(_args.normalize_tuple(value, n, name, fn, minimum=minimum), name, fn)
+    return _args.normalize_tuple(value, n, name, fn, minimum=minimum)
 
 
 def _check_operands(fn, x_shape, w_shape, n, groups) -> int:
@@ -381,7 +366,6 @@ def _plan(
     if kernel_dilation is not None:
         dilation = kernel_dilation
     groups = _args.as_int(groups, "groups", err, minimum=1)
-    _bounded((groups,), "groups", err)
     if not isinstance(flip, (bool, np.bool_)):
         raise TypeError(f"[{err}] flip must be a bool, got {flip!r}.")
     for dtype, what in ((x_dtype, "input"), (w_dtype, "weight")):
@@ -411,7 +395,7 @@ def _plan(
                 f"least one element per axis; {shapes}."
             )
         lows, highs = _args.canonicalize_padding(padding, n, err, allow_strings=False)
-        _bounded(lows + highs, "padding", err)
+        _args.bounded(lows + highs, "padding", err)
         if any(p < 0 for p in lows + highs):
             raise ValueError(
                 f"[{err}] padding must be non-negative for transposed convolutions, "
@@ -437,7 +421,7 @@ def _plan(
             lows, highs = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
         else:
             lows, highs = pad
-        _bounded(lows + highs, "padding", err)
+        _args.bounded(lows + highs, "padding", err)
 
     padded = tuple((s - 1) * d + 1 + lo + hi
                    for s, d, lo, hi in zip(spatial, input_dilation, lows, highs))
@@ -458,13 +442,8 @@ def _plan(
     out_shape = (batched[0], *out_spatial, w_shape[0])
     for what, shape in (("output", out_shape),
                         ("dilated and padded input", (batched[0], *padded, batched[-1]))):
-        size = math.prod(shape)
-        if size > MAX_ELEMENTS or any(s > MAX_INT for s in shape):
-            raise ValueError(
-                f"[{err}] the {what} would have shape {shape} ({size} elements), above the "
-                f"limit of {MAX_ELEMENTS} elements ({MAX_INT} per axis); check stride, padding, "
-                f"{dil_name} and output_padding; {shapes}."
-            )
+        _args.check_size(shape, what, err,
+                         f"check stride, padding, {dil_name} and output_padding; {shapes}")
 
     starts, stops, pads, zeros = _crop_geometry(spatial, lows, highs, input_dilation)
     spec = ConvSpec(

@@ -119,6 +119,12 @@ def _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode):
             out = span // s + 1
         outs.append(out)
         highs.append(max(p, (out - 1) * s + eff - size - p))
+    lead, channels = tuple(x.shape[: -n - 1]), x.shape[-1]
+    context = (f"check kernel_size, stride, padding and dilation; got input shape "
+               f"{tuple(x.shape)}")
+    _args.check_size((*lead, *outs, channels), "output", fn, context)
+    padded = (size + p + h for size, p, h in zip(spatial, padding, highs, strict=True))
+    _args.check_size((*lead, *padded, channels), "padded input", fn, context)
     return spatial, tuple(outs), tuple(highs)
 
 

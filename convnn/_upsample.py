@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from convnn import _args
+
 __all__ = ["MODES", "check_args", "check_antialias", "upsample"]
 
 MODES = ("nearest", "linear", "cubic")
@@ -217,7 +219,8 @@ def upsample(
             f"[{fn}] the output would have spatial size {out_sizes} (int(scale * size) below 1); "
             f"got scale_factor={scale_factor} and input shape {tuple(x.shape)}."
         )
-
+    _args.check_size((x.shape[0], *out_sizes, x.shape[-1]), "output", fn,
+                     f"got scale_factor={scale_factor} and input shape {tuple(x.shape)}")
     return _resample(x, scales, out_sizes, mode, align_corners, antialias)
 
 

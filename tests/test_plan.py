@@ -20,7 +20,7 @@ from tolerances import assert_close
 
 import convnn
 import convnn.layers as L
-from convnn import _dispatch, _plan
+from convnn import _args, _dispatch, _plan
 from convnn._reference import conv_transpose_ref
 
 F32 = jnp.float32
@@ -149,7 +149,7 @@ def test_output_size_is_bounded():
         convnn.conv_transpose2d(x, w, stride=2**30)
     with pytest.raises(ValueError, match=r"above the limit"):
         convnn.conv2d(x, w, padding=2**30)
-    assert _plan.MAX_ELEMENTS == 2**34
+    assert _args.MAX_ELEMENTS == 2**34
 
 
 def test_preferred_element_type_bogus_names_the_argument():

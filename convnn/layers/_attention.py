@@ -238,6 +238,9 @@ class MultiHeadAttention(Module):
     @staticmethod
     def create_additive_causal_mask(N: int, dtype: Any = jnp.float32) -> jax.Array:
         """``(N, N)``: 0 where key ``j <= i``, the dtype's most negative value elsewhere."""
+        fn = "MultiHeadAttention.create_additive_causal_mask"
+        N = _args.as_int(N, "N", fn, minimum=0)
+        _args.check_size((N, N), "mask", fn, "check N")
         indices = jnp.arange(N)
         mask = indices[:, None] < indices[None]
         return mask.astype(dtype) * jnp.finfo(dtype).min

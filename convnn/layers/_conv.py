@@ -182,6 +182,7 @@ class _ConvBase(Module):
         kernel_init = kernel_init or uniform_init(math.sqrt(1.0 / fan_in))
         bias_init = bias_init or nnx.initializers.zeros_init()
         shape = (out_channels, *kernel, in_channels // groups)
+        _args.check_size(shape, "weight", fn, "check the layer's sizes")
         self.weight = nnx.Param(
             _init_param(kernel_init, rngs.params(), shape, self.param_dtype, "kernel_init", fn))
         if bias:
@@ -237,6 +238,8 @@ def _pad_input(x: jax.Array, n: int, fn: str, pad: Any, mode: str, kernel, strid
         lows, highs = pad
     lead = x.ndim - n - 1
     widths = ((0, 0),) * lead + tuple((max(lo, 0), max(hi, 0)) for lo, hi in zip(lows, highs))
+    _args.check_size([s + lo + hi for s, (lo, hi) in zip(x.shape, widths + ((0, 0),))],
+                     f"{mode}-padded input", fn, f"check padding; got input shape {x.shape}")
     x = jnp.pad(x, widths + ((0, 0),), mode=_JNP_PAD_MODE[mode])
     rest = (tuple(min(lo, 0) for lo in lows), tuple(min(hi, 0) for hi in highs))
     return x, rest

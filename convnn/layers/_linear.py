@@ -82,9 +82,9 @@ class Linear(Module):
         bias = check_bool(bias, "bias", fn)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / input_dims)
-        self.weight = uniform_param(rngs, (output_dims, input_dims), scale)
+        self.weight = uniform_param(rngs, (output_dims, input_dims), scale, fn)
         if bias:
-            self.bias = uniform_param(rngs, (output_dims,), scale)
+            self.bias = uniform_param(rngs, (output_dims,), scale, fn)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = as_input(x, "Linear")
@@ -149,9 +149,9 @@ class Bilinear(Module):
         bias = check_bool(bias, "bias", fn)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / in1)
-        self.weight = uniform_param(rngs, (out, in2, in1), scale)
+        self.weight = uniform_param(rngs, (out, in2, in1), scale, fn)
         if bias:
-            self.bias = uniform_param(rngs, (out,), scale)
+            self.bias = uniform_param(rngs, (out,), scale, fn)
 
     def __call__(self, x1: jax.Array, x2: jax.Array) -> jax.Array:
         x1, x2 = as_input(x1, "Bilinear"), as_input(x2, "Bilinear")
@@ -209,6 +209,7 @@ class Embedding(Module):
         dims = _args.as_int(dims, "dims", fn, minimum=1)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / dims)
+        _args.check_size((num, dims), "parameter", fn, "check the layer's sizes")
         self.weight = nnx.Param(normal(rngs.params(), (num, dims)) * scale)
 
     def __call__(self, x: jax.Array) -> jax.Array:

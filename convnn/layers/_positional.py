@@ -111,6 +111,8 @@ class SinusoidalPositionalEncoding(Module):
             raise TypeError(
                 f"[SinusoidalPositionalEncoding] input must be real, got dtype {x.dtype}."
             )
+        _args.check_size((*x.shape, self.dims), "output", "SinusoidalPositionalEncoding",
+                         f"check dims; got input shape {tuple(x.shape)}")
         y = x.astype(dtype)[..., None] * _right_aligned(self._sigmas().astype(dtype), x.ndim + 1)
         parts = [jnp.cos(y), jnp.sin(y)] if self.cos_first else [jnp.sin(y), jnp.cos(y)]
         y = jnp.concatenate(parts, axis=-1)
@@ -177,6 +179,8 @@ class RoPE(Module):
                 f"[{fn}] input must have shape (..., L, D) with D >= dims={self.dims}; got input "
                 f"shape {tuple(x.shape)}."
             )
+        if isinstance(offset, (int, np.integer)):  # bounded by name here, not by JAX's cast
+            offset = _args.as_int(offset, "offset", fn)
         offset = _as_array(offset)
         if not (jnp.issubdtype(offset.dtype, jnp.integer) or jnp.issubdtype(
                 offset.dtype, jnp.floating)) or offset.ndim > 1 or (

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from convnn import _args
+
 __all__ = ["seed", "next_key", "resolve_rngs", "normal", "uniform", "uniform_param"]
 
 _lock = threading.Lock()
@@ -102,6 +104,10 @@ def uniform(
     return jax.random.uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
 
 
-def uniform_param(rngs: nnx.Rngs, shape: tuple[int, ...], scale: float) -> nnx.Param:
-    """A float32 parameter drawn from ``U(-scale, scale)`` (MLX's linear and recurrent default)."""
+def uniform_param(
+    rngs: nnx.Rngs, shape: tuple[int, ...], scale: float, fn: str
+) -> nnx.Param:
+    """A float32 parameter drawn from ``U(-scale, scale)`` (MLX's linear and recurrent default);
+    ``fn`` (the layer) is named if ``shape`` is above the size limit."""
+    _args.check_size(shape, "parameter", fn, "check the layer's sizes")
     return nnx.Param(uniform(rngs.params(), shape, jnp.float32, -scale, scale))

@@ -37,9 +37,10 @@ class _Recurrent(Module):
         rows = self._gates * self.hidden_size
         wx, wh, b = names
         # MLX's draw order: input weight, hidden weight, bias.
-        setattr(self, wx, uniform_param(rngs, (rows, input_size), scale))
-        setattr(self, wh, uniform_param(rngs, (rows, self.hidden_size), scale))
-        setattr(self, b, uniform_param(rngs, (rows,), scale) if bias else _flax_compat.data(None))
+        setattr(self, wx, uniform_param(rngs, (rows, input_size), scale, fn))
+        setattr(self, wh, uniform_param(rngs, (rows, self.hidden_size), scale, fn))
+        setattr(self, b,
+                uniform_param(rngs, (rows,), scale, fn) if bias else _flax_compat.data(None))
         return bias, scale, rngs
 
     def _project(self, x: Any, wx: Any, b: Any):
@@ -186,9 +187,8 @@ class GRU(_Recurrent):
         rngs: nnx.Rngs | None = None,
     ):
         bias, scale, rngs = self._setup(input_size, hidden_size, bias, rngs, ("Wx", "Wh", "b"))
-        self.bhn = (
-            uniform_param(rngs, (self.hidden_size,), scale) if bias else _flax_compat.data(None)
-        )
+        self.bhn = (uniform_param(rngs, (self.hidden_size,), scale, type(self).__name__)
+                    if bias else _flax_compat.data(None))
 
     def _extra_repr(self) -> str:
         return (
