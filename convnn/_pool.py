@@ -15,11 +15,14 @@ MLX (stride = kernel size; max pools pad with ``-inf``; average pools count padd
   ``ceil_mode`` adds beyond ``S + p`` are never counted (PyTorch's rule).
 
 Both reduce with one ``lax.reduce_window``; the divisor of the average is a trace-time NumPy
-constant (it depends only on shapes), so it costs one division.
+constant (it depends only on shapes), so it costs one division. Max pooling with a dilated
+window takes the maximum over the window's taps instead, since JAX cannot differentiate
+``reduce_window``'s maximum with window dilation.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import jax
@@ -143,17 +146,37 @@ def max_pool(
         fn, n, kernel_size, stride, padding, dilation, ceil_mode
     )
     x = _as_array(x, fn, allow_int=True)
-    _, _, highs = _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode)
+    _, outs, highs = _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode)
     if jnp.issubdtype(x.dtype, jnp.floating):
         init = np.array(-np.inf, x.dtype)
     else:
         init = np.array(np.iinfo(x.dtype).min, x.dtype)
     lead = x.ndim - n - 1
     pads = ((0, 0),) * lead + tuple(zip(padding, highs, strict=True)) + ((0, 0),)
+    if any(d > 1 for d in dilation):
+        return _dilated_max(x, n, kernel, stride, dilation, pads, outs, init)
     return lax.reduce_window(
         x, init, lax.max, _window(x, n, kernel), _window(x, n, stride), pads,
-        window_dilation=_window(x, n, dilation),
     )
+
+
+def _dilated_max(x, n, kernel, stride, dilation, pads, outs, init):
+    """Max pooling with a dilated window, as the maximum over the window's taps (one strided
+    slice of the padded input each). JAX has no gradient for ``reduce_window``'s maximum with
+    window dilation; here the cotangent goes to the first maximal tap in window order, the
+    element that ``reduce_window``'s gradient (undilated) and PyTorch choose."""
+    xp = lax.pad(x, init, [(lo, hi, 0) for lo, hi in pads])
+    lead = x.ndim - n - 1
+    taps = []
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        starts = [j * d for j, d in zip(offsets, dilation, strict=True)]
+        limits = [a + (o - 1) * s + 1 for a, o, s in zip(starts, outs, stride, strict=True)]
+        taps.append(lax.slice(xp, (0,) * lead + (*starts, 0),
+                              (*xp.shape[:lead], *limits, xp.shape[-1]),
+                              (1,) * lead + (*stride, 1)))
+    taps = jnp.stack(taps)
+    first = jnp.argmax(taps, axis=0)  # the first maximum; NaN counts as the maximum, as in max
+    return jnp.take_along_axis(taps, first[None], axis=0)[0]
 
 
 def _counts(size, k, s, p, out, include_pad):

@@ -59,6 +59,36 @@ def pool_ref(x, kind, kernel, stride, padding, dilation, ceil_mode, count_includ
     return y
 
 
+def pool_ref_vjp(x, g, kind, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
+    """The input's cotangent for output cotangent ``g``, from the definition: a max sends each
+    window's cotangent to its first maximal input element in window order; an average spreads
+    it over the window's input elements, divided as in :func:`pool_ref`."""
+    n = len(kernel)
+    spatial = x.shape[1:-1]
+    dx = np.zeros_like(x)
+    for o in itertools.product(*(range(v) for v in g.shape[1:-1])):
+        starts = [oi * s - p for oi, s, p in zip(o, stride, padding)]
+        div_padded, div_input = 1, 1
+        for axis in range(n):
+            pos = [starts[axis] + j * dilation[axis] for j in range(kernel[axis])]
+            div_padded *= sum(-padding[axis] <= q < spatial[axis] + padding[axis] for q in pos)
+            div_input *= sum(0 <= q < spatial[axis] for q in pos)
+        inside = [tuple(st + j * d for st, j, d in zip(starts, offs, dilation))
+                  for offs in itertools.product(*(range(k) for k in kernel))]
+        inside = [idx for idx in inside if all(0 <= q < sz for q, sz in zip(idx, spatial))]
+        gi = g[(slice(None), *o, slice(None))]
+        if kind == "max":
+            values = np.stack([x[(slice(None), *idx, slice(None))] for idx in inside])
+            first = np.argmax(values, axis=0)
+            for t, idx in enumerate(inside):
+                dx[(slice(None), *idx, slice(None))] += np.where(first == t, gi, 0.0)
+        else:
+            div = div_padded if count_include_pad else div_input
+            for idx in inside:
+                dx[(slice(None), *idx, slice(None))] += gi / div
+    return dx
+
+
 # (n, spatial, kernel, stride, padding, dilation, ceil_mode, count_include_pad)
 CASES = [
     (1, (9,), 2, None, 0, 1, False, True),
@@ -115,6 +145,21 @@ def test_against_reference(kind, case):
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_gradient_against_reference(kind, case):
+    """Dilated max pools included: JAX cannot differentiate reduce_window's dilated maximum, so
+    convnn takes it over the window's taps."""
+    x = _input(case, seed=3)
+    y, vjp = jax.vjp(lambda v: _call(kind, case, v), jnp.asarray(x))
+    g = np.random.default_rng(4).standard_normal(y.shape)
+    n, _, k, s, p, d, ceil, cip = case
+    s = k if s is None else s
+    d = d if kind == "max" else 1
+    want = pool_ref_vjp(x, g, kind, _tup(k, n), _tup(s, n), _tup(p, n), _tup(d, n), ceil, cip)
+    assert_close(vjp(jnp.asarray(g))[0], want, np.float64, what=f"{kind} {case}")
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
 def test_unbatched_equals_batched(kind):
     case = CASES[7]
     x = _input(case, batch=1)
@@ -139,19 +184,23 @@ def test_against_torch(kind, case, torch, F):
     assert_close(_call(kind, case, x), ref, np.float64, what=f"{kind} {case}")
 
 
-@pytest.mark.parametrize("kind", ["max", "avg"])
-def test_gradient_against_torch(kind, torch, F):
-    case = (2, (7, 8), 3, 2, 1, 1, True, False)
+@pytest.mark.parametrize("kind, case", [
+    ("max", (2, (7, 8), 3, 2, 1, 1, True, False)),
+    ("avg", (2, (7, 8), 3, 2, 1, 1, True, False)),
+    ("max", (2, (11, 9), 3, 1, 1, (2, 1), True, True)),  # dilated: the taps' maximum
+])
+def test_gradient_against_torch(kind, case, torch, F):
+    n, _, k, s, p, d, ceil, cip = case
     x = _input(case, seed=2)
     g = np.random.default_rng(3).standard_normal(np.shape(_call(kind, case, x)))
     dx = jax.grad(lambda v: jnp.sum(_call(kind, case, v) * g))(jnp.asarray(x))
     t = torch.from_numpy(np.moveaxis(x, -1, 1)).requires_grad_(True)
     if kind == "max":
-        out = F.max_pool2d(t, 3, 2, 1, ceil_mode=True)
+        out = F.max_pool2d(t, k, s, p, dilation=d, ceil_mode=ceil)
     else:
-        out = F.avg_pool2d(t, 3, 2, 1, ceil_mode=True, count_include_pad=False)
+        out = F.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=cip)
     out.backward(torch.from_numpy(np.moveaxis(g, -1, 1)))
-    assert_close(dx, np.moveaxis(t.grad.numpy(), 1, -1), np.float64, what=kind)
+    assert_close(dx, np.moveaxis(t.grad.numpy(), 1, -1), np.float64, what=f"{kind} {case}")
 
 
 # ----------------------------------------------------------------------------------------------
