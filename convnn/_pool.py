@@ -121,7 +121,10 @@ def _geometry(fn, x, n, kernel, stride, padding, dilation, ceil_mode):
         else:
             out = span // s + 1
         outs.append(out)
-        highs.append(max(p, (out - 1) * s + eff - size - p))
+        # The high padding that makes reduce_window give exactly `out` windows: the last one
+        # ends there. Padding more (p, when ceil_mode dropped a window that would start in the
+        # right padding) would add windows.
+        highs.append(max(0, (out - 1) * s + eff - size - p))
     lead, channels = tuple(x.shape[: -n - 1]), x.shape[-1]
     context = (f"check kernel_size, stride, padding and dilation; got input shape "
                f"{tuple(x.shape)}")

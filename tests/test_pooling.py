@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tolerances import assert_close
 
 import convnn
@@ -51,7 +53,9 @@ def pool_ref(x, kind, kernel, stride, padding, dilation, ceil_mode, count_includ
             idx = [st + j * d for st, j, d in zip(starts, offs, dilation)]
             if all(0 <= q < sz for q, sz in zip(idx, spatial)):
                 values.append(x[(slice(None), *idx, slice(None))])
-        if kind == "max":
+        if not values:  # a window in the padding only (MLX allows any padding)
+            y[(slice(None), *o, slice(None))] = -np.inf if kind == "max" else 0.0
+        elif kind == "max":
             y[(slice(None), *o, slice(None))] = np.max(values, axis=0)
         else:
             div = padded_count if count_include_pad else input_count
@@ -77,16 +81,20 @@ def pool_ref_vjp(x, g, kind, kernel, stride, padding, dilation, ceil_mode, count
                   for offs in itertools.product(*(range(k) for k in kernel))]
         inside = [idx for idx in inside if all(0 <= q < sz for q, sz in zip(idx, spatial))]
         gi = g[(slice(None), *o, slice(None))]
-        if kind == "max":
+        if kind == "max" and inside:
             values = np.stack([x[(slice(None), *idx, slice(None))] for idx in inside])
             first = np.argmax(values, axis=0)
             for t, idx in enumerate(inside):
                 dx[(slice(None), *idx, slice(None))] += np.where(first == t, gi, 0.0)
-        else:
+        elif kind == "avg":
             div = div_padded if count_include_pad else div_input
             for idx in inside:
                 dx[(slice(None), *idx, slice(None))] += gi / div
     return dx
+
+
+def _tup(v, n):
+    return (v,) * n if isinstance(v, int) else tuple(v)
 
 
 # (n, spatial, kernel, stride, padding, dilation, ceil_mode, count_include_pad)
@@ -106,12 +114,16 @@ CASES = [
     (2, (5, 5), 5, 1, 2, 1, False, False),
     (3, (5, 6, 4), 2, None, 0, 1, False, True),
     (3, (5, 6, 5), (3, 2, 3), 2, (1, 1, 0), 1, True, False),
+    # ceil_mode with padding above kernel_size // 2 (MLX's any padding): the last window would
+    # start in the right padding and is dropped, so less than the padding is added on the right.
+    (1, (5,), 1, 1, 1, 1, True, True),
+    (2, (5, 3), (1, 2), 2, (2, 0), 1, True, True),
+    (1, (4,), 2, 1, 2, 1, True, True),
 ]
 IDS = [f"{c[0]}d-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-ceil{int(c[6])}-cip{int(c[7])}" for c in CASES]
-
-
-def _tup(v, n):
-    return (v,) * n if isinstance(v, int) else tuple(v)
+# PyTorch refuses padding above half the kernel.
+TORCH = [(c, i) for c, i in zip(CASES, IDS)
+         if all(p <= k // 2 for p, k in zip(_tup(c[4], c[0]), _tup(c[2], c[0])))]
 
 
 def _call(kind, case, x):
@@ -159,6 +171,45 @@ def test_gradient_against_reference(kind, case):
     assert_close(vjp(jnp.asarray(g))[0], want, np.float64, what=f"{kind} {case}")
 
 
+@st.composite
+def pools(draw):
+    """A random pooling call: (kind, case), padding up to 2 (above half the kernel too)."""
+    n = draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(["max", "avg"]))
+    ints = lambda lo, hi: tuple(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
+    kernel, stride, padding = ints(1, 3), ints(1, 3), ints(0, 2)
+    dilation = ints(1, 2) if kind == "max" else (1,) * n
+    ceil, cip = draw(st.booleans()), draw(st.booleans())
+    if kind == "avg" and not cip:
+        padding = tuple(min(p, k // 2) for p, k in zip(padding, kernel))
+    spatial = tuple(max(s, (k - 1) * d + 1 - 2 * p) for s, k, d, p in
+                    zip(ints(1, 6 if n < 3 else 4), kernel, dilation, padding))
+    return kind, (n, spatial, kernel, stride, padding, dilation, ceil, cip)
+
+
+def _check_random_pool(kind, case, seed):
+    x = _input(case, seed=seed, channels=2)
+    y, vjp = jax.vjp(lambda v: _call(kind, case, v), jnp.asarray(x))
+    assert_close(y, _ref(kind, case, x), np.float64, what=f"{kind} {case}")
+    g = np.random.default_rng(seed + 1).standard_normal(y.shape)
+    n, _, k, s, p, d, ceil, cip = case
+    want = pool_ref_vjp(x, g, kind, k, s, p, d, ceil, cip)
+    assert_close(vjp(jnp.asarray(g))[0], want, np.float64, what=f"grad {kind} {case}")
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pools(), st.integers(0, 2**16))
+def test_random_pools_match_the_reference(pool, seed):
+    _check_random_pool(*pool, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(pools(), st.integers(0, 2**16))
+def test_random_pools_match_the_reference_many(pool, seed):
+    _check_random_pool(*pool, seed)
+
+
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_unbatched_equals_batched(kind):
     case = CASES[7]
@@ -171,7 +222,7 @@ def test_unbatched_equals_batched(kind):
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", [c for c, _ in TORCH], ids=[i for _, i in TORCH])
 def test_against_torch(kind, case, torch, F):
     n, _, k, s, p, d, ceil, cip = case
     x = _input(case, seed=1)
