@@ -143,6 +143,7 @@ _JNP = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
         ("Conv2d", ((1, 2), (0, 1)), (2, 6, 7, 3)),
         ("Conv2d", ((2, -1), (1, 1)), (2, 6, 7, 3)),  # the negative part crops
         ("Conv3d", 1, (1, 4, 5, 3, 3)),
+        ("Conv1d", 5, (2, 3, 3)),  # beyond the input (PyTorch refuses reflect and circular)
     ],
 )
 def test_padding_mode_equals_pad_then_functional(mode, name, padding, x_shape):
@@ -157,7 +158,7 @@ def test_padding_mode_equals_pad_then_functional(mode, name, padding, x_shape):
     else:
         lows, highs = padding
     widths = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in zip(lows, highs)] + [(0, 0)]
-    xp = jnp.pad(jnp.asarray(x), widths, mode=_JNP[mode])
+    xp = np.pad(x, widths, mode=_JNP[mode])  # NumPy's modes, repeated beyond the input
     crop = (tuple(min(v, 0) for v in lows), tuple(min(v, 0) for v in highs))
     conv = getattr(convnn, f"conv{n}d")
     bias = layer.bias[...].reshape((1,) * (n + 1) + (4,))
