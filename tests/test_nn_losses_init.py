@@ -139,6 +139,32 @@ def test_loss_argument_errors():
         losses.cross_entropy(x, jnp.zeros((2,), jnp.int32), weights=jnp.ones(3))
 
 
+_X, _T = jnp.ones((4, 3)), jnp.zeros((4, 3))
+BAD_LOSS_CALLS = [  # (loss, args, kwargs, error, message); each refused by the loss's name
+    ("hinge_loss", (_X, jnp.ones((4,))), {}, ValueError, "shapes must broadcast together"),
+    ("huber_loss", (_X, jnp.ones((5, 3))), {}, ValueError, "shapes must broadcast together"),
+    ("log_cosh_loss", (_X, jnp.ones((4, 3, 1))), {}, ValueError, "shapes must broadcast"),
+    ("kl_div_loss", (_X, _T), dict(axis=2), ValueError, "axis 2 is out of range"),
+    ("cosine_similarity_loss", (jnp.ones((4,)), jnp.ones((4,))), {}, ValueError,
+     "axis 1 is out of range"),
+    ("triplet_loss", (_X, _T, jnp.ones((2, 3))), {}, ValueError, "broadcast together"),
+    ("nll_loss", (_X, jnp.zeros((4,))), {}, TypeError, "targets .* must be integers"),
+    ("nll_loss", (_X, jnp.zeros((3,), jnp.int32)), {}, ValueError, "targets must have"),
+    ("nll_loss", (jnp.ones((4, 3), jnp.int32), jnp.zeros((4,), jnp.int32)), {}, TypeError,
+     "must be floating"),
+    # casting would drop the imaginary part: mse_loss(1 + 5j, 1) gave 0
+    ("mse_loss", (jnp.array([1 + 5j]), jnp.array([1.0])), {}, TypeError, "must be real"),
+    ("hinge_loss", (_X.astype(jnp.complex64), _T), {}, TypeError, "must be real"),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs, error, message", BAD_LOSS_CALLS,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD_LOSS_CALLS)])
+def test_bad_loss_calls_are_refused_by_name(name, args, kwargs, error, message):
+    with pytest.raises(error, match=rf"^\[{name}\] .*{message}"):
+        getattr(losses, name)(*args, **kwargs)
+
+
 def test_cross_entropy_from_the_definition():
     logits = _r(4, 5).astype(np.float64)
     labels = _labels(4, classes=5)

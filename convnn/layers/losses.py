@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from convnn import _args
 
@@ -57,8 +58,14 @@ def _check_reduction(reduction: Any, fn: str) -> None:
 
 
 def _floats(fn: str, *arrays: Any) -> list[jax.Array]:
-    """The arrays promoted to one floating dtype (integer arrays take the floats' dtype)."""
+    """The arrays promoted to one floating dtype (integer and bool arrays take the floats'
+    dtype); complex arrays are refused (casting would drop the imaginary part)."""
     arrays = [jnp.asarray(a) for a in arrays]
+    for a in arrays:
+        if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)
+                or a.dtype == jnp.bool_):
+            raise TypeError(f"[{fn}] inputs must be real (floating, integer or bool), got "
+                            f"{a.dtype}.")
     dtype = None
     for a in arrays:
         if jnp.issubdtype(a.dtype, jnp.floating):
@@ -72,6 +79,24 @@ def _same_shape(fn: str, **arrays: jax.Array) -> None:
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{name} shape {shape}" for name, shape in shapes.items())
         raise ValueError(f"[{fn}] the shapes must match; got {listed}.")
+
+
+def _broadcast(fn: str, **arrays: jax.Array) -> int:
+    """Checks that the arrays broadcast together (as MLX's elementwise losses need); returns the
+    number of axes of the result."""
+    shapes = {name: tuple(a.shape) for name, a in arrays.items()}
+    try:
+        return len(np.broadcast_shapes(*shapes.values()))
+    except ValueError:
+        listed = ", ".join(f"{name} shape {shape}" for name, shape in shapes.items())
+        raise ValueError(f"[{fn}] the shapes must broadcast together; got {listed}.") from None
+
+
+def _axis(fn: str, axis: Any, ndim: int, shapes: str) -> int:
+    axis = _args.as_int(axis, "axis", fn)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"[{fn}] axis {axis} is out of range for {ndim} axes; got {shapes}.")
+    return axis
 
 
 def _apply_weights(loss: jax.Array, weights: Any, fn: str) -> jax.Array:
@@ -176,6 +201,15 @@ def nll_loss(inputs: Any, targets: Any, axis: int = -1, reduction: str = "none")
     fn = "nll_loss"
     _check_reduction(reduction, fn)
     inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    shapes = f"inputs shape {tuple(inputs.shape)}, targets shape {tuple(targets.shape)}"
+    if not jnp.issubdtype(inputs.dtype, jnp.floating):
+        raise TypeError(f"[{fn}] inputs (log-probabilities) must be floating, got {inputs.dtype}.")
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise TypeError(f"[{fn}] targets (class indices) must be integers, got {targets.dtype}.")
+    axis = _axis(fn, axis, inputs.ndim, shapes)
+    if targets.shape != inputs.shape[:axis % inputs.ndim] + inputs.shape[axis % inputs.ndim + 1:]:
+        raise ValueError(f"[{fn}] targets must have the inputs' shape without axis {axis}; got "
+                         f"{shapes}.")
     loss = -jnp.take_along_axis(inputs, jnp.expand_dims(targets, axis), axis).squeeze(axis)
     return _reduce(loss, reduction, fn)
 
@@ -206,6 +240,8 @@ def kl_div_loss(inputs: Any, targets: Any, axis: int = -1, reduction: str = "non
     fn = "kl_div_loss"
     _check_reduction(reduction, fn)
     inputs, targets = _floats(fn, inputs, targets)
+    ndim = _broadcast(fn, inputs=inputs, targets=targets)
+    axis = _axis(fn, axis, ndim, f"inputs shape {inputs.shape}, targets shape {targets.shape}")
     return _reduce(jnp.sum(jnp.exp(targets) * (targets - inputs), axis), reduction, fn)
 
 
@@ -237,6 +273,8 @@ def triplet_loss(
     fn = "triplet_loss"
     _check_reduction(reduction, fn)
     anchors, positives, negatives = _floats(fn, anchors, positives, negatives)
+    ndim = _broadcast(fn, anchors=anchors, positives=positives, negatives=negatives)
+    axis = _axis(fn, axis, ndim, f"anchors shape {anchors.shape}")
 
     def dist(b):
         return jnp.power(jnp.sum(jnp.power(jnp.abs(anchors - b), p), axis) + eps, 1.0 / p)
@@ -250,6 +288,7 @@ def hinge_loss(inputs: Any, targets: Any, reduction: str = "none") -> jax.Array:
     fn = "hinge_loss"
     _check_reduction(reduction, fn)
     inputs, targets = _floats(fn, inputs, targets)
+    _broadcast(fn, inputs=inputs, targets=targets)
     return _reduce(jnp.maximum(1 - inputs * targets, 0), reduction, fn)
 
 
@@ -260,6 +299,7 @@ def huber_loss(
     fn = "huber_loss"
     _check_reduction(reduction, fn)
     inputs, targets = _floats(fn, inputs, targets)
+    _broadcast(fn, inputs=inputs, targets=targets)
     abs_errors = jnp.abs(inputs - targets)
     quadratic = jnp.minimum(abs_errors, delta)
     loss = 0.5 * quadratic**2 + delta * (abs_errors - quadratic)
@@ -271,6 +311,7 @@ def log_cosh_loss(inputs: Any, targets: Any, reduction: str = "none") -> jax.Arr
     fn = "log_cosh_loss"
     _check_reduction(reduction, fn)
     inputs, targets = _floats(fn, inputs, targets)
+    _broadcast(fn, inputs=inputs, targets=targets)
     errors = inputs - targets
     return _reduce(jnp.logaddexp(errors, -errors) - math.log(2), reduction, fn)
 
@@ -282,6 +323,8 @@ def cosine_similarity_loss(
     fn = "cosine_similarity_loss"
     _check_reduction(reduction, fn)
     x1, x2 = _floats(fn, x1, x2)
+    ndim = _broadcast(fn, x1=x1, x2=x2)
+    axis = _axis(fn, axis, ndim, f"x1 shape {x1.shape}, x2 shape {x2.shape}")
     n1 = jnp.linalg.norm(x1, axis=axis)
     n2 = jnp.linalg.norm(x2, axis=axis)
     loss = jnp.sum(x1 * x2, axis=axis) / jnp.maximum(n1 * n2, eps)
