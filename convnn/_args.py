@@ -7,6 +7,7 @@ raises ``ValueError`` / ``TypeError`` before XLA is involved. Messages share one
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -57,15 +58,14 @@ def as_int(value: Any, name: str, fn: str, *, minimum: int | None = None) -> int
     value = operator.index(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"[{fn}] {name} must be >= {minimum}, got {value}.")
-    if abs(value) > MAX_INT:
-        raise ValueError(f"[{fn}] {name} must be at most {MAX_INT} in magnitude, got {value}.")
-    return value
+    return bounded((value,), name, fn)[0]
 
 
 def bounded(values: tuple[int, ...], name: str, fn: str) -> tuple[int, ...]:
     """Returns ``values``, or raises if one exceeds :data:`MAX_INT` in magnitude."""
     if any(abs(v) > MAX_INT for v in values):
-        raise ValueError(f"[{fn}] {name} must be at most {MAX_INT} in magnitude, got {values}.")
+        got = values[0] if len(values) == 1 else values
+        raise ValueError(f"[{fn}] {name} must be at most {MAX_INT} in magnitude, got {got}.")
     return values
 
 
@@ -73,7 +73,7 @@ def check_size(shape: Sequence[int], what: str, fn: str, context: str) -> None:
     """Raises if an array of ``shape`` would exceed :data:`MAX_ELEMENTS` elements or
     :data:`MAX_INT` on one axis; ``context`` says which arguments and shapes led to it."""
     shape = tuple(shape)
-    size = int(np.prod(shape, dtype=object))
+    size = math.prod(shape)
     if size > MAX_ELEMENTS or any(s > MAX_INT for s in shape):
         raise ValueError(
             f"[{fn}] the {what} would have shape {shape} ({size} elements), above the limit of "

@@ -154,10 +154,6 @@ def check_preferred_element_type(pet: Any, dtype: np.dtype, fn: str) -> np.dtype
     return pet_dtype
 
 
-def _ints(value: Any, n: int, name: str, fn: str, minimum: int) -> tuple[int, ...]:
-    return _args.normalize_tuple(value, n, name, fn, minimum=minimum)
-
-
 def _check_operands(fn, x_shape, w_shape, n, groups) -> int:
     """Checks ranks, sizes, channels and groups; returns the number of spatial axes."""
     shapes = _shapes(x_shape, w_shape)
@@ -373,9 +369,9 @@ def _plan(
             raise TypeError(f"[{err}] {what} must be a numeric array, got dtype object.")
         _args.check_float_dtype(dtype, what, err)
     n = _check_operands(err, x_shape, w_shape, _RANKS[fn], groups)
-    stride = _ints(stride, n, "stride", err, 1)
-    dilation = _ints(dilation, n, dil_name, err, 1)
-    input_dilation = _ints(input_dilation, n, "input_dilation", err, 1)
+    stride = _args.normalize_tuple(stride, n, "stride", err, minimum=1)
+    dilation = _args.normalize_tuple(dilation, n, dil_name, err, minimum=1)
+    input_dilation = _args.normalize_tuple(input_dilation, n, "input_dilation", err, minimum=1)
     device = resolve_stream(stream, err)
     dtype = _args.promote_float(x_dtype, w_dtype)
     precision = check_precision(precision, err)
@@ -401,8 +397,8 @@ def _plan(
                 f"[{err}] padding must be non-negative for transposed convolutions, "
                 f"got {padding!r}."
             )
-        out_pad = _ints(0 if output_padding is None else output_padding, n, "output_padding",
-                        err, 0)
+        out_pad = _args.normalize_tuple(0 if output_padding is None else output_padding, n,
+                                        "output_padding", err, minimum=0)
         if any(op >= max(s, d) for op, s, d in zip(out_pad, stride, dilation)):
             raise ValueError(
                 f"[{err}] output_padding must be smaller than stride or dilation on every axis, "

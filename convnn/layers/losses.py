@@ -207,7 +207,7 @@ def nll_loss(inputs: Any, targets: Any, axis: int = -1, reduction: str = "none")
     if not jnp.issubdtype(targets.dtype, jnp.integer):
         raise TypeError(f"[{fn}] targets (class indices) must be integers, got {targets.dtype}.")
     axis = _axis(fn, axis, inputs.ndim, shapes)
-    if targets.shape != inputs.shape[:axis % inputs.ndim] + inputs.shape[axis % inputs.ndim + 1:]:
+    if targets.shape != tuple(np.delete(inputs.shape, axis)):
         raise ValueError(f"[{fn}] targets must have the inputs' shape without axis {axis}; got "
                          f"{shapes}.")
     loss = -jnp.take_along_axis(inputs, jnp.expand_dims(targets, axis), axis).squeeze(axis)
