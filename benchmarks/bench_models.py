@@ -214,6 +214,10 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
         _, carry = nnx.split((model, optimizer))
         step = program
         extra = {"lower_s": lower_s, "compile_s": compile_s}
+        if args.hlo_dir:  # XLA's optimised program: the fusions a profile's kernels name
+            path = Path(args.hlo_dir) / f"{name}_{batch}_{dtype}_{conv}.hlo.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(program.as_text())
     else:
         step, carry = make_step(model, optimizer, pattern)
     x, y = inputs(batch, size, dtype, args.classes)
@@ -241,7 +245,7 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
                 carry, loss = step(carry, x, y)
             loss.block_until_ready()
 
-        extra["profile"] = profile_steps(run_steps, args.profile_steps)
+        extra["profile"] = profile_steps(run_steps, args.profile_steps, top=args.profile_top)
     loss = float(loss)
     del carry, model, optimizer, step
     gc.unfreeze()
@@ -268,7 +272,10 @@ def run_isolated(name, batch, dtype, conv, patterns, args):
                "--convs", conv, "--patterns", ",".join(patterns), "--size", str(args.size),
                "--steps", str(args.steps), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--classes", str(args.classes),
-               "--profile-steps", str(args.profile_steps), "--json", str(out)]
+               "--profile-steps", str(args.profile_steps), "--profile-top",
+               str(args.profile_top), "--json", str(out)]
+        if args.hlo_dir:
+            cmd += ["--hlo-dir", str(Path(args.hlo_dir).resolve())]
         env, tuning = dict(os.environ), None
         if args.autotune:  # the cuDNN and GEMM algorithms this column runs, kept or reused
             path = Path(args.autotune).resolve() / f"{name}_{batch}_{dtype}_{conv}.pbtxt"
@@ -459,6 +466,11 @@ def main(argv=None):
                    help="after timing a JAX row, trace this many steps and record its device "
                    "time by kernel category (benchmarks/device_profile.py); default 5 on a "
                    "GPU, 0 elsewhere")
+    p.add_argument("--profile-top", type=int, default=40,
+                   help="how many of the largest (op, kernel) pairs a profile keeps")
+    p.add_argument("--hlo-dir", default=None, metavar="DIR",
+                   help="write each split row's optimised program (HLO text, the fusions the "
+                   "profile's kernels are named after) to DIR")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds; then start no further (model, batch, dtype)")
     p.add_argument("--resume", default=None, metavar="JSON",

@@ -12,7 +12,12 @@ from flax import nnx
 from convnn.models._common import Factory, global_avg_pool, make_divisible
 from convnn.models.mobilenet import conv_bn_act
 
-__all__ = ["EfficientNet", "MBConv", "SqueezeExcitation", "efficientnet_b0"]
+__all__ = ["B0_SETTING", "EfficientNet", "MBConv", "SqueezeExcitation", "efficientnet_b0"]
+
+# torchvision's efficientnet_b0: (expand_ratio, kernel, stride, in, out, num_layers) per stage.
+B0_SETTING = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+              (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+              (6, 3, 1, 192, 320, 1))
 
 
 class SqueezeExcitation(nnx.Module):
@@ -116,7 +121,4 @@ def efficientnet_b0(
       >>> sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))  # as torchvision
       5288548
     """
-    setting = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
-               (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
-               (6, 3, 1, 192, 320, 1))
-    return EfficientNet(setting, 0.2, num_classes=num_classes, rngs=rngs, conv=conv, dtype=dtype)
+    return EfficientNet(B0_SETTING, 0.2, num_classes=num_classes, rngs=rngs, conv=conv, dtype=dtype)
