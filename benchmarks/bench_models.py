@@ -17,15 +17,16 @@ recommends). ``--patterns`` picks them. Compute dtype bf16 (float32 parameters, 
 float32 master weights) or float32 (TF32 allowed in both libraries, XLA's and PyTorch's default
 for convolutions; PyTorch's matmul precision set to "high" to match).
 
-Reported per row: images/s (median over ``--repeats`` groups of ``--steps`` back-to-back steps
-with one synchronisation per group, so a host-bound step shows), the first step's time (trace +
-compile + run: what a user waits for) and, per (model, batch, dtype), ratios within the run:
-convnn/nnx per pattern, convnn (split) against the best other column, and compile time
+Reported per row: images/s (median over ``--repeats`` groups of back-to-back steps with one
+synchronisation per group, so a host-bound step shows; a group has ``--steps`` steps, or as many
+more as it takes to last ``--min-group-s``, judged from the warmup steps), the first step's time
+(trace + compile + run: what a user waits for) and, per (model, batch, dtype), ratios within the
+run: convnn/nnx per pattern, convnn (split) against the best other column, and compile time
 convnn/nnx. The JSON is rewritten after every row, so a run cut short keeps what it measured;
-``--budget`` starts no further (model, batch, dtype) once spent, so that the columns of one
-are always measured together. ``--resume JSON`` keeps an earlier run's rows for each (model,
-batch, dtype) it measured in full and runs the others, whole: a matrix longer than one command's
-time limit is measured over several commands, each group's ratios still within one run.
+``--budget`` starts no further (model, batch, dtype) once spent, so that the columns of one are
+always measured together. ``--resume JSON`` keeps an earlier run's rows for each (model, batch,
+dtype) it measured in full and runs the others, whole: a matrix longer than one command's time
+limit is measured over several commands, each group's ratios still within one run.
 
 Each JAX (model, batch, dtype, conv) runs in a child process of this script: XLA keeps cuDNN's
 autotuning results in memory, so in one process the second column's program would reuse the
@@ -69,6 +70,7 @@ import gc
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -227,24 +229,15 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
     first = time.perf_counter() - t0
     gc.collect()
     gc.freeze()  # as docs/training-step.md recommends: no full collection walks the model
-    for _ in range(args.warmup):
-        carry, loss = step(carry, x, y)
-    loss.block_until_ready()
-    rates = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
+
+    def run_steps(n, step=step):
+        nonlocal carry, loss
+        for _ in range(n):
             carry, loss = step(carry, x, y)
         loss.block_until_ready()
-        rates.append(args.steps * batch / (time.perf_counter() - t0))
+
+    rates, extra["steps_per_group"] = timed_groups(run_steps, batch, args)
     if args.profile_steps:
-
-        def run_steps(n, step=step):
-            nonlocal carry, loss
-            for _ in range(n):
-                carry, loss = step(carry, x, y)
-            loss.block_until_ready()
-
         extra["profile"] = profile_steps(run_steps, args.profile_steps, top=args.profile_top)
     loss = float(loss)
     del carry, model, optimizer, step
@@ -255,6 +248,28 @@ def time_jax(name, conv, pattern, batch, size, dtype, args, compiled=None):
         first += extra["lower_s"] + extra["compile_s"]
     return {"images_per_s": statistics.median(rates), "first_step_s": first,
             "build_s": build_s, "loss": loss, "rates": rates, **extra}
+
+
+def timed_groups(run_steps, batch: int, args) -> tuple[list[float], int]:
+    """Images/s of ``args.repeats`` groups of back-to-back steps, and the steps per group.
+
+    ``run_steps(n)`` runs ``n`` steps and waits for them. The ``args.warmup`` untimed steps
+    also give the step's time, from which a group gets enough steps (at least ``args.steps``)
+    to last ``args.min_group_s``: a group of a few 6 ms steps measures the host's jitter as much
+    as the step (docs/benchmarks.md, MobileNetV2 at batch 32).
+    """
+    t0 = time.perf_counter()
+    run_steps(args.warmup)
+    steps = args.steps
+    if args.warmup:
+        per_step = (time.perf_counter() - t0) / args.warmup
+        steps = max(steps, math.ceil(args.min_group_s / per_step))
+    rates = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        run_steps(steps)
+        rates.append(steps * batch / (time.perf_counter() - t0))
+    return rates, steps
 
 
 def run_isolated(name, batch, dtype, conv, patterns, args):
@@ -271,7 +286,8 @@ def run_isolated(name, batch, dtype, conv, patterns, args):
                "--float32-batches", str(batch), "--nnx-jit-batches", str(batch),
                "--convs", conv, "--patterns", ",".join(patterns), "--size", str(args.size),
                "--steps", str(args.steps), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--classes", str(args.classes),
+               "--warmup", str(args.warmup), "--min-group-s", str(args.min_group_s),
+               "--classes", str(args.classes),
                "--profile-steps", str(args.profile_steps), "--profile-top",
                str(args.profile_top), "--json", str(out)]
         if args.hlo_dir:
@@ -343,23 +359,21 @@ def time_torch(torch, build_torch, name, compiled, batch, size, dtype, args):
     first = time.perf_counter() - t0
     gc.collect()
     gc.freeze()
-    for _ in range(args.warmup):
-        loss = step()
-    sync()
-    rates = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
+
+    def run_steps(n):
+        nonlocal loss
+        for _ in range(n):
             loss = step()
         sync()
-        rates.append(args.steps * batch / (time.perf_counter() - t0))
+
+    rates, steps = timed_groups(run_steps, batch, args)
     loss = float(loss.detach())
     gc.unfreeze()
     gc.collect()
     if dev == "cuda":
         torch.cuda.empty_cache()
     return {"images_per_s": statistics.median(rates), "first_step_s": first,
-            "build_s": build_s, "loss": loss, "rates": rates}
+            "build_s": build_s, "loss": loss, "rates": rates, "steps_per_group": steps}
 
 
 # ------------------------------------------------------------------------------------------
@@ -458,7 +472,9 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--compile-batches", default=None,
                    help="batches for torch.compile (default: the first of --batches)")
-    p.add_argument("--steps", type=int, default=5, help="steps per timed group")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed group, at least")
+    p.add_argument("--min-group-s", type=float, default=0.2,
+                   help="seconds a timed group lasts at least (more steps for short ones)")
     p.add_argument("--repeats", type=int, default=5, help="timed groups (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     p.add_argument("--classes", type=int, default=1000)
@@ -500,6 +516,7 @@ def main(argv=None):
     if args.smoke:
         args.batches, args.size, args.dtypes = "2", 32, "float32"
         args.steps, args.repeats, args.warmup, args.classes = 2, 1, 1, 10
+        args.min_group_s = 0.0
         args.no_compile = True
     names = args.models.split(",")
     for n in names:
@@ -518,7 +535,8 @@ def main(argv=None):
     meta = {
         **_results.machine(args, path), "jobs": args.jobs,
         "flax": importlib.metadata.version("flax"), "convnn_backend": str(convnn.backend_info()),
-        "size": args.size, "steps": args.steps, "repeats": args.repeats,
+        "size": args.size, "steps": args.steps, "min_group_s": args.min_group_s,
+        "repeats": args.repeats,
         "isolated": not args.in_process,
     }
     torch = build_torch = None
