@@ -333,6 +333,22 @@ def test_embedding_matches_mlx(mx, mnn):
         ours(jnp.ones(2))
 
 
+def test_embedding_indices_outside_the_table_give_nan_rows():
+    """NumPy's indexing: -1 is the last row (MLX agrees); beyond the table a NaN row (MLX reads
+    stray memory), never another row's values, eagerly and under jit; no gradient flows there."""
+    emb = L.Embedding(4, 3)
+    table = np.asarray(emb.weight[...])
+    idx = jnp.array([[0, -1], [4, -5]], jnp.int32)
+    for out in (emb(idx), nnx.jit(lambda m, i: m(i))(emb, idx)):
+        out = np.asarray(out)
+        np.testing.assert_array_equal(out[0], table[[0, 3]])
+        assert np.isnan(out[1]).all()
+    grad = nnx.grad(lambda m: jnp.nansum(m(idx)))(emb).weight[...]
+    expected = np.zeros((4, 3), np.float32)
+    expected[[0, 3]] = 1  # rows 0 and -1; the rows beyond the table are not in it
+    np.testing.assert_array_equal(np.asarray(grad), expected)
+
+
 def test_default_initialisation_follows_mlx():
     L.seed(0)
     lin = L.Linear(100, 50)

@@ -192,8 +192,12 @@ class Embedding(Module):
       TypeError: on non-integer sizes; when called, on a non-integer input.
       ValueError: on non-positive sizes.
 
-    Out-of-range indices are clamped to the table (JAX's gather), where MLX's result is
-    undefined.
+    Indices follow NumPy: ``-1`` is the last row (as in MLX), and an index outside
+    ``[-num_embeddings, num_embeddings)`` gives a row of NaN (``jnp.take``'s fill, as
+    ``nnx.Embed``), so that a token id beyond the vocabulary shows in the loss instead of
+    silently reading another row; MLX reads whatever memory lies there. Such indices get no
+    gradient. A value can only be checked outside ``jit``, and the result must not depend on
+    that, so no error is raised for it.
 
     Example:
       >>> import jax.numpy as jnp, convnn.layers as nn
@@ -218,7 +222,7 @@ class Embedding(Module):
             raise TypeError(
                 f"[Embedding] input must have an integer dtype (indices), got {x.dtype.name}."
             )
-        return jnp.take(self.weight[...], x, axis=0, mode="clip")
+        return jnp.take(self.weight[...], x, axis=0, mode="fill", fill_value=jnp.nan)
 
     def as_linear(self, x: jax.Array) -> jax.Array:
         """``x @ weight.T``: the embedding as an output projection (tied weights)."""
