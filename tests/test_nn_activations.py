@@ -154,8 +154,32 @@ def test_every_mlx_nn_name_is_covered(mnn):
 def test_activation_functions_accept_integer_free_python_values():
     assert L.relu(jnp.array([-1.0, 2.0])).tolist() == [0.0, 2.0]
     assert L.step(jnp.array([0.0, -1.0])).dtype == jnp.int32
-    with pytest.raises(ValueError, match=r"\[glu\] the size of axis"):
+    with pytest.raises(ValueError, match=r"\[glu\] axis -1 must be an axis of the input with an"):
         L.glu(jnp.ones((2, 3)))
+
+
+BAD_SHAPES = [  # (name in the message, call, shapes the message names)
+    ("PReLU", lambda: L.PReLU(3)(jnp.ones((2, 5))), r"input shape \(2, 5\) and alpha shape \(3,\)"),
+    ("prelu", lambda: L.prelu(jnp.ones((3, 1)), jnp.ones(3)),  # MLX would return (3, 3)
+     r"input shape \(3, 1\) and alpha shape \(3,\)"),
+    ("GLU", lambda: L.GLU()(jnp.ones((2, 5))), r"axis -1 .*input shape \(2, 5\)"),
+    ("GLU", lambda: L.GLU()(jnp.ones(())), r"axis -1 .*input shape \(\)"),
+    ("glu", lambda: L.glu(jnp.ones((2, 4)), axis=5), r"axis 5 .*input shape \(2, 4\)"),
+]
+
+
+@pytest.mark.parametrize("name, call, shapes", BAD_SHAPES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD_SHAPES)])
+def test_activation_shape_errors_name_the_function_or_layer(name, call, shapes):
+    """Before JAX sees them (it raised an unnamed broadcasting TypeError for PReLU, an
+    IndexError for glu's axis, and silently grew a (3, 1) input to (3, 3) in prelu)."""
+    with pytest.raises(ValueError, match=rf"^\[{name}\] .*{shapes}"):
+        call()
+
+
+def test_prelu_keeps_the_input_shape_for_one_slope_or_one_per_channel():
+    assert L.PReLU()(jnp.array(-2.0)).shape == ()  # one slope: any input, 0-d too
+    np.testing.assert_allclose(L.PReLU(3, 0.5)(-jnp.ones((2, 3))), -0.5 * np.ones((2, 3)))
 
 
 @pytest.mark.parametrize("args", [(), ("none",), ("precise",), ("tanh",), ("fast",)])

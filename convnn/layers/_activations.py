@@ -153,10 +153,15 @@ def gelu_fast_approx(x: ArrayLike) -> jax.Array:
 
 def glu(x: ArrayLike, axis: int = -1) -> jax.Array:
     """Splits ``x`` in two halves ``a, b`` along ``axis``; returns ``a * sigmoid(b)``."""
+    return _glu(x, axis, "glu")
+
+
+def _glu(x: ArrayLike, axis: int, fn: str) -> jax.Array:
     x = jnp.asarray(x)
-    if x.ndim == 0 or x.shape[axis] % 2:
+    if not -x.ndim <= axis < x.ndim or x.shape[axis] % 2:
         raise ValueError(
-            f"[glu] the size of axis {axis} must be even; got input shape {tuple(x.shape)}."
+            f"[{fn}] axis {axis} must be an axis of the input with an even size; got input "
+            f"shape {tuple(x.shape)}."
         )
     a, b = jnp.split(x, 2, axis=axis)
     return a * jax.nn.sigmoid(b)
@@ -174,8 +179,23 @@ def selu(x: ArrayLike) -> jax.Array:
 
 def prelu(x: ArrayLike, alpha: Any) -> jax.Array:
     """``max(0, x) + alpha * min(0, x)``; ``alpha`` broadcasts against the last axes."""
+    return _prelu(x, alpha, "prelu")
+
+
+def _prelu(x: ArrayLike, alpha: Any, fn: str) -> jax.Array:
     x = jnp.asarray(x)
     alpha = jnp.asarray(alpha)
+    if alpha.size == 1:  # one slope (PReLU's default) fits any input, a 0-d one too
+        alpha = alpha.reshape(())
+    try:  # an activation keeps its input's shape: alpha may not broadcast x to a larger one
+        fits = jnp.broadcast_shapes(alpha.shape, x.shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"[{fn}] alpha must broadcast against the input's last axes without changing its "
+            f"shape; got input shape {tuple(x.shape)} and alpha shape {tuple(alpha.shape)}."
+        )
     if alpha.ndim < x.ndim:
         alpha = expand(alpha, x.ndim)
     dtype = _args.promote_float(x.dtype, alpha.dtype)
@@ -280,7 +300,7 @@ class GLU(Module):
         self.axis = _args.as_int(axis, "axis", "GLU")
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return glu(x, self.axis)
+        return _glu(x, self.axis, "GLU")
 
     def __repr__(self) -> str:
         return f"GLU(axis={self.axis})"
@@ -411,7 +431,7 @@ class PReLU(Module):
         self.weight = jnp.full((n,), _check_real(init, "init", "PReLU"), jnp.float32)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return prelu(x, self.weight[...])
+        return _prelu(x, self.weight[...], "PReLU")
 
     def __repr__(self) -> str:
         return "PReLU()"  # MLX's
@@ -492,7 +512,9 @@ def _document_function(fn: Any) -> None:
     shape = "``x`` with ``axis`` halved" if fn is glu else "``(*S)``, ``x``'s shape"
     raises = "  TypeError: from JAX, for an input that is not a numeric array."
     if fn is glu:
-        raises = "  ValueError: when the size of ``axis`` is odd.\n" + raises
+        raises = "  ValueError: if ``axis`` is not an axis of ``x`` or its size is odd.\n" + raises
+    if fn is prelu:
+        raises = "  ValueError: when ``alpha`` would change ``x``'s shape.\n" + raises
     fn.__doc__ = (
         f"{fn.__doc__.strip()}\n\nAs ``mlx.nn.{fn.__name__}``.\n\n{_args_section(fn)}\n\n"
         f"Returns:\n  {shape}, {dtype}.\n\nRaises:\n{raises}\n\n"
@@ -516,7 +538,9 @@ def _document_class(cls: type, fn: Any) -> None:
     if cls is GELU:
         raises = "Raises:\n  ValueError: on an unknown ``approx``."
     if cls is GLU:
-        raises += "\n  ValueError: when called, if the size of ``axis`` is odd."
+        raises += "\n  ValueError: when called, if ``axis`` is not an axis or its size is odd."
+    if cls is PReLU:
+        raises += "\n  ValueError: when called, if ``weight`` would change the input's shape."
     call = (
         f"``__call__(x)`` applies :func:`{fn.__name__}` to ``x`` (``(*S)``, any shape)."
         if fn is not None else "``__call__(x)``: ``x`` is ``(*S)``, any shape."

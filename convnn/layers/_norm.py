@@ -159,7 +159,8 @@ def _check_last(x: jax.Array, dims: int, fn: str, min_ndim: int = 1) -> None:
     if x.ndim < min_ndim or x.shape[-1] != dims:
         lead = "N, *rest, " if min_ndim >= 2 else "..., "
         raise ValueError(
-            f"[{fn}] input must have shape ({lead}{dims}) with at least {min_ndim} axes; got "
+            f"[{fn}] input must have shape ({lead}{dims}) with at least {min_ndim} "
+            f"{'axis' if min_ndim == 1 else 'axes'}; got "
             f"input shape {tuple(x.shape)}."
         )
 
