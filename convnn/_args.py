@@ -8,6 +8,7 @@ raises ``ValueError`` / ``TypeError`` before XLA is involved. Messages share one
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,9 @@ __all__ = [
     "canonicalize_padding",
     "check_float_dtype",
     "promote_float",
+    "check_bool",
+    "check_real",
+    "check_positive_float",
 ]
 
 
@@ -219,3 +223,33 @@ def promote_float(a: Any, b: Any) -> np.dtype:
     if {a, b} == {jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)}:
         return jnp.dtype(jnp.float32)
     return a if a.itemsize > b.itemsize else b
+
+
+def check_bool(value: Any, name: str, fn: str) -> bool:
+    """A Python or NumPy bool; otherwise a ``TypeError`` naming ``fn``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"[{fn}] {name} must be a bool, got {value!r} of type {type(value).__name__}."
+        )
+    return bool(value)
+
+
+def check_real(
+    value: Any, name: str, fn: str, *, expect: str = "a float", optional: bool = False
+) -> float | None:
+    """A real Python or NumPy number (not a bool) as a float, or ``None`` where ``optional``;
+    otherwise a ``TypeError`` naming ``fn`` and saying what ``name`` must be (``expect``)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        what = f"None or {expect}" if optional else expect
+        raise TypeError(f"[{fn}] {name} must be {what}, got {value!r}.")
+    return float(value)
+
+
+def check_positive_float(value: Any, name: str, fn: str) -> float:
+    """As :func:`check_real`, and above 0 (a ``ValueError`` otherwise; NaN included)."""
+    number = check_real(value, name, fn, expect="a positive float")
+    if not number > 0:
+        raise ValueError(f"[{fn}] {name} must be positive, got {value!r}.")
+    return number

@@ -32,17 +32,9 @@ from jax import lax
 
 from convnn import _args
 
-__all__ = ["max_pool", "avg_pool", "pool_args", "check_bool", "check_exclude_pad"]
+__all__ = ["max_pool", "avg_pool", "pool_args", "check_exclude_pad"]
 
 _SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
-
-
-def check_bool(value: Any, name: str, fn: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"[{fn}] {name} must be a bool, got {value!r} of type {type(value).__name__}."
-        )
-    return bool(value)
 
 
 def _as_array(x: Any, fn: str, *, allow_int: bool) -> jax.Array:
@@ -80,7 +72,7 @@ def pool_args(
         )
     padding = _args.normalize_tuple(padding, n, "padding", fn, minimum=0)
     dilation = _args.normalize_tuple(dilation, n, "dilation", fn, minimum=1)
-    ceil_mode = check_bool(ceil_mode, "ceil_mode", fn)
+    ceil_mode = _args.check_bool(ceil_mode, "ceil_mode", fn)
     return kernel, stride, padding, dilation, ceil_mode
 
 
@@ -198,7 +190,7 @@ def avg_pool(
     kernel, stride, padding, _, ceil_mode = pool_args(
         fn, n, kernel_size, stride, padding, 1, ceil_mode
     )
-    include_pad = check_bool(count_include_pad, "count_include_pad", fn)
+    include_pad = _args.check_bool(count_include_pad, "count_include_pad", fn)
     if not include_pad:
         check_exclude_pad(fn, padding, kernel)
     x = _as_array(x, fn, allow_int=True)

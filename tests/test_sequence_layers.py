@@ -273,6 +273,14 @@ def test_multi_head_attention_errors():
     with pytest.raises(ValueError, match=r"the only string mask is 'causal'"):
         x = jnp.ones((2, 5, 8))
         attn(x, x, x, "upper")
+    # Named by the layer (the error came from its inner Linear) and by the function (float("a")
+    # raised an unnamed ValueError).
+    with pytest.raises(TypeError, match=r"^\[MultiHeadAttention\] queries must have a floating"):
+        attn(jnp.ones((2, 5, 8), jnp.int32), jnp.ones((2, 5, 8)), jnp.ones((2, 5, 8)))
+    q = jnp.ones((1, 2, 5, 4))
+    for scale in ("a", None, True, jnp.float32(0.5)):
+        with pytest.raises(TypeError, match=r"^\[scaled_dot_product_attention\] scale must be a"):
+            nn.scaled_dot_product_attention(q, q, q, scale=scale)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from convnn import _args
+from convnn._args import check_real
 from convnn.layers._common import expand
 from convnn.layers._module import Module
 
@@ -238,12 +237,6 @@ def tanh(x: ArrayLike) -> jax.Array:
     return jnp.tanh(x)
 
 
-def _check_real(value: Any, name: str, fn: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"[{fn}] {name} must be a float, got {value!r}.")
-    return float(value)
-
-
 class _Activation(Module):
     """An activation without arguments: ``__call__`` applies ``_fn``."""
 
@@ -316,7 +309,7 @@ class _OneFloat(Module):
     def __init__(self, value: float | None = None):
         super().__init__()
         value = self._default if value is None else value
-        setattr(self, self._attr, _check_real(value, self._arg, type(self).__name__))
+        setattr(self, self._attr, check_real(value, self._arg, type(self).__name__))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return type(self)._fn(x, getattr(self, self._attr))
@@ -428,7 +421,7 @@ class PReLU(Module):
     def __init__(self, num_parameters: int = 1, init: float = 0.25):
         super().__init__()
         n = _args.as_int(num_parameters, "num_parameters", "PReLU", minimum=1)
-        self.weight = jnp.full((n,), _check_real(init, "init", "PReLU"), jnp.float32)
+        self.weight = jnp.full((n,), check_real(init, "init", "PReLU"), jnp.float32)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return _prelu(x, self.weight[...], "PReLU")

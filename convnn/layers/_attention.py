@@ -11,8 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convnn import _args
+from convnn._args import check_bool, check_real
 from convnn.layers import _random
-from convnn.layers._conv import check_bool
 from convnn.layers._linear import Linear
 from convnn.layers._module import Module
 
@@ -46,7 +46,8 @@ def scaled_dot_product_attention(
       ``(B, H, L_q, D_v)`` in the inputs' promoted dtype.
 
     Raises:
-      TypeError: on non-floating inputs or a mask that is neither boolean nor floating.
+      TypeError: on non-floating inputs, a ``scale`` that is not a real number, or a mask that
+        is neither boolean nor floating.
       ValueError: on inputs that are not 4-D with matching sizes, a mask that does not
         broadcast, or a string mask other than ``"causal"``.
 
@@ -90,7 +91,7 @@ def scaled_dot_product_attention(
             )
         if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.floating)):
             raise TypeError(f"[{fn}] mask must be boolean or floating, got dtype {mask.dtype}.")
-    return _attend(q, k, v, mask, float(scale), causal, jnp.dtype(dtype))
+    return _attend(q, k, v, mask, check_real(scale, "scale", fn), causal, jnp.dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
@@ -144,7 +145,8 @@ class MultiHeadAttention(Module):
     ``(B, L_q, value_output_dims)``.
 
     Raises:
-      TypeError: on non-integer sizes or a non-bool ``bias``.
+      TypeError: on non-integer sizes or a non-bool ``bias``; when called, on non-floating
+        inputs.
       ValueError: on sizes below 1 or ``dims`` / ``value_dims`` not divisible by
         ``num_heads``; when called, on inputs that are not ``(B, L, features)`` with the
         configured features, one batch size, and one length for keys and values.
@@ -210,6 +212,7 @@ class MultiHeadAttention(Module):
             ("values", values, self.value_proj),
         )
         for name, a, proj in ins:
+            _args.check_float_dtype(a.dtype, name, fn)
             d = proj.weight.shape[1]
             if a.ndim != 3 or a.shape[-1] != d:
                 raise ValueError(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from convnn import _args
 
-__all__ = ["as_input", "check_positive_float", "check_bool", "expand", "compute_dtype"]
+__all__ = ["as_input", "expand", "compute_dtype"]
 
 
 def as_input(x: Any, fn: str, *, allow_int: bool = False) -> jax.Array:
@@ -21,22 +19,6 @@ def as_input(x: Any, fn: str, *, allow_int: bool = False) -> jax.Array:
         return x
     _args.check_float_dtype(x.dtype, "input", fn)
     return x
-
-
-def check_positive_float(value: Any, name: str, fn: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"[{fn}] {name} must be a positive float, got {value!r}.")
-    if not value > 0:
-        raise ValueError(f"[{fn}] {name} must be positive, got {value!r}.")
-    return float(value)
-
-
-def check_bool(value: Any, name: str, fn: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"[{fn}] {name} must be a bool, got {value!r} of type {type(value).__name__}."
-        )
-    return bool(value)
 
 
 def expand(v: jax.Array, ndim: int) -> jax.Array:

@@ -7,7 +7,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -51,14 +50,6 @@ def check_dtype(value: Any, name: str, fn: str, *, optional: bool) -> Any:
         raise TypeError(f"[{fn}] {name} must be a floating dtype, got {value!r}.") from err
     _args.check_float_dtype(dtype, name, fn)
     return dtype
-
-
-def check_bool(value: Any, name: str, fn: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"[{fn}] {name} must be a bool, got {value!r} of type {type(value).__name__}."
-        )
-    return bool(value)
 
 
 def _check_callable(value: Any, name: str, fn: str) -> None:
@@ -127,7 +118,7 @@ class _ConvBase(Module):
         kernel = _args.normalize_tuple(kernel_size, n, "kernel_size", fn, minimum=1)
         strides = _args.normalize_tuple(stride, n, "stride", fn, minimum=1)
         dilations = _args.normalize_tuple(dilation, n, "dilation", fn, minimum=1)
-        bias = check_bool(bias, "bias", fn)
+        bias = _args.check_bool(bias, "bias", fn)
         if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
             raise ValueError(
                 f"[{fn}] padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}."

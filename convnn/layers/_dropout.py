@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from convnn._args import check_real
 from convnn.layers._common import as_input
 from convnn.layers._module import Module
 from convnn.layers._random import resolve_rngs
@@ -23,11 +21,10 @@ class _Dropout(Module):
     def __init__(self, p: float = 0.5, *, rngs: nnx.Rngs | None = None):
         super().__init__()
         fn = type(self).__name__
-        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
-            raise TypeError(f"[{fn}] p must be a float in [0, 1), got {p!r}.")
-        if not 0 <= p < 1:
+        number = check_real(p, "p", fn, expect="a float in [0, 1)")
+        if not 0 <= number < 1:
             raise ValueError(f"[{fn}] the dropout probability p must be in [0, 1), got {p!r}.")
-        self._p_1 = 1.0 - float(p)
+        self._p_1 = 1.0 - number
         # A stream of its own (or the one given), kept in the model so that nnx.jit advances it.
         self.rngs = resolve_rngs(rngs, fn)
 

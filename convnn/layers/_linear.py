@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convnn import _args
-from convnn.layers._common import as_input, check_bool, compute_dtype, expand
+from convnn._args import check_bool
+from convnn.layers._common import as_input, compute_dtype, expand
 from convnn.layers._module import Module
 from convnn.layers._random import normal, resolve_rngs, uniform_param
 

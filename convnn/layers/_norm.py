@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from convnn import _args, _flax_compat
+from convnn._args import check_bool, check_positive_float, check_real
 from convnn.layers._activations import relu, relu6, silu
-from convnn.layers._common import as_input, check_positive_float, compute_dtype, expand
-from convnn.layers._conv import check_bool, check_dtype
+from convnn.layers._common import as_input, compute_dtype, expand
+from convnn.layers._conv import check_dtype
 from convnn.layers._module import Module
 
 __all__ = ["GroupNorm", "BatchNorm", "LayerNorm", "RMSNorm", "InstanceNorm"]
@@ -79,11 +78,7 @@ class GroupNorm(Module):
             raise ValueError(
                 f"[{fn}] num_groups={self.num_groups} must divide dims={self.dims}."
             )
-        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
-            raise TypeError(f"[{fn}] eps must be a positive float, got {eps!r}.")
-        if not eps > 0:
-            raise ValueError(f"[{fn}] eps must be positive, got {eps!r}.")
-        self.eps = float(eps)
+        self.eps = check_positive_float(eps, "eps", fn)
         affine = check_bool(affine, "affine", fn)
         self.pytorch_compatible = check_bool(pytorch_compatible, "pytorch_compatible", fn)
         self.dtype = check_dtype(dtype, "dtype", fn, optional=True)
@@ -464,11 +459,9 @@ class BatchNorm(Module):
         self.dtype = check_dtype(dtype, "dtype", fn, optional=True)
         self.num_features = _args.as_int(num_features, "num_features", fn, minimum=1)
         self.eps = check_positive_float(eps, "eps", fn)
-        if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
-            raise TypeError(f"[{fn}] momentum must be a float in [0, 1], got {momentum!r}.")
-        if not 0 <= momentum <= 1:
+        self.momentum = check_real(momentum, "momentum", fn, expect="a float in [0, 1]")
+        if not 0 <= self.momentum <= 1:
             raise ValueError(f"[{fn}] momentum must be in [0, 1], got {momentum!r}.")
-        self.momentum = float(momentum)
         self.track_running_stats = check_bool(track_running_stats, "track_running_stats", fn)
         if check_bool(affine, "affine", fn):
             self.weight = jnp.ones((self.num_features,), jnp.float32)

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from convnn import _pool
+from convnn import _args, _pool
 from convnn.layers._module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d"]
@@ -60,7 +60,7 @@ class _AvgPool(Module):
         self.kernel_size, self.stride, self.padding, _, self.ceil_mode = _pool.pool_args(
             fn, self._n, kernel_size, stride, padding, 1, ceil_mode
         )
-        self.count_include_pad = _pool.check_bool(count_include_pad, "count_include_pad", fn)
+        self.count_include_pad = _args.check_bool(count_include_pad, "count_include_pad", fn)
         if not self.count_include_pad:
             _pool.check_exclude_pad(fn, self.padding, self.kernel_size)
 

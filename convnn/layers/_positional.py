@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import jax
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from convnn import _args
-from convnn.layers._conv import check_bool
+from convnn._args import check_bool, check_positive_float, check_real
 from convnn.layers._module import Module
 
 __all__ = ["SinusoidalPositionalEncoding", "RoPE", "ALiBi"]
@@ -19,14 +18,6 @@ __all__ = ["SinusoidalPositionalEncoding", "RoPE", "ALiBi"]
 
 def _as_array(x: Any) -> jax.Array:
     return x if isinstance(x, jax.Array) else jnp.asarray(x)
-
-
-def _positive_float(value: Any, name: str, fn: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"[{fn}] {name} must be a positive float, got {value!r}.")
-    if not value > 0:
-        raise ValueError(f"[{fn}] {name} must be positive, got {value!r}.")
-    return float(value)
 
 
 def _right_aligned(v: jax.Array, ndim: int) -> jax.Array:
@@ -79,13 +70,10 @@ class SinusoidalPositionalEncoding(Module):
         if dims % 2:
             raise ValueError(f"[{fn}] dims must be positive and even but got {dims}.")
         self.dims = dims
-        self.min_freq = _positive_float(min_freq, "min_freq", fn)
-        self.max_freq = _positive_float(max_freq, "max_freq", fn)
-        if scale is not None and (
-            isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real)
-        ):
-            raise TypeError(f"[{fn}] scale must be None or a float, got {scale!r}.")
-        self.scale = float(scale) if scale is not None else (2 / dims) ** 0.5
+        self.min_freq = check_positive_float(min_freq, "min_freq", fn)
+        self.max_freq = check_positive_float(max_freq, "max_freq", fn)
+        scale = check_real(scale, "scale", fn, optional=True)
+        self.scale = scale if scale is not None else (2 / dims) ** 0.5
         self.cos_first = check_bool(cos_first, "cos_first", fn)
         self.full_turns = check_bool(full_turns, "full_turns", fn)
 
@@ -159,10 +147,8 @@ class RoPE(Module):
         if self.dims % 2:
             raise ValueError(f"[{fn}] dims must be even, got {self.dims}.")
         self.traditional = check_bool(traditional, "traditional", fn)
-        self.base = _positive_float(base, "base", fn)
-        if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
-            raise TypeError(f"[{fn}] scale must be a float, got {scale!r}.")
-        self.scale = float(scale)
+        self.base = check_positive_float(base, "base", fn)
+        self.scale = check_real(scale, "scale", fn)
 
     def _extra_repr(self) -> str:
         return f"{self.dims}, traditional={self.traditional}"

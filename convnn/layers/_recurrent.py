@@ -11,8 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convnn import _args, _flax_compat
+from convnn._args import check_bool
 from convnn.layers import _random
-from convnn.layers._conv import check_bool
 from convnn.layers._module import Module
 from convnn.layers._random import uniform_param
 

@@ -8,10 +8,10 @@ from typing import Any
 from flax import nnx
 
 from convnn import _args
+from convnn._args import check_bool
 from convnn.layers import _random
 from convnn.layers._activations import relu
 from convnn.layers._attention import MultiHeadAttention
-from convnn.layers._conv import check_bool
 from convnn.layers._dropout import Dropout
 from convnn.layers._linear import Linear
 from convnn.layers._module import Module
