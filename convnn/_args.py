@@ -13,6 +13,8 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "check_bool",
     "check_real",
     "check_positive_float",
+    "as_array",
 ]
 
 
@@ -235,12 +238,18 @@ def check_bool(value: Any, name: str, fn: str) -> bool:
 
 
 def check_real(
-    value: Any, name: str, fn: str, *, expect: str = "a float", optional: bool = False
-) -> float | None:
-    """A real Python or NumPy number (not a bool) as a float, or ``None`` where ``optional``;
-    otherwise a ``TypeError`` naming ``fn`` and saying what ``name`` must be (``expect``)."""
+    value: Any, name: str, fn: str, *, expect: str = "a float", optional: bool = False,
+    array: bool = False,
+) -> Any:
+    """A real Python or NumPy number (not a bool) as a float, ``None`` where ``optional``, or,
+    where ``array``, a 0-d real JAX array (a traced value too) as it is; otherwise a
+    ``TypeError`` naming ``fn`` and saying what ``name`` must be (``expect``)."""
     if optional and value is None:
         return None
+    if array and isinstance(value, jax.Array) and value.ndim == 0 and (
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         what = f"None or {expect}" if optional else expect
         raise TypeError(f"[{fn}] {name} must be {what}, got {value!r}.")
@@ -253,3 +262,22 @@ def check_positive_float(value: Any, name: str, fn: str) -> float:
     if not number > 0:
         raise ValueError(f"[{fn}] {name} must be positive, got {value!r}.")
     return number
+
+
+def as_array(value: Any, name: str, fn: str) -> jax.Array:
+    """``value`` as a JAX array, accepted exactly as ``jnp.asarray`` accepts it.
+
+    JAX arrays and tracers pass through; NumPy arrays, PyTorch tensors, MLX arrays and other
+    objects with ``__array__`` or ``__dlpack__`` are converted. Anything ``jnp.asarray`` refuses
+    gives a ``TypeError`` naming the argument (the dtype is the caller's to check).
+    """
+    if isinstance(value, jax.Array):
+        return value
+    try:
+        return jnp.asarray(value)
+    except Exception as err:
+        raise TypeError(
+            f"[{fn}] {name} must be an array (a JAX or NumPy array, or an object with "
+            f"__array__ or __dlpack__ such as a PyTorch tensor), got {type(value).__name__}: "
+            f"{err}"
+        ) from err

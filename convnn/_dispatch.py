@@ -22,10 +22,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from convnn import _lowering, _plan
+from convnn import _args, _lowering, _plan
 from convnn._lowering._context import _LOCAL
 
-__all__ = ["conv", "execute", "as_array", "clear_caches", "EAGER", "TRACED"]
+__all__ = ["conv", "execute", "clear_caches", "EAGER", "TRACED"]
 
 try:
     _Tracer = jax.core.Tracer
@@ -46,25 +46,6 @@ def _is_concrete(value: Any) -> bool:
         _CONCRETE.add(type(value))
         return True
     return False
-
-
-def as_array(value: Any, name: str, fn: str) -> jax.Array:
-    """``value`` as a JAX array, accepted exactly as ``jnp.asarray`` accepts it.
-
-    JAX arrays and tracers pass through; NumPy arrays, PyTorch tensors, MLX arrays and other
-    objects with ``__array__`` or ``__dlpack__`` are converted. Anything ``jnp.asarray`` refuses
-    gives a ``TypeError`` naming the argument (the dtype is checked by the plan).
-    """
-    if isinstance(value, jax.Array):
-        return value
-    try:
-        return jnp.asarray(value)
-    except Exception as err:
-        raise TypeError(
-            f"[{fn}] {name} must be an array (a JAX or NumPy array, or an object with "
-            f"__array__ or __dlpack__ such as a PyTorch tensor), got {type(value).__name__}: "
-            f"{err}"
-        ) from err
 
 
 def execute(plan: _plan.ConvPlan, x: jax.Array, w: jax.Array) -> jax.Array:
@@ -107,12 +88,12 @@ def conv(fn: str, x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: A
         if isinstance(x, _Tracer):
             return _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip,
                            output_padding, stream, precision, preferred_element_type, name)
-        x = as_array(x, "input", name or fn)
+        x = _args.as_array(x, "input", name or fn)
     if not (type(w) in _CONCRETE or _is_concrete(w)):
         if isinstance(w, _Tracer):
             return _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip,
                            output_padding, stream, precision, preferred_element_type, name)
-        w = as_array(w, "weight", name or fn)
+        w = _args.as_array(w, "weight", name or fn)
     try:
         key = (fn, _LOCAL.state,
                stride if type(stride) is int else _strict(stride),
@@ -141,8 +122,8 @@ def conv(fn: str, x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: A
 def _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip, output_padding,
             stream, precision, preferred_element_type, name):
     err = name or fn
-    x = as_array(x, "input", err)
-    w = as_array(w, "weight", err)
+    x = _args.as_array(x, "input", err)
+    w = _args.as_array(w, "weight", err)
     p = _plan.plan(fn, x.shape, x.dtype, w.shape, w.dtype, stride=stride, padding=padding,
                    dilation=dilation, input_dilation=input_dilation, groups=groups, flip=flip,
                    output_padding=output_padding, stream=stream, precision=precision,

@@ -38,19 +38,15 @@ _SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
 
 
 def _as_array(x: Any, fn: str, *, allow_int: bool) -> jax.Array:
-    dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        x = np.asarray(x)
-        dtype = x.dtype
-    if np.dtype(dtype).kind == "O":
-        raise TypeError(f"[{fn}] input must be a numeric array, got dtype object.")
+    x = _args.as_array(x, "input", fn)
+    dtype = x.dtype
     if not (allow_int and jnp.issubdtype(dtype, jnp.integer)):
         if allow_int and not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
                 f"[{fn}] input must have a floating or integer dtype, got {np.dtype(dtype).name}."
             )
         _args.check_float_dtype(dtype, "input", fn)
-    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+    return x
 
 
 def pool_args(

@@ -349,6 +349,34 @@ def test_embedding_indices_outside_the_table_give_nan_rows():
     np.testing.assert_array_equal(np.asarray(grad), expected)
 
 
+NOT_ARRAYS = [  # (layer, call with one argument, the argument's name in the message)
+    ("Linear", lambda v: L.Linear(4, 3)(v), "input"),
+    ("LayerNorm", lambda v: L.LayerNorm(4)(v), "input"),
+    ("GroupNorm", lambda v: L.GroupNorm(2, 4)(v), "input"),
+    ("BatchNorm", lambda v: L.BatchNorm(4)(v), "input"),
+    ("Dropout", lambda v: L.Dropout(0.5)(v), "input"),
+    ("Embedding", lambda v: L.Embedding(10, 4)(v), "input"),
+    ("GRU", lambda v: L.GRU(4, 3)(v), "input"),
+    ("LSTM", lambda v: L.LSTM(4, 3)(v), "input"),
+    ("RNN", lambda v: L.RNN(4, 3)(jnp.ones((2, 5, 4)), v or "abc"), "hidden"),  # None: zeros
+    ("RoPE", lambda v: L.RoPE(4)(v), "input"),
+    ("ALiBi", lambda v: L.ALiBi()(v), "attention_scores"),
+    ("SinusoidalPositionalEncoding", lambda v: L.SinusoidalPositionalEncoding(4)(v), "input"),
+    ("MultiHeadAttention", lambda v: L.MultiHeadAttention(8, 2)(v, v, v), "queries"),
+    ("MaxPool2d", lambda v: L.MaxPool2d(2)(v), "input"),
+    ("Conv2d", lambda v: L.Conv2d(4, 2, 3)(v), "input"),
+]
+
+
+@pytest.mark.parametrize("name, call, arg", NOT_ARRAYS, ids=[c[0] for c in NOT_ARRAYS])
+def test_what_is_not_an_array_is_refused_by_the_layers_name(name, call, arg):
+    """A string or None (JAX raised "not a valid JAX array type" or "None is not a valid value
+    for jnp.array", naming nothing) is refused by the layer, naming the argument."""
+    for value in ("abc", None):
+        with pytest.raises(TypeError, match=rf"^\[{name}\] {arg} must be an array"):
+            call(value)
+
+
 def test_default_initialisation_follows_mlx():
     L.seed(0)
     lin = L.Linear(100, 50)

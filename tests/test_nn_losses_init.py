@@ -155,6 +155,16 @@ BAD_LOSS_CALLS = [  # (loss, args, kwargs, error, message); each refused by the 
     # casting would drop the imaginary part: mse_loss(1 + 5j, 1) gave 0
     ("mse_loss", (jnp.array([1 + 5j]), jnp.array([1.0])), {}, TypeError, "must be real"),
     ("hinge_loss", (_X.astype(jnp.complex64), _T), {}, TypeError, "must be real"),
+    # hyperparameters and inputs that are not numbers (JAX raised unnamed errors)
+    ("huber_loss", (_X, _T), dict(delta="a"), TypeError, "delta must be a float"),
+    ("smooth_l1_loss", (_X, _T), dict(beta=None), TypeError, "beta must be a float"),
+    ("triplet_loss", (_X, _T, _T), dict(margin=[1.0]), TypeError, "margin must be a float"),
+    ("cosine_similarity_loss", (_X, _T), dict(eps="1e-8"), TypeError, "eps must be a float"),
+    ("margin_ranking_loss", (_X, _T, _T), dict(margin=None), TypeError, "margin must be"),
+    ("gaussian_nll_loss", (_X, _T, _T), dict(full=1), TypeError, "full must be a bool"),
+    ("cross_entropy", (_X, _T), dict(label_smoothing="0.1"), TypeError, "label_smoothing must"),
+    ("mse_loss", ("abc", _T), {}, TypeError, "inputs must be an array"),
+    ("nll_loss", (_X, None), {}, TypeError, "targets must be an array"),
 ]
 
 
@@ -163,6 +173,12 @@ BAD_LOSS_CALLS = [  # (loss, args, kwargs, error, message); each refused by the 
 def test_bad_loss_calls_are_refused_by_name(name, args, kwargs, error, message):
     with pytest.raises(error, match=rf"^\[{name}\] .*{message}"):
         getattr(losses, name)(*args, **kwargs)
+
+
+def test_loss_hyperparameters_may_be_traced():
+    """A 0-d JAX array passes the checks above, under jit too (a schedule may trace it)."""
+    got = jax.jit(lambda d: losses.huber_loss(_X, _T, delta=d))(jnp.asarray(0.5, _X.dtype))
+    np.testing.assert_allclose(got, losses.huber_loss(_X, _T, delta=0.5), rtol=1e-6)
 
 
 def test_cross_entropy_from_the_definition():

@@ -19,10 +19,6 @@ from convnn.layers._module import Module
 __all__ = ["MultiHeadAttention", "scaled_dot_product_attention"]
 
 
-def _as_array(x: Any) -> jax.Array:
-    return x if isinstance(x, jax.Array) else jnp.asarray(x)
-
-
 def scaled_dot_product_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, mask: Any = None
 ) -> jax.Array:
@@ -59,7 +55,8 @@ def scaled_dot_product_attention(
       (1, 2, 3, 4)
     """
     fn = "scaled_dot_product_attention"
-    q, k, v = _as_array(q), _as_array(k), _as_array(v)
+    q, k, v = (_args.as_array(a, name, fn) for a, name in
+               ((q, "queries"), (k, "keys"), (v, "values")))
     for name, a in (("queries", q), ("keys", k), ("values", v)):
         _args.check_float_dtype(a.dtype, name, fn)
     if (
@@ -79,7 +76,7 @@ def scaled_dot_product_attention(
             raise ValueError(f"[{fn}] the only string mask is 'causal', got {mask!r}.")
         mask = None
     if mask is not None:
-        mask = _as_array(mask)
+        mask = _args.as_array(mask, "mask", fn)
         try:
             shape = jnp.broadcast_shapes(mask.shape, scores_shape)
         except ValueError:
@@ -206,7 +203,8 @@ class MultiHeadAttention(Module):
         self, queries: jax.Array, keys: jax.Array, values: jax.Array, mask: Any = None
     ) -> jax.Array:
         fn = "MultiHeadAttention"
-        queries, keys, values = _as_array(queries), _as_array(keys), _as_array(values)
+        queries, keys, values = (_args.as_array(a, name, fn) for a, name in
+                                 ((queries, "queries"), (keys, "keys"), (values, "values")))
         ins = (
             ("queries", queries, self.query_proj), ("keys", keys, self.key_proj),
             ("values", values, self.value_proj),

@@ -14,7 +14,7 @@ __all__ = ["as_input", "expand", "compute_dtype"]
 
 def as_input(x: Any, fn: str, *, allow_int: bool = False) -> jax.Array:
     """``x`` as a JAX array with a floating dtype (or an integer one with ``allow_int``)."""
-    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    x = _args.as_array(x, "input", fn)
     if allow_int and (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
         return x
     _args.check_float_dtype(x.dtype, "input", fn)

@@ -78,7 +78,7 @@ def _expand(v: jax.Array, ndim: int) -> jax.Array:
 
 
 def _as_input(x: Any, fn: str) -> jax.Array:
-    x = _dispatch.as_array(x, "input", fn)
+    x = _args.as_array(x, "input", fn)
     _args.check_float_dtype(x.dtype, "input", fn)
     return x
 

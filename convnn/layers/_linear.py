@@ -218,7 +218,7 @@ class Embedding(Module):
         self.weight = nnx.Param(normal(rngs.params(), (num, dims)) * scale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        x = _args.as_array(x, "input", "Embedding")
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise TypeError(
                 f"[Embedding] input must have an integer dtype (indices), got {x.dtype.name}."

@@ -91,7 +91,7 @@ class GroupNorm(Module):
             self.bias = _flax_compat.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        x = _args.as_array(x, "input", "GroupNorm")
         _args.check_float_dtype(x.dtype, "input", "GroupNorm")
         if x.ndim < 2 or x.shape[-1] != self.dims:
             raise ValueError(

@@ -16,10 +16,6 @@ from convnn.layers._module import Module
 __all__ = ["SinusoidalPositionalEncoding", "RoPE", "ALiBi"]
 
 
-def _as_array(x: Any) -> jax.Array:
-    return x if isinstance(x, jax.Array) else jnp.asarray(x)
-
-
 def _right_aligned(v: jax.Array, ndim: int) -> jax.Array:
     """``v`` with leading ones up to ``ndim`` axes, so arithmetic needs no rank promotion."""
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
@@ -90,7 +86,7 @@ class SinusoidalPositionalEncoding(Module):
         return sigmas * (2 * math.pi) if self.full_turns else sigmas
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _as_array(x)
+        x = _args.as_array(x, "input", "SinusoidalPositionalEncoding")
         if jnp.issubdtype(x.dtype, jnp.floating):
             dtype = _args.promote_float(x.dtype, jnp.float32)
         elif jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
@@ -158,7 +154,7 @@ class RoPE(Module):
 
     def __call__(self, x: jax.Array, offset: int | jax.Array = 0) -> jax.Array:
         fn = "RoPE"
-        x = _as_array(x)
+        x = _args.as_array(x, "input", fn)
         _args.check_float_dtype(x.dtype, "input", fn)
         if x.ndim < 2 or x.shape[-1] < self.dims:
             raise ValueError(
@@ -167,7 +163,7 @@ class RoPE(Module):
             )
         if isinstance(offset, (int, np.integer)):  # bounded by name here, not by JAX's cast
             offset = _args.as_int(offset, "offset", fn)
-        offset = _as_array(offset)
+        offset = _args.as_array(offset, "offset", fn)
         if not (jnp.issubdtype(offset.dtype, jnp.integer) or jnp.issubdtype(
                 offset.dtype, jnp.floating)) or offset.ndim > 1 or (
                 offset.ndim == 1 and offset.shape[0] not in (1, x.shape[0])):
@@ -265,7 +261,7 @@ class ALiBi(Module):
     def __call__(
         self, attention_scores: jax.Array, offset: int = 0, mask: jax.Array | None = None
     ) -> jax.Array:
-        scores = _as_array(attention_scores)
+        scores = _args.as_array(attention_scores, "attention_scores", "ALiBi")
         _args.check_float_dtype(scores.dtype, "attention_scores", "ALiBi")
         if scores.ndim != 4:
             raise ValueError(
@@ -277,6 +273,6 @@ class ALiBi(Module):
             scores.shape[-2] + offset, scores.shape[-1], scores.shape[1], offset, scores.dtype
         )
         if mask is not None:
-            mask = _as_array(mask)
+            mask = _args.as_array(mask, "mask", "ALiBi")
             bias = bias + _right_aligned(mask.astype(bias.dtype), bias.ndim)
         return scores + jnp.broadcast_to(bias, scores.shape)

@@ -47,7 +47,7 @@ class _Recurrent(Module):
         """Checks ``x`` ``(N, L, D)`` or ``(L, D)``; returns ``x @ wx.T + b`` with the time axis
         first, ``(L, [N,] rows)``, and the compute dtype."""
         fn = type(self).__name__
-        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        x = _args.as_array(x, "input", fn)
         _args.check_float_dtype(x.dtype, "input", fn)
         if x.ndim not in (2, 3) or x.shape[-1] != wx.shape[1]:
             raise ValueError(
@@ -66,8 +66,8 @@ class _Recurrent(Module):
         shape = (*batch, self.hidden_size)
         if value is None:
             return jnp.zeros(shape, dtype)
-        value = value if isinstance(value, jax.Array) else jnp.asarray(value)
         fn = type(self).__name__
+        value = _args.as_array(value, name, fn)
         _args.check_float_dtype(value.dtype, name, fn)
         try:
             target = jnp.broadcast_shapes(value.shape, shape)

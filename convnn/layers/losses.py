@@ -60,7 +60,7 @@ def _check_reduction(reduction: Any, fn: str) -> None:
 def _floats(fn: str, *arrays: Any) -> list[jax.Array]:
     """The arrays promoted to one floating dtype (integer and bool arrays take the floats'
     dtype); complex arrays are refused (casting would drop the imaginary part)."""
-    arrays = [jnp.asarray(a) for a in arrays]
+    arrays = [_args.as_array(a, "inputs", fn) for a in arrays]
     for a in arrays:
         if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)
                 or a.dtype == jnp.bool_):
@@ -102,7 +102,7 @@ def _axis(fn: str, axis: Any, ndim: int, shapes: str) -> int:
 def _apply_weights(loss: jax.Array, weights: Any, fn: str) -> jax.Array:
     if weights is None:
         return loss
-    weights = jnp.asarray(weights)
+    weights = _args.as_array(weights, "weights", fn)
     if weights.shape != loss.shape:
         raise ValueError(
             f"[{fn}] weights must have the loss's shape {tuple(loss.shape)}; got weights shape "
@@ -129,9 +129,11 @@ def cross_entropy(
     """
     fn = "cross_entropy"
     _check_reduction(reduction, fn)
-    if not 0 <= label_smoothing < 1:
+    smoothing = _args.check_real(label_smoothing, "label_smoothing", fn, expect="a float in [0, 1)")
+    if not 0 <= smoothing < 1:
         raise ValueError(f"[{fn}] label_smoothing must be in [0, 1), got {label_smoothing!r}.")
-    logits, targets = jnp.asarray(logits), jnp.asarray(targets)
+    logits = _args.as_array(logits, "logits", fn)
+    targets = _args.as_array(targets, "targets", fn)
     as_probs = targets.ndim == logits.ndim
     axis_ = axis % logits.ndim if logits.ndim else 0
     expected = logits.shape if as_probs else logits.shape[:axis_] + logits.shape[axis_ + 1 :]
@@ -149,8 +151,8 @@ def cross_entropy(
             raise TypeError(f"[{fn}] class-index targets must be integers, got {targets.dtype}.")
         score = jnp.take_along_axis(logits, jnp.expand_dims(targets, axis), axis).squeeze(axis)
     lse = jax.nn.logsumexp(logits, axis=axis)
-    if label_smoothing > 0:
-        loss = lse - (1 - label_smoothing) * score - jnp.mean(logits, axis=axis) * label_smoothing
+    if smoothing > 0:
+        loss = lse - (1 - smoothing) * score - jnp.mean(logits, axis=axis) * smoothing
     else:
         loss = lse - score
     return _reduce(_apply_weights(loss, weights, fn), reduction, fn)
@@ -200,7 +202,8 @@ def nll_loss(inputs: Any, targets: Any, axis: int = -1, reduction: str = "none")
     """``-inputs[targets]`` along ``axis`` (``inputs`` are log-probabilities)."""
     fn = "nll_loss"
     _check_reduction(reduction, fn)
-    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    inputs = _args.as_array(inputs, "inputs", fn)
+    targets = _args.as_array(targets, "targets", fn)
     shapes = f"inputs shape {tuple(inputs.shape)}, targets shape {tuple(targets.shape)}"
     if not jnp.issubdtype(inputs.dtype, jnp.floating):
         raise TypeError(f"[{fn}] inputs (log-probabilities) must be floating, got {inputs.dtype}.")
@@ -226,6 +229,8 @@ def gaussian_nll_loss(
     ``0.5 * log(2 pi)`` with ``full``."""
     fn = "gaussian_nll_loss"
     _check_reduction(reduction, fn)
+    full = _args.check_bool(full, "full", fn)
+    eps = _args.check_real(eps, "eps", fn, array=True)
     inputs, targets, vars = _floats(fn, inputs, targets, vars)
     _same_shape(fn, inputs=inputs, targets=targets, vars=vars)
     vars = jnp.maximum(vars, eps)
@@ -252,6 +257,7 @@ def smooth_l1_loss(
     ``d - 0.5 * beta``."""
     fn = "smooth_l1_loss"
     _check_reduction(reduction, fn)
+    beta = _args.check_real(beta, "beta", fn, array=True)
     predictions, targets = _floats(fn, predictions, targets)
     _same_shape(fn, predictions=predictions, targets=targets)
     diff = jnp.abs(predictions - targets)
@@ -272,6 +278,8 @@ def triplet_loss(
     """``max(d(a, p) - d(a, n) + margin, 0)`` with ``d(a, b) = (sum |a - b|**p + eps)**(1/p)``."""
     fn = "triplet_loss"
     _check_reduction(reduction, fn)
+    p, margin, eps = (_args.check_real(v, name, fn, array=True)
+                      for v, name in ((p, "p"), (margin, "margin"), (eps, "eps")))
     anchors, positives, negatives = _floats(fn, anchors, positives, negatives)
     ndim = _broadcast(fn, anchors=anchors, positives=positives, negatives=negatives)
     axis = _axis(fn, axis, ndim, f"anchors shape {anchors.shape}")
@@ -298,6 +306,7 @@ def huber_loss(
     """``0.5 * q**2 + delta * (|e| - q)`` with ``e = inputs - targets``, ``q = min(|e|, delta)``."""
     fn = "huber_loss"
     _check_reduction(reduction, fn)
+    delta = _args.check_real(delta, "delta", fn, array=True)
     inputs, targets = _floats(fn, inputs, targets)
     _broadcast(fn, inputs=inputs, targets=targets)
     abs_errors = jnp.abs(inputs - targets)
@@ -322,6 +331,7 @@ def cosine_similarity_loss(
     """``sum(x1 * x2, axis) / max(|x1| * |x2|, eps)`` (the similarity itself, as MLX returns)."""
     fn = "cosine_similarity_loss"
     _check_reduction(reduction, fn)
+    eps = _args.check_real(eps, "eps", fn, array=True)
     x1, x2 = _floats(fn, x1, x2)
     ndim = _broadcast(fn, x1=x1, x2=x2)
     axis = _axis(fn, axis, ndim, f"x1 shape {x1.shape}, x2 shape {x2.shape}")
@@ -337,6 +347,7 @@ def margin_ranking_loss(
     """``max(0, -targets * (inputs1 - inputs2) + margin)``."""
     fn = "margin_ranking_loss"
     _check_reduction(reduction, fn)
+    margin = _args.check_real(margin, "margin", fn, array=True)
     inputs1, inputs2, targets = _floats(fn, inputs1, inputs2, targets)
     _same_shape(fn, inputs1=inputs1, inputs2=inputs2, targets=targets)
     return _reduce(jnp.maximum(0, -targets * (inputs1 - inputs2) + margin), reduction, fn)
