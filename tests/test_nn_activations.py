@@ -158,6 +158,32 @@ def test_activation_functions_accept_integer_free_python_values():
         L.glu(jnp.ones((2, 3)))
 
 
+@pytest.mark.parametrize("dtype", ["int32", "bool"])
+def test_integer_and_bool_inputs_follow_mlx(mx, mnn, dtype):
+    """MLX's dtype for integer and bool inputs (float32; relu, relu2 and hard_shrink keep
+    integers, bools as int32; step gives int32), and the values of the same numbers as float32,
+    from MLX's float path (its bool log_softmax is wrong: -1.27 where log(softmax) is -3.00).
+    Before: gelu(int) divided by sqrt(2) cast to an integer (silently wrong), hardswish and
+    hard_tanh of bools were wrong, sigmoid, silu and glu of integers raised."""
+    x = np.array([[-3, -2, -1, 0, 1, 2, 3, 6]]).astype(dtype)
+    for name in FUNCTIONS:
+        try:
+            ref_dtype = getattr(mnn, name)(mx.array(x)).dtype
+        except (ValueError, TypeError, RuntimeError):  # MLX: log_sigmoid, softmin of bools
+            ref_dtype = mx.float32
+        ref = getattr(mnn, name)(mx.array(x.astype(np.float32)))
+        ours = getattr(L, name)(jnp.asarray(x))
+        assert str(ours.dtype) == str(ref_dtype).removeprefix("mlx.core."), name
+        np.testing.assert_allclose(np.asarray(ours, np.float32), np.array(ref.astype(mx.float32)),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_activation_of_what_is_not_an_array_names_the_function():
+    for name in FUNCTIONS:
+        with pytest.raises(TypeError, match=rf"^\[{name}\] x must be an array"):
+            getattr(L, name)("abc")
+
+
 BAD_SHAPES = [  # (name in the message, call, shapes the message names)
     ("PReLU", lambda: L.PReLU(3)(jnp.ones((2, 5))), r"input shape \(2, 5\) and alpha shape \(3,\)"),
     ("prelu", lambda: L.prelu(jnp.ones((3, 1)), jnp.ones(3)),  # MLX would return (3, 3)

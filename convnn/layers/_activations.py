@@ -49,104 +49,116 @@ def _scalar(x: jax.Array, v: float) -> jax.Array:
     return jnp.asarray(v, x.dtype)
 
 
+def _input(x: Any, fn: str, *, keep_int: bool = False) -> jax.Array:
+    """``x`` as an array (a ``TypeError`` naming ``fn`` if it is none), in MLX's dtype: integer
+    and bool inputs compute in float32, except where ``keep_int`` (``relu``, ``relu2``,
+    ``hard_shrink``: MLX keeps integers there and turns bools into int32)."""
+    x = _args.as_array(x, "x", fn)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    if keep_int:
+        return x.astype(jnp.int32) if x.dtype == jnp.bool_ else x
+    return x.astype(jnp.float32)
+
+
 def sigmoid(x: ArrayLike) -> jax.Array:
     """``1 / (1 + exp(-x))``."""
-    return jax.nn.sigmoid(x)
+    return jax.nn.sigmoid(_input(x, "sigmoid"))
 
 
 def relu(x: ArrayLike) -> jax.Array:
     """``max(x, 0)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "relu", keep_int=True)
     return _maximum(x, _scalar(x, 0))
 
 
 def relu2(x: ArrayLike) -> jax.Array:
     """``max(x, 0) ** 2``."""
-    return jnp.square(relu(x))
+    return jnp.square(relu(_input(x, "relu2", keep_int=True)))
 
 
 def relu6(x: ArrayLike) -> jax.Array:
     """``min(max(x, 0), 6)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "relu6")
     return _minimum(_maximum(x, _scalar(x, 0)), _scalar(x, 6))
 
 
 def leaky_relu(x: ArrayLike, negative_slope: float = 0.01) -> jax.Array:
     """``max(negative_slope * x, x)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "leaky_relu")
     return _maximum(negative_slope * x, x)
 
 
 def log_softmax(x: ArrayLike, axis: int = -1) -> jax.Array:
     """``x - logsumexp(x, axis)``, shifted by the (gradient-stopped) maximum first."""
-    x = jnp.asarray(x)
+    x = _input(x, "log_softmax")
     x = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
     return x - jax.nn.logsumexp(x, axis=axis, keepdims=True)
 
 
 def elu(x: ArrayLike, alpha: Any = 1.0) -> jax.Array:
     """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "elu")
     return jnp.where(x > 0, x, alpha * (jnp.exp(x) - 1))
 
 
 def softmax(x: ArrayLike, axis: int = -1) -> jax.Array:
     """``exp(x) / sum(exp(x), axis)``."""
-    return jax.nn.softmax(x, axis=axis)
+    return jax.nn.softmax(_input(x, "softmax"), axis=axis)
 
 
 def softplus(x: ArrayLike) -> jax.Array:
     """``log(1 + exp(x))`` (``logaddexp(x, 0)``)."""
-    x = jnp.asarray(x)
+    x = _input(x, "softplus")
     return jnp.logaddexp(x, _scalar(x, 0))
 
 
 def softsign(x: ArrayLike) -> jax.Array:
     """``x / (1 + |x|)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "softsign")
     return x / (1 + jnp.abs(x))
 
 
 def softshrink(x: ArrayLike, lambd: float = 0.5) -> jax.Array:
     """``x - sign(x) * lambd`` where ``|x| > lambd``, else 0."""
-    x = jnp.asarray(x)
+    x = _input(x, "softshrink")
     return jnp.where(jnp.abs(x) > lambd, x - jnp.sign(x) * lambd, _scalar(x, 0))
 
 
 def celu(x: ArrayLike, alpha: Any = 1.0) -> jax.Array:
     """``max(x, 0) + alpha * (exp(min(x, 0) / alpha) - 1)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "celu")
     zero = _scalar(x, 0)
     return _maximum(x, zero) + alpha * (jnp.exp(_minimum(x, zero) / alpha) - 1)
 
 
 def silu(x: ArrayLike) -> jax.Array:
     """``x * sigmoid(x)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "silu")
     return x * jax.nn.sigmoid(x)
 
 
 def log_sigmoid(x: ArrayLike) -> jax.Array:
     """``-softplus(-x)``."""
-    return -softplus(-jnp.asarray(x))
+    return -softplus(-_input(x, "log_sigmoid"))
 
 
 def gelu(x: ArrayLike) -> jax.Array:
     """Exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` (``nnx.gelu`` defaults to the tanh
     approximation)."""
-    x = jnp.asarray(x)
+    x = _input(x, "gelu")
     return x * (1 + jax.lax.erf(x / _scalar(x, math.sqrt(2)))) / 2
 
 
 def gelu_approx(x: ArrayLike) -> jax.Array:
     """GELU's tanh approximation, ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x**3)))``."""
-    x = jnp.asarray(x)
+    x = _input(x, "gelu_approx")
     return 0.5 * x * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def gelu_fast_approx(x: ArrayLike) -> jax.Array:
     """GELU's sigmoid approximation, ``x * sigmoid(1.702 * x)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "gelu_fast_approx")
     return x * jax.nn.sigmoid(1.702 * x)
 
 
@@ -156,7 +168,7 @@ def glu(x: ArrayLike, axis: int = -1) -> jax.Array:
 
 
 def _glu(x: ArrayLike, axis: int, fn: str) -> jax.Array:
-    x = jnp.asarray(x)
+    x = _input(x, fn)
     if not -x.ndim <= axis < x.ndim or x.shape[axis] % 2:
         raise ValueError(
             f"[{fn}] axis {axis} must be an axis of the input with an even size; got input "
@@ -168,12 +180,13 @@ def _glu(x: ArrayLike, axis: int, fn: str) -> jax.Array:
 
 def step(x: ArrayLike, threshold: float = 0.0) -> jax.Array:
     """1 where ``x >= threshold``, else 0, as int32 (MLX's dtype)."""
-    return jnp.where(jnp.asarray(x) >= threshold, 1, 0).astype(jnp.int32)
+    x = _input(x, "step")  # float32 for integers: the threshold is a float
+    return jnp.where(x >= _scalar(x, threshold), 1, 0).astype(jnp.int32)
 
 
 def selu(x: ArrayLike) -> jax.Array:
     """``1.0507 * elu(x, 1.67326)`` (MLX's constants)."""
-    return elu(x, 1.67326) * 1.0507
+    return elu(_input(x, "selu"), 1.67326) * 1.0507
 
 
 def prelu(x: ArrayLike, alpha: Any) -> jax.Array:
@@ -182,8 +195,8 @@ def prelu(x: ArrayLike, alpha: Any) -> jax.Array:
 
 
 def _prelu(x: ArrayLike, alpha: Any, fn: str) -> jax.Array:
-    x = jnp.asarray(x)
-    alpha = jnp.asarray(alpha)
+    x = _input(x, fn)
+    alpha = _args.as_array(alpha, "alpha", fn)
     if alpha.size == 1:  # one slope (PReLU's default) fits any input, a 0-d one too
         alpha = alpha.reshape(())
     try:  # an activation keeps its input's shape: alpha may not broadcast x to a larger one
@@ -205,36 +218,37 @@ def _prelu(x: ArrayLike, alpha: Any, fn: str) -> jax.Array:
 
 def mish(x: ArrayLike) -> jax.Array:
     """``x * tanh(softplus(x))``."""
-    x = jnp.asarray(x)
+    x = _input(x, "mish")
     return x * jnp.tanh(softplus(x))
 
 
 def hardswish(x: ArrayLike) -> jax.Array:
     """``x * min(max(x + 3, 0), 6) / 6``."""
-    x = jnp.asarray(x)
+    x = _input(x, "hardswish")
     return x * _minimum(_maximum(x + 3, _scalar(x, 0)), _scalar(x, 6)) / 6
 
 
 def hard_tanh(x: ArrayLike, min_val: float = -1.0, max_val: float = 1.0) -> jax.Array:
     """``min(max(x, min_val), max_val)``."""
-    x = jnp.asarray(x)
+    x = _input(x, "hard_tanh")
     return _minimum(_maximum(x, _scalar(x, min_val)), _scalar(x, max_val))
 
 
 def hard_shrink(x: ArrayLike, lambd: float = 0.5) -> jax.Array:
     """``x`` where ``|x| > lambd``, else 0."""
-    x = jnp.asarray(x)
-    return jnp.where(jnp.abs(x) > lambd, x, _scalar(x, 0))
+    x = _input(x, "hard_shrink", keep_int=True)
+    magnitude = jnp.abs(_input(x, "hard_shrink"))  # float32 for integers: lambd is a float
+    return jnp.where(magnitude > _scalar(magnitude, lambd), x, _scalar(x, 0))
 
 
 def softmin(x: ArrayLike, axis: int = -1) -> jax.Array:
     """``softmax(-x, axis)``."""
-    return jax.nn.softmax(-jnp.asarray(x), axis=axis)
+    return jax.nn.softmax(-_input(x, "softmin"), axis=axis)
 
 
 def tanh(x: ArrayLike) -> jax.Array:
     """``tanh(x)``."""
-    return jnp.tanh(x)
+    return jnp.tanh(_input(x, "tanh"))
 
 
 class _Activation(Module):
@@ -470,7 +484,7 @@ class GELU(Module):
 # that every parameter, default and example stays in step with the code.
 
 _PARAMS = {
-    "x": "the input, ``(*S)``: any shape, a floating dtype",
+    "x": "the input, ``(*S)``: any shape and real dtype (integers and bools as in MLX)",
     "alpha": "the scale of the negative part",
     "negative_slope": "the slope for negative inputs",
     "axis": "the axis to normalize over (``glu``: to split in halves)",
@@ -501,9 +515,13 @@ def _args_section(fn: Any, skip: tuple[str, ...] = ()) -> str:
 def _document_function(fn: Any) -> None:
     shape_out = "(2, 2)" if fn is glu else "(2, 4)"
     call = "nn.prelu(x, jnp.array([0.25]))" if fn is prelu else f"nn.{fn.__name__}(x)"
-    dtype = "int32 (MLX's dtype)" if fn is step else "``x``'s dtype"
+    dtype = (
+        "int32 (MLX's dtype)" if fn is step
+        else "``x``'s dtype (bool inputs give int32, as in MLX)" if fn in (relu, relu2, hard_shrink)
+        else "``x``'s floating dtype, float32 for integer and bool inputs (MLX's promotion)"
+    )
     shape = "``x`` with ``axis`` halved" if fn is glu else "``(*S)``, ``x``'s shape"
-    raises = "  TypeError: from JAX, for an input that is not a numeric array."
+    raises = "  TypeError: for an input that is not an array (a string, None, a ragged list)."
     if fn is glu:
         raises = "  ValueError: if ``axis`` is not an axis of ``x`` or its size is odd.\n" + raises
     if fn is prelu:
@@ -525,8 +543,8 @@ def _document_class(cls: type, fn: Any) -> None:
         f"  >>> nn.{cls.__name__}()(jnp.zeros((2, 4))).shape\n  (2, 4)"
     )
     raises = (
-        "Raises:\n  TypeError: on a non-numeric hyperparameter; when called, from JAX for an\n"
-        "    input that is not a numeric array."
+        "Raises:\n  TypeError: on a non-numeric hyperparameter; when called, on an input that\n"
+        "    is not an array (the error names the function the layer applies)."
     )
     if cls is GELU:
         raises = "Raises:\n  ValueError: on an unknown ``approx``."
