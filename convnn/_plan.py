@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 
 from convnn import _args, _lowering
-from convnn._lowering import ConvSpec
+from convnn._lowering import ConvSpec, output_size
 
 __all__ = ["ConvPlan", "plan", "resolve_stream", "clear_cache"]
 
@@ -421,7 +421,8 @@ def _plan(
 
     padded = tuple((s - 1) * d + 1 + lo + hi
                    for s, d, lo, hi in zip(spatial, input_dilation, lows, highs))
-    out_spatial = tuple((p - kd) // s + 1 for p, kd, s in zip(padded, k_dil, stride))
+    out_spatial = tuple(output_size(*axis) for axis in zip(
+        spatial, lows, highs, input_dilation, kernel, dilation, stride))
     if any(p < kd for p, kd in zip(padded, k_dil)) or any(s == 0 for s in spatial):
         if transposed:
             raise ValueError(

@@ -32,7 +32,7 @@ from convnn._lowering._decomposed import conv_decomposed
 from convnn._lowering._detect import detect_backend, target_for, target_of
 from convnn._lowering._policy import BACKENDS, Choice, decide
 from convnn._lowering._registry import STRATEGIES, Passes, Strategy
-from convnn._lowering._spec import ConvSpec
+from convnn._lowering._spec import ConvSpec, output_size
 from convnn._lowering._xla import conv_xla
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "decide",
     "detect_backend",
     "lowering",
+    "output_size",
     "recording",
     "resolve",
     "run",

@@ -67,19 +67,18 @@ def _accumulation_dtype(dtype) -> np.dtype:
 
 def _geometry(x_shape, w_shape, spec: ConvSpec):
     """Per spatial axis: pad config, output size, and whether the axis is split in blocks."""
-    config, outs = [(0, 0, 0)], []
-    for size, (lo, hi), d, k, kd, s in zip(
+    outs = spec.output_sizes(x_shape[1:-1], w_shape[1:-1])
+    config = [(0, 0, 0)]
+    for size, (lo, hi), d, k, kd, s, out in zip(
         x_shape[1:-1], spec.padding, spec.input_dilation, w_shape[1:-1], spec.kernel_dilation,
-        spec.stride,
+        spec.stride, outs,
     ):
         padded = (size - 1) * d + 1 + lo + hi
         span = (k - 1) * kd + 1
-        out = (padded - span) // s + 1
         need = ((span - 1) // s + out) * s  # whole blocks covering every tap; == padded if s == 1
         config.append((lo, hi + need - padded, d - 1))
-        outs.append(out)
     config.append((0, 0, 0))
-    return config, tuple(outs)
+    return config, outs
 
 
 def _blocked(xp, spec: ConvSpec, lead: int):

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
+
+
+def output_size(size: int, lo: int, hi: int, input_dilation: int, kernel: int,
+                kernel_dilation: int, stride: int) -> int:
+    """A convolution's output size along one axis (below 1 where the window does not fit).
+
+    The input dilated and padded, ``(size - 1) * input_dilation + 1 + lo + hi``, less the
+    dilated kernel's span, ``(kernel - 1) * kernel_dilation + 1``, over the stride, plus one.
+    """
+    padded = (size - 1) * input_dilation + 1 + lo + hi
+    return (padded - (kernel - 1) * kernel_dilation - 1) // stride + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,3 +45,10 @@ class ConvSpec:
     @property
     def ndim(self) -> int:
         return len(self.stride)
+
+    def output_sizes(self, spatial: Sequence[int], kernel: Sequence[int]) -> tuple[int, ...]:
+        """The output's spatial sizes for an input of spatial sizes ``spatial`` and a kernel of
+        spatial sizes ``kernel`` (:func:`output_size` per axis)."""
+        return tuple(output_size(n, lo, hi, d, k, kd, s) for n, (lo, hi), d, k, kd, s in zip(
+            spatial, self.padding, self.input_dilation, kernel, self.kernel_dilation,
+            self.stride, strict=True))

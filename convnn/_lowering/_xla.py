@@ -149,8 +149,7 @@ def xla_form(x_shape, w_shape, spec: ConvSpec, backend: str) -> str | None:
     spans = [(k - 1) * d + 1 for k, d in zip(w_shape[1:-1], spec.kernel_dilation)]
     cpu = backend == "cpu"
     if all(d == 1 for d in spec.input_dilation):
-        out = [(size + lo + hi - span) // s + 1 for size, (lo, hi), span, s in
-               zip(x_shape[1:-1], spec.padding, spans, spec.stride)]
+        out = spec.output_sizes(x_shape[1:-1], w_shape[1:-1])
         strided = any(s > 1 for s in spec.stride)
         return "input" if cpu and strided and any(k >= n for k, n in zip(spans, out)) else None
     if cpu and any(k >= size or lo >= k or hi >= k
