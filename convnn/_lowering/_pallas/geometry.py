@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from convnn._lowering._spec import output_size
+
 __all__ = ["AxisGeometry", "forward_geometry", "input_grad_geometry"]
 
 
@@ -45,7 +47,7 @@ class AxisGeometry:
 
 def forward_geometry(size: int, kernel: int, stride: int, lo: int, hi: int) -> AxisGeometry:
     """The forward correlation along one axis."""
-    out = (size + lo + hi - kernel) // stride + 1
+    out = output_size(size, lo, hi, 1, kernel, 1, stride)
     return AxisGeometry(kernel, stride, 1, (-lo,), (0,), (out,), size, out)
 
 
@@ -57,7 +59,7 @@ def input_grad_geometry(
     Returns the geometry and, per phase, the kernel tap that each sub-kernel tap reads (``-1``:
     a zero tap, padding the sub-kernels to a common size).
     """
-    out = (size + lo + hi - kernel) // stride + 1
+    out = output_size(size, lo, hi, 1, kernel, 1, stride)
     s = stride
     jmax = -(-kernel // s)
     bs, ps, counts, taps = [], [], [], []
