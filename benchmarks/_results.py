@@ -25,11 +25,14 @@ def default_path(stem: str) -> Path:
 
 
 def machine(args, path: Path) -> dict:
-    """The machine and the arguments of a run (the JSON path as its file name only)."""
+    """The machine and the arguments of a run (paths as their last component only: a results
+    file must not record the directories of the machine it was measured on)."""
     device = jax.devices()[0]
+    argv = {k: Path(v).name if isinstance(v, Path) or (isinstance(v, str) and os.path.isabs(v))
+            else v for k, v in vars(args).items()}
     return {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
             "python": platform.python_version(), "host": platform.node(),
-            "cpu_count": os.cpu_count(), "argv": {**vars(args), "json": path.name}}
+            "cpu_count": os.cpu_count(), "argv": {**argv, "json": path.name}}
 
 
 def save(path: Path, data: Any) -> None:
