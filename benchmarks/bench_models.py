@@ -310,6 +310,26 @@ def run_isolated(name, batch, dtype, conv, patterns, args):
         return [{**r, "autotune": tuning} for r in rows] if tuning else rows
 
 
+def median_rows(runs: list[list[dict]]) -> dict:
+    """``column -> row`` over the rows of several child processes of one column: the row of the
+    process with the median images/s (the lower middle one for an even count), its first step
+    the median of all, and every process's images/s in ``process_rates``. A column that failed
+    in every process keeps the first error."""
+    out = {}
+    for column in dict.fromkeys(r["column"] for rows in runs for r in rows):
+        rows = [r for run in runs for r in run if r["column"] == column]
+        good = sorted((r for r in rows if "error" not in r), key=lambda r: r["images_per_s"])
+        if not good:
+            out[column] = rows[0]
+            continue
+        mid = dict(good[(len(good) - 1) // 2])
+        if len(rows) > 1:
+            mid["first_step_s"] = statistics.median(r["first_step_s"] for r in good)
+            mid["process_rates"] = [r.get("images_per_s") for r in rows]
+        out[column] = mid
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # PyTorch
 # ------------------------------------------------------------------------------------------
@@ -499,6 +519,10 @@ def main(argv=None):
                    "compiled after another reuses its cuDNN autotuning, so first-step times "
                    "depend on the order of the columns); by default each (model, batch, dtype, "
                    "conv) runs in a child process")
+    p.add_argument("--processes", type=int, default=1,
+                   help="fresh child processes per JAX column; a row reports the median of "
+                   "their images/s and first steps, and lists each in process_rates (the "
+                   "nnx.Conv column's speed differs between processes: docs/benchmarks.md)")
     p.add_argument("--autotune", default=None, metavar="DIR",
                    help="each JAX column loads XLA's autotuning results (the cuDNN and GEMM "
                    "algorithms it runs) from DIR/<model>_<batch>_<dtype>_<conv>.pbtxt where "
@@ -507,6 +531,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.autotune and args.in_process:
         p.error("--autotune needs a process per column: leave out --in-process")
+    if args.processes < 1 or (args.processes > 1 and args.in_process):
+        p.error(f"--processes must be at least 1, and 1 with --in-process; got {args.processes}")
     if args.profile_steps is None:
         args.profile_steps = 5 if jax.default_backend() == "gpu" else 0
     if args.report:
@@ -601,8 +627,8 @@ def main(argv=None):
             if key not in isolated:
                 mine = [c.split("/")[1] for n, b, d, c in plan
                         if (n, b, d, c.split("/")[0]) == key]
-                isolated[key] = {r["column"]: r for r in
-                                 run_isolated(name, batch, dtype, conv, mine, args)}
+                isolated[key] = median_rows([run_isolated(name, batch, dtype, conv, mine, args)
+                                             for _ in range(args.processes)])
             record(isolated[key].get(column) or {"model": name, "batch": batch, "dtype": dtype,
                                                  "column": column, "error": "no row from child"})
             continue
