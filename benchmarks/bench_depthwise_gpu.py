@@ -57,7 +57,7 @@ from jax import lax
 
 import convnn
 from benchmarks._timing import median_ms
-from convnn._lowering import ConvConfig, _cuda, _pallas
+from convnn._lowering import ConvConfig, Prologue, _cuda, _pallas
 from convnn._lowering._spec import ConvSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +183,16 @@ def lax_conv(x, w, spec):
 # ---------------------------------------------------------------------------------------------
 
 
+#: The prologue ``act(x * scale + shift)`` (convnn.Prologue) of every other correctness case,
+#: the activations in turn; the reference is the chain rule through the float64 convolution.
+PROLOGUE_ACTIVATIONS = ("relu6", "silu", None, "relu")
+_ACT = {None: (lambda v: v, lambda v: np.ones_like(v)),
+        "relu": (lambda v: np.maximum(v, 0), lambda v: (v > 0) * 1.0),
+        "relu6": (lambda v: np.clip(v, 0, 6), lambda v: ((v > 0) & (v < 6)) * 1.0),
+        "silu": (lambda v: v / (1 + np.exp(-v)),
+                 lambda v: (1 / (1 + np.exp(-v))) * (1 + v * (1 - 1 / (1 + np.exp(-v)))))}
+
+
 def correctness():
     from convnn._reference import conv_general_ref, conv_general_ref_vjp
 
@@ -203,35 +213,48 @@ def correctness():
         )
         xd = np.asarray(jnp.asarray(x, dt).astype(jnp.float32), np.float64)  # rounded inputs
         wd = np.asarray(jnp.asarray(w, dt).astype(jnp.float32), np.float64)
-        ref = conv_general_ref(xd, wd, **kw)
+        fused = i % 2 == 1
+        act = PROLOGUE_ACTIVATIONS[(i // 2) % len(PROLOGUE_ACTIVATIONS)] if fused else None
+        # Shifts past zero (the padding must stay zero, not act(shift)), negative scales.
+        scale = rng.uniform(-1.5, 2.0, c) if fused else np.ones(c)
+        shift = rng.uniform(0.5, 2.0, c) if fused else np.zeros(c)
+        z = xd * scale + shift
+        ref = conv_general_ref(_ACT[act][0](z), wd, **kw)
         g = rng.standard_normal(ref.shape)
         gd = np.asarray(jnp.asarray(g, dt).astype(jnp.float32), np.float64)
         spec = make_spec(c, s, pad, flip)
         assert _pallas.supports(spec, x.shape, jnp.dtype(dt), w.shape), case
+        da, dw = conv_general_ref_vjp(_ACT[act][0](z), wd, gd, **kw)
+        dz = da * _ACT[act][1](z)
+        want = (ref, dz * scale, dw, (dz * xd).sum((0, 1, 2)), dz.sum((0, 1, 2)))
 
-        def run(x, w, g, spec=spec):
-            out, vjp = jax.vjp(
-                lambda a, b: _pallas.depthwise(a, b, spec, interpret=INTERPRET), x, w
-            )
+        def run(x, w, g, a, b, spec=spec, fused=fused, act=act):
+            def f(x, w, a, b):
+                prologue = Prologue(a, b, act) if fused else None
+                return _pallas.depthwise(x, w, spec, prologue=prologue, interpret=INTERPRET)
+
+            out, vjp = jax.vjp(f, x, w, a, b)
             return (out, *vjp(g))
 
-        args = (jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt))
+        args = (jnp.asarray(x, dt), jnp.asarray(w, dt), jnp.asarray(g, dt),
+                jnp.asarray(scale, jnp.float32), jnp.asarray(shift, jnp.float32))
         jobs[i] = (jax.jit(run), args)
-        data[i] = (case, args, (ref, *conv_general_ref_vjp(xd, wd, gd, **kw)))
+        data[i] = (case, act if fused else "-", args, want[:5 if fused else 3])
     compiled = compile_all(jobs)
-    for i, (case, args, want) in data.items():
+    for i, (case, act, args, want) in data.items():
         dt = case[-1]
         got = compiled[i](*args)
         errs = {}
-        for name, a, b in zip(("out", "dx", "dw"), got, want):
+        for name, a, b in zip(("out", "dx", "dw", "dscale", "dshift"), got, want):
             a = np.asarray(a.astype(jnp.float32), np.float64)
             errs[name] = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
             if a.shape != b.shape or not np.all(np.isfinite(a)):
                 errs[name] = float("inf")
         passed = all(e <= TOLERANCE[dt] for e in errs.values())
         ok &= passed
-        rows.append(dict(case=repr(case), rel_err=errs, passed=passed))
-        log("correct" if passed else "WRONG", case, {k_: f"{v:.1e}" for k_, v in errs.items()})
+        rows.append(dict(case=repr(case), prologue=act, rel_err=errs, passed=passed))
+        log("correct" if passed else "WRONG", case, f"prologue {act}",
+            {k_: f"{v:.1e}" for k_, v in errs.items()})
     return dict(all_passed=ok, cases=rows)
 
 
@@ -774,8 +797,7 @@ def dry_run():
         ("8x8x8 3x3", 2, 8, 8, 8, 3, 1, "float32"),
         ("9x9x8 3x3 s2", 2, 9, 9, 8, 3, 2, "bfloat16"),
     ]
-    CORRECTNESS = CORRECTNESS[:1]
-    CORRECTNESS = CORRECTNESS[:1] + CORRECTNESS[3:4]
+    CORRECTNESS = CORRECTNESS[3:5]  # 3x3 float32 as it is, and 3x3 bfloat16 with a prologue
     SWEEP = {
         "8x9x8 3x3 fp32": (
             (2, 8, 9, 8, 3, "float32"),

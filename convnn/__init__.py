@@ -9,6 +9,7 @@ from convnn._backend import BackendInfo, backend_info
 from convnn._explain import Explanation, explain
 from convnn._lowering import lowering
 from convnn.functional import (
+    Prologue,
     avg_pool1d,
     avg_pool2d,
     avg_pool3d,
@@ -27,6 +28,7 @@ from convnn.functional import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Prologue",
     "conv1d",
     "conv2d",
     "conv3d",

@@ -48,7 +48,8 @@ def _is_concrete(value: Any) -> bool:
     return False
 
 
-def execute(plan: _plan.ConvPlan, x: jax.Array, w: jax.Array) -> jax.Array:
+def execute(plan: _plan.ConvPlan, x: jax.Array, w: jax.Array,
+            prologue: _lowering.Prologue | None = None) -> jax.Array:
     """The traced part of a call: casts, crops and lowers (under jit or an outer trace)."""
     x, w = x.astype(plan.dtype), w.astype(plan.dtype)
     if plan.unbatched:
@@ -59,7 +60,7 @@ def execute(plan: _plan.ConvPlan, x: jax.Array, w: jax.Array) -> jax.Array:
         if plan.crop is not None:
             starts, stops = plan.crop
             x = x[(slice(None), *(slice(a, b) for a, b in zip(starts, stops)))]
-        out = _lowering.run(plan.strategy, x, w, plan.spec)
+        out = _lowering.run(plan.strategy, x, w, plan.spec, prologue)
     return out[0] if plan.unbatched else out
 
 
@@ -81,9 +82,13 @@ _strict = _plan._strict
 def conv(fn: str, x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
          input_dilation: Any = 1, groups: Any = 1, flip: Any = False, output_padding: Any = 0,
          stream: Any = None, precision: Any = None, preferred_element_type: Any = None,
-         name: str | None = None) -> jax.Array:
+         name: str | None = None, prologue: Any = None) -> jax.Array:
     """Plans and computes one convolution (the arguments as :func:`convnn._plan.plan` takes
-    them; ``dilation`` is the kernel dilation)."""
+    them; ``dilation`` is the kernel dilation). A call with a ``prologue`` runs through
+    :data:`TRACED` (eager or not): its arrays are operands of the compiled call."""
+    if prologue is not None:
+        return _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip,
+                       output_padding, stream, precision, preferred_element_type, name, prologue)
     if not (type(x) in _CONCRETE or _is_concrete(x)):
         if isinstance(x, _Tracer):
             return _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip,
@@ -120,17 +125,28 @@ def conv(fn: str, x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: A
 
 
 def _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip, output_padding,
-            stream, precision, preferred_element_type, name):
+            stream, precision, preferred_element_type, name, prologue=None):
     err = name or fn
     x = _args.as_array(x, "input", err)
     w = _args.as_array(w, "weight", err)
+    if prologue is not None:
+        if not isinstance(prologue, _lowering.Prologue):
+            _plan.prologue_key(prologue, err)  # raises the TypeError
+        prologue = _lowering.Prologue(_args.as_array(prologue.scale, "prologue.scale", err),
+                                      _args.as_array(prologue.shift, "prologue.shift", err),
+                                      prologue.activation)
     p = _plan.plan(fn, x.shape, x.dtype, w.shape, w.dtype, stride=stride, padding=padding,
                    dilation=dilation, input_dilation=input_dilation, groups=groups, flip=flip,
                    output_padding=output_padding, stream=stream, precision=precision,
-                   preferred_element_type=preferred_element_type, name=name)
+                   preferred_element_type=preferred_element_type, name=name,
+                   prologue=_plan.prologue_key(prologue, err))
     if p.device is not None:
         x, w = jax.device_put(x, p.device), jax.device_put(w, p.device)
-    return TRACED(p, x, w)
+        if prologue is not None:
+            prologue = jax.device_put(prologue, p.device)
+    if prologue is None:
+        return TRACED(p, x, w)
+    return TRACED(p, x, w, prologue)
 
 
 #: The traced calls' body, one ``jax.jit`` keyed by the plan. Under an outer ``jit`` it is a

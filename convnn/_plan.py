@@ -24,9 +24,10 @@ import numpy as np
 from jax import lax
 
 from convnn import _args, _lowering
-from convnn._lowering import ConvSpec, output_size
+from convnn._lowering import ConvSpec, Prologue, output_size
+from convnn._lowering._prologue import ACTIVATIONS
 
-__all__ = ["ConvPlan", "plan", "resolve_stream", "clear_cache"]
+__all__ = ["ConvPlan", "plan", "prologue_key", "resolve_stream", "clear_cache"]
 
 
 _SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
@@ -55,6 +56,9 @@ class ConvPlan:
     * ``dtype`` is the floating compute dtype of both operands (MLX's promotion);
       ``out_dtype`` is ``spec.preferred_element_type`` when given (never narrower than
       ``dtype``), else ``dtype``. ``spec.precision`` is ``None``, a ``lax.Precision`` or a pair.
+    * ``prologue`` is whether the call has a :class:`~convnn.Prologue`, whose ``scale`` and
+      ``shift`` are then ``(C_in,)`` with real floating dtypes and whose activation
+      (``prologue_activation``) is ``None`` or a name of ``ACTIVATIONS``.
     * ``strategy`` is a key of ``_lowering.STRATEGIES`` chosen for the operands the strategy
       sees (``lowered_x_shape``: batched and cropped), or ``None`` when ``zeros``: no input
       element reaches a window and the output is all zeros. It is resolved again on every
@@ -78,6 +82,8 @@ class ConvPlan:
     zeros: bool
     lowered_x_shape: tuple[int, ...] = ()
     w_shape: tuple[int, ...] = ()
+    prologue: bool = False
+    prologue_activation: str | None = None
 
 
 def _shapes(x_shape, w_shape) -> str:
@@ -281,6 +287,40 @@ def _unstrict(value: Any) -> Any:
     return value[1]
 
 
+def prologue_key(prologue: Any, fn: str) -> tuple | None:
+    """What the plan checks of a prologue: ``(activation, scale shape, scale dtype, shift
+    shape, shift dtype)`` (``None`` for no prologue); its arrays must be arrays already."""
+    if prologue is None:
+        return None
+    if not isinstance(prologue, Prologue):
+        raise TypeError(
+            f"[{fn}] prologue must be None or a convnn.Prologue (for example a BatchNorm's "
+            f"BatchNorm.prologue(x)), got {type(prologue).__name__}."
+        )
+    return (prologue.activation, tuple(prologue.scale.shape), jnp.dtype(prologue.scale.dtype),
+            tuple(prologue.shift.shape), jnp.dtype(prologue.shift.dtype))
+
+
+def _check_prologue(key: tuple, x_shape, err: str) -> str | None:
+    activation, scale_shape, scale_dtype, shift_shape, shift_dtype = key
+    if activation is not None and (not isinstance(activation, str)
+                                   or activation not in ACTIVATIONS):
+        raise ValueError(
+            f"[{err}] prologue.activation must be None or one of {tuple(ACTIVATIONS)}, got "
+            f"{activation!r}."
+        )
+    c = x_shape[-1]
+    for what, shape, dtype in (("scale", scale_shape, scale_dtype),
+                               ("shift", shift_shape, shift_dtype)):
+        _args.check_float_dtype(dtype, f"prologue.{what}", err)
+        if shape != (c,):
+            raise ValueError(
+                f"[{err}] prologue.{what} must have shape (C_in,) = ({c},), one value per input "
+                f"channel; got prologue.{what} shape {shape} and input shape {tuple(x_shape)}."
+            )
+    return activation
+
+
 def plan(fn: str, x_shape, x_dtype, w_shape, w_dtype, **kwargs) -> ConvPlan:
     """Validates one convolution call and derives everything static about it.
 
@@ -292,8 +332,9 @@ def plan(fn: str, x_shape, x_dtype, w_shape, w_dtype, **kwargs) -> ConvPlan:
       **kwargs: the call's arguments as the public function takes them: ``stride``,
         ``padding``, ``dilation`` (``kernel_dilation`` for ``conv_general``),
         ``input_dilation``, ``groups``, ``flip``, ``output_padding``, ``stream``,
-        ``precision``, ``preferred_element_type``; and ``name``, the name errors carry
-        (a layer passes its class name; default ``fn``).
+        ``precision``, ``preferred_element_type``; ``prologue``, the call's
+        :func:`prologue_key`; and ``name``, the name errors carry (a layer passes its class
+        name; default ``fn``).
 
     Returns:
       A :class:`ConvPlan`. The result is cached (keyed so that ``1``, ``1.0`` and ``True``
@@ -352,6 +393,7 @@ def _plan(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: tuple | None = None,
     name: str | None = None,
 ) -> ConvPlan:
     if fn not in _RANKS:
@@ -369,6 +411,7 @@ def _plan(
             raise TypeError(f"[{err}] {what} must be a numeric array, got dtype object.")
         _args.check_float_dtype(dtype, what, err)
     n = _check_operands(err, x_shape, w_shape, _RANKS[fn], groups)
+    activation = None if prologue is None else _check_prologue(prologue, x_shape, err)
     stride = _args.normalize_tuple(stride, n, "stride", err, minimum=1)
     dilation = _args.normalize_tuple(dilation, n, dil_name, err, minimum=1)
     input_dilation = _args.normalize_tuple(input_dilation, n, "input_dilation", err, minimum=1)
@@ -459,5 +502,5 @@ def _plan(
         out_dtype=pet if pet is not None else jnp.dtype(dtype), lows=lows, highs=highs,
         crop=crop, out_shape=out_shape[1:] if unbatched else out_shape, spec=spec,
         strategy=strategy, device=device, zeros=zeros, lowered_x_shape=cropped,
-        w_shape=tuple(w_shape),
+        w_shape=tuple(w_shape), prologue=prologue is not None, prologue_activation=activation,
     )

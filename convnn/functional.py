@@ -27,8 +27,10 @@ import jax
 
 from convnn import _pool
 from convnn._dispatch import conv as _conv
+from convnn._lowering import Prologue
 
 __all__ = [
+    "Prologue",
     "conv1d",
     "conv2d",
     "conv3d",
@@ -59,6 +61,7 @@ def conv1d(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: Prologue | None = None,
 ) -> jax.Array:
     """1-D convolution (cross-correlation) over channels-last input, as ``mlx.core.conv1d``.
 
@@ -75,6 +78,8 @@ def conv1d(
       precision: passed to ``lax.conv_general_dilated``. Default ``None``.
       preferred_element_type: accumulation and output dtype (e.g. float32 for bfloat16 inputs).
         Default ``None``: the promoted input dtype.
+      prologue: a :class:`convnn.Prologue`: convolve ``act(input * scale + shift)``
+        (docs/layers.md, "Fusing a BatchNorm into the next convolution"). Default ``None``.
 
     Returns:
       ``(N, W_out, C_out)`` (unbatched in, unbatched out), with
@@ -93,7 +98,7 @@ def conv1d(
       (2, 10, 4)
     """
     return _conv("conv1d", input, weight, stride, padding, dilation, 1, groups, False, 0,
-                 stream, precision, preferred_element_type)
+                 stream, precision, preferred_element_type, prologue=prologue)
 
 
 def conv2d(
@@ -108,6 +113,7 @@ def conv2d(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: Prologue | None = None,
 ) -> jax.Array:
     """2-D convolution (cross-correlation) over channels-last input, as ``mlx.core.conv2d``.
 
@@ -124,6 +130,8 @@ def conv2d(
       precision: passed to ``lax.conv_general_dilated``. Default ``None``.
       preferred_element_type: accumulation and output dtype (e.g. float32 for bfloat16 inputs).
         Default ``None``: the promoted input dtype.
+      prologue: a :class:`convnn.Prologue`: convolve ``act(input * scale + shift)``
+        (docs/layers.md, "Fusing a BatchNorm into the next convolution"). Default ``None``.
 
     Returns:
       ``(N, H_out, W_out, C_out)``, per axis
@@ -142,7 +150,7 @@ def conv2d(
       (1, 4, 4, 16)
     """
     return _conv("conv2d", input, weight, stride, padding, dilation, 1, groups, False, 0,
-                 stream, precision, preferred_element_type)
+                 stream, precision, preferred_element_type, prologue=prologue)
 
 
 def conv3d(
@@ -157,6 +165,7 @@ def conv3d(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: Prologue | None = None,
 ) -> jax.Array:
     """3-D convolution (cross-correlation) over channels-last input, as ``mlx.core.conv3d``.
 
@@ -175,6 +184,8 @@ def conv3d(
       precision: passed to ``lax.conv_general_dilated``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
         Default ``None``: the promoted input dtype.
+      prologue: a :class:`convnn.Prologue`: convolve ``act(input * scale + shift)``
+        (docs/layers.md, "Fusing a BatchNorm into the next convolution"). Default ``None``.
 
     Returns:
       ``(N, D_out, H_out, W_out, C_out)``.
@@ -192,7 +203,7 @@ def conv3d(
       (1, 4, 6, 6, 8)
     """
     return _conv("conv3d", input, weight, stride, padding, dilation, 1, groups, False, 0,
-                 stream, precision, preferred_element_type)
+                 stream, precision, preferred_element_type, prologue=prologue)
 
 
 def conv_transpose1d(
@@ -208,6 +219,7 @@ def conv_transpose1d(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: Prologue | None = None,
 ) -> jax.Array:
     """1-D transposed convolution, as ``mlx.core.conv_transpose1d`` (PyTorch's convention).
 
@@ -228,6 +240,8 @@ def conv_transpose1d(
       precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
         Default ``None``: the promoted input dtype.
+      prologue: a :class:`convnn.Prologue`: convolve ``act(input * scale + shift)``
+        (docs/layers.md, "Fusing a BatchNorm into the next convolution"). Default ``None``.
 
     Returns:
       ``(N, W_out, C_out)`` with
@@ -245,7 +259,8 @@ def conv_transpose1d(
       (1, 10, 2)
     """
     return _conv("conv_transpose1d", input, weight, stride, padding, dilation, 1, groups,
-                 False, output_padding, stream, precision, preferred_element_type)
+                 False, output_padding, stream, precision, preferred_element_type,
+                 prologue=prologue)
 
 
 def conv_transpose2d(
@@ -261,6 +276,7 @@ def conv_transpose2d(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: Prologue | None = None,
 ) -> jax.Array:
     """2-D transposed convolution, as ``mlx.core.conv_transpose2d`` (PyTorch's convention).
 
@@ -277,6 +293,8 @@ def conv_transpose2d(
       precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
         Default ``None``: the promoted input dtype.
+      prologue: a :class:`convnn.Prologue`: convolve ``act(input * scale + shift)``
+        (docs/layers.md, "Fusing a BatchNorm into the next convolution"). Default ``None``.
 
     Returns:
       ``(N, H_out, W_out, C_out)``, per axis
@@ -294,7 +312,8 @@ def conv_transpose2d(
       (1, 8, 8, 3)
     """
     return _conv("conv_transpose2d", input, weight, stride, padding, dilation, 1, groups,
-                 False, output_padding, stream, precision, preferred_element_type)
+                 False, output_padding, stream, precision, preferred_element_type,
+                 prologue=prologue)
 
 
 def conv_transpose3d(
@@ -310,6 +329,7 @@ def conv_transpose3d(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: Prologue | None = None,
 ) -> jax.Array:
     """3-D transposed convolution, as ``mlx.core.conv_transpose3d`` (PyTorch's convention).
 
@@ -326,6 +346,8 @@ def conv_transpose3d(
       precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
         Default ``None``: the promoted input dtype.
+      prologue: a :class:`convnn.Prologue`: convolve ``act(input * scale + shift)``
+        (docs/layers.md, "Fusing a BatchNorm into the next convolution"). Default ``None``.
 
     Returns:
       ``(N, D_out, H_out, W_out, C_out)``.
@@ -342,7 +364,8 @@ def conv_transpose3d(
       (1, 4, 6, 6, 4)
     """
     return _conv("conv_transpose3d", input, weight, stride, padding, dilation, 1, groups,
-                 False, output_padding, stream, precision, preferred_element_type)
+                 False, output_padding, stream, precision, preferred_element_type,
+                 prologue=prologue)
 
 
 def conv_general(
@@ -359,6 +382,7 @@ def conv_general(
     stream: Any = None,
     precision: Any = None,
     preferred_element_type: Any = None,
+    prologue: Prologue | None = None,
 ) -> jax.Array:
     """General N-d convolution (1 to 3 spatial axes), as ``mlx.core.conv_general``.
 
@@ -382,6 +406,8 @@ def conv_general(
       precision: passed to ``lax``. Default ``None``.
       preferred_element_type: accumulation and output dtype.
         Default ``None``: the promoted input dtype.
+      prologue: a :class:`convnn.Prologue`: convolve ``act(input * scale + shift)``
+        (docs/layers.md, "Fusing a BatchNorm into the next convolution"). Default ``None``.
 
     Returns:
       ``(N, *spatial_out, C_out)``, per axis
@@ -400,7 +426,8 @@ def conv_general(
       (1, 10, 8, 3)
     """
     return _conv("conv_general", input, weight, stride, padding, kernel_dilation,
-                 input_dilation, groups, flip, 0, stream, precision, preferred_element_type)
+                 input_dilation, groups, flip, 0, stream, precision, preferred_element_type,
+                 prologue=prologue)
 
 
 def max_pool1d(

@@ -119,6 +119,7 @@ CALL_DRIVER = textwrap.dedent(
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_digits_smoke_and_log_output(tmp_path):
     out = tmp_path / "digits"
     proc = _ok(_run(["train_digits.py", *DIGITS, "--out", out]), "train_digits.py")
@@ -198,6 +199,7 @@ def test_flags_are_checked_up_front_in_one_line(flag_calls, case):
     assert re.search(pattern, lines[0]), (argv, err)
 
 
+@pytest.mark.slow
 def test_digits_ctrl_c_prints_one_line(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "train_digits.py", *DIGITS, "--out", str(tmp_path)], cwd=EXAMPLES,

@@ -354,15 +354,15 @@ def test_numpy_and_list_inputs_are_accepted():
 
 SIGNATURE_CONV = (
     "(input, weight, /, stride=1, padding=0, dilation=1, groups=1, *, stream=None, "
-    "precision=None, preferred_element_type=None)"
+    "precision=None, preferred_element_type=None, prologue=None)"
 )
 SIGNATURE_T = (
     "(input, weight, /, stride=1, padding=0, dilation=1, output_padding=0, groups=1, *, "
-    "stream=None, precision=None, preferred_element_type=None)"
+    "stream=None, precision=None, preferred_element_type=None, prologue=None)"
 )
 SIGNATURE_G = (
     "(input, weight, /, stride=1, padding=0, kernel_dilation=1, input_dilation=1, groups=1, "
-    "flip=False, *, stream=None, precision=None, preferred_element_type=None)"
+    "flip=False, *, stream=None, precision=None, preferred_element_type=None, prologue=None)"
 )
 
 
@@ -567,3 +567,23 @@ def test_process_survives_3d_transposed_conv_with_large_padding():
     )
     assert out.shape == ref.shape == (1, 4, 4, 4, 3)
     assert_close(out, ref, jnp.float64)
+
+
+@pytest.mark.parametrize("prologue, error, match", [
+    ("relu", TypeError, r"\[conv2d\] prologue must be None or a convnn.Prologue"),
+    (convnn.Prologue(jnp.ones(3), jnp.zeros(3), "gelu"), ValueError,
+     r"\[conv2d\] prologue.activation must be None or one of"),
+    (convnn.Prologue(jnp.ones(2), jnp.zeros(3)), ValueError,
+     r"\[conv2d\] prologue.scale must have shape \(C_in,\) = \(3,\).*got prologue.scale shape "
+     r"\(2,\) and input shape \(1, 5, 5, 3\)"),
+    (convnn.Prologue(jnp.ones(3), jnp.zeros((3, 1))), ValueError, r"prologue.shift must have"),
+    (convnn.Prologue(jnp.ones(3, jnp.int32), jnp.zeros(3)), TypeError,
+     r"\[conv2d\] prologue.scale must have a floating dtype"),
+])
+def test_bad_prologues_are_refused_by_name(prologue, error, match):
+    def call(x, w):
+        return convnn.conv2d(x, w, groups=3, prologue=prologue)
+
+    for run in (call, jax.jit(call)):  # eager, and traced (the prologue's arrays closed over)
+        with pytest.raises(error, match=match):
+            run(ones(1, 5, 5, 3), ones(3, 3, 3, 1))

@@ -139,3 +139,38 @@ def test_crop_that_removes_every_input_element_gives_zeros():
                            flip=False)
     assert_close(out, ref, jnp.float64)
     assert not np.any(np.asarray(out))
+
+
+# The prologue act(x * scale + shift): the chain rule through the float64 reference, with
+# shifts past zero (so that the zero padding differs from act(shift)) and negative scales.
+_ACT = {None: (lambda v: v, lambda v: np.ones_like(v)),
+        "relu": (lambda v: np.maximum(v, 0), lambda v: (v > 0) * 1.0),
+        "relu6": (lambda v: np.clip(v, 0, 6), lambda v: ((v > 0) & (v < 6)) * 1.0),
+        "silu": (lambda v: v / (1 + np.exp(-v)),
+                 lambda v: (1 / (1 + np.exp(-v))) * (1 + v * (1 - 1 / (1 + np.exp(-v)))))}
+PROLOGUE_CASES = [pytest.param(case, act, id=f"{case}-{act}")
+                  for case, act in zip(SUBSETS["every-6th"], [*_ACT] * 100)]
+
+
+@pytest.mark.parametrize("case, activation", PROLOGUE_CASES)
+def test_prologue_is_the_convolution_of_the_transformed_input(case, activation):
+    x, w = random_operands(case, 5)
+    c = x.shape[-1]
+    rng = np.random.default_rng(6)
+    scale, shift = rng.uniform(-1.5, 2.0, c), rng.uniform(0.5, 2.0, c)
+    f, slope = _ACT[activation]
+
+    def api(a, s, b, v):
+        return call_api(case, a, v, prologue=convnn.Prologue(s, b, activation))
+
+    out, vjp = jax.vjp(api, *map(jnp.asarray, (x, scale, shift, w)))
+    z = x * scale + shift
+    assert_close(out, reference(case, f(z), w), jnp.float64, what=f"value {case}")
+    g = rng.standard_normal(out.shape)
+    da, rdw = reference_vjp(case, f(z), w, g)
+    dz = da * slope(z)
+    axes = tuple(range(x.ndim - 1))
+    dx, ds, db, dw = vjp(jnp.asarray(g))
+    for got, want, what in ((dx, dz * scale, "dx"), (ds, (dz * x).sum(axes), "dscale"),
+                            (db, dz.sum(axes), "dshift"), (dw, rdw, "dw")):
+        assert_close(got, want, jnp.float64, what=f"{what} {case}")

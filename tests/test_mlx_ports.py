@@ -105,9 +105,8 @@ def test_port_changes_only_imports_and_mx_calls(name):
     print(f"{name}: {len(pairs)} of {lines} lines changed")
 
 
-@pytest.mark.parametrize(
-    "name", [n if n == "transformer" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
 def test_port_matches_mlx(mx, mnn, name, tmp_path):
     optim = pytest.importorskip("mlx.optimizers")
     source = (MODELS / f"{name}_mlx.py").read_text()

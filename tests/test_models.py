@@ -9,6 +9,8 @@ layer contributes to the logits.
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from flax import nnx
 
 from convnn.interop import load_torch_state_dict
 from convnn.models import MODELS
+from convnn.models._common import run_chain
 
 NAMES = list(MODELS)
 FAST = {"resnet18"}  # the others compile for long on a small CPU: slow tier
@@ -216,3 +219,37 @@ def test_loaded_parameters_do_not_share_memory_with_the_torch_tensors(torch):
     load_torch_state_dict(model, sd)
     sd["0.bias"].add_(1.0)  # PyTorch updates in place (optimizers, BatchNorm statistics)
     assert float(jnp.abs(model.layers[0].bias[...]).max()) == 0.0
+
+
+@pytest.mark.slow
+def test_fused_batchnorms_train_like_pytorch(torch):
+    """MobileNetV2's BatchNorms that feed depthwise convolutions run as their prologues
+    (``run_chain``): in train mode the features and the running statistics of such a
+    BatchNorm follow PyTorch's (the classifier's dropout is left out: it draws its own mask)."""
+    tmodel = _torch_model(torch, "mobilenet_v2")
+    model = _abstract_model("mobilenet_v2")
+    load_torch_state_dict(model, tmodel)
+    x = np.random.default_rng(4).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    tmodel.train()
+    once = copy.deepcopy(tmodel)  # _reference_logits runs the model twice (float32, float64)
+    with torch.no_grad():
+        once.features(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    exact, low = (a.transpose(0, 2, 3, 1) for a in _reference_logits(torch, tmodel.features, x))
+    model.train()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def features(state, x):
+        model = nnx.merge(graphdef, state)
+        return run_chain(model.features.layers, x), nnx.state(model)
+
+    actual, state = features(state, jnp.asarray(x))
+    nnx.update(model, state)
+    # Four images: the last blocks' batch statistics (of 4 values per channel) magnify
+    # rounding, PyTorch's float32 as much as ours; both against PyTorch's float64.
+    _assert_logits_close(actual, exact, low, "mobilenet_v2 features, train mode")
+    ours = model.features.layers[2].conv.layers[0].layers[1]  # the expansion's, fed to the dw
+    theirs = once.features[2].conv[0][1]
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_allclose(np.asarray(getattr(ours, name)[...]),
+                                   getattr(theirs, name).numpy(), rtol=1e-4, atol=1e-5)

@@ -577,3 +577,45 @@ def test_a_wrong_input_is_refused_by_the_layers_name(name, make):
         layer(jnp.ones(()))
     with pytest.raises(TypeError, match=rf"^\[{name}\] input must .*got complex64"):
         layer(jnp.ones((2, 3, 3, 3, 4), jnp.complex64))
+
+
+@pytest.mark.parametrize("activation, training", [
+    ("relu6", True), ("silu", False),
+    *(pytest.param(a, t, marks=pytest.mark.slow)
+      for a, t in ((None, True), ("silu", True), (None, False), ("relu6", False)))])
+def test_batchnorm_prologue_equals_the_batchnorm_then_the_convolution(activation, training):
+    """``conv(x, prologue=bn.prologue(x))`` gives ``conv(bn(x))``: the output, the gradients in
+    the input and every parameter, and the running statistics (moved in training only)."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((3, 6, 5, 4)) * 2 + 1, jnp.float32)
+
+    def build():
+        bn = L.BatchNorm(4, activation=activation)
+        conv = L.Conv2d(4, 4, 3, padding=1, groups=4, rngs=nnx.Rngs(1))
+        stats = np.random.default_rng(8).uniform(0.5, 2.0, (3, 4))
+        bn.weight, bn.bias = jnp.asarray(stats[0] - 1.2), jnp.asarray(stats[1] - 1.0)
+        bn.running_mean, bn.running_var = (nnx.BatchStat(jnp.asarray(v, jnp.float32))
+                                           for v in (stats[2] - 1, stats[2]))
+        for m in (bn, conv):
+            m.train() if training else m.eval()
+        return bn, conv
+
+    def loss(models, x, fused):
+        bn, conv = models
+        y = conv(x, prologue=bn.prologue(x)) if fused else conv(bn(x))
+        return jnp.sum(y * jnp.cos(y)), y
+
+    results = []
+    for fused in (True, False):
+        models = build()
+        (_, y), grads = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(models, x, fused)
+        results.append((y, grads, nnx.state(models[0], nnx.BatchStat)))
+    (y1, g1, s1), (y2, g2, s2) = results
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y2), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    moved = not np.allclose(np.asarray(jax.tree.leaves(s1)[0]),
+                            np.asarray(build()[0].running_mean[...]))
+    assert moved == training

@@ -26,6 +26,7 @@ from tolerances import assert_close
 import convnn
 from convnn._lowering import STRATEGIES, ConvConfig, Target, _cuda, _pallas, choose
 from convnn._lowering._pallas import STRIDES, common, tiling
+from convnn._lowering._prologue import Prologue
 from convnn._lowering._spec import ConvSpec
 from convnn._reference import conv_general_ref, conv_general_ref_vjp
 
@@ -279,6 +280,73 @@ def test_kernels_match_the_reference(name, x_shape, kernel, stride, padding, fli
     assert_close(out, ref, dtype, what=f"{name}: value")
     assert_close(dx, ref_dx, dtype, what=f"{name}: input gradient")
     assert_close(dw, ref_dw, dtype, what=f"{name}: weight gradient")
+
+
+#: The prologue ``act(x * scale + shift)`` applied on load: (case of KERNELS, activation,
+#: forward pass, weight gradient). The fast tier runs the float32 tiles with their tails; the
+#: rest (the packed bfloat16 default tiling of MobileNetV2's layers among them) are slow.
+PROLOGUES = [
+    ("3x3 tiles and tails", "relu6", "pallas", "pallas"),
+    ("3x3 bf16 default tiling", "relu6", "pallas", "pallas"),
+    ("5x3 stride (2, 1) flip", "silu", "pallas", "pallas"),
+    ("4x2 stride 2 even kernel", "relu", "pallas", "pallas"),
+    ("7x7 packed, unrolled edges", None, "pallas", "pallas"),
+    ("3x3 stride 2 span", "relu6", "xla", "xla"),
+    ("5x3 stride 2 packed", "silu", "pallas", "xla"),
+]
+FAST_PROLOGUES = {"3x3 tiles and tails"}
+
+
+def _prologue_reference(x, scale, shift, w, g, activation, stride, padding, flip):
+    """The value and the gradients in x, scale, shift and w of ``conv(act(x*scale+shift), w)``
+    in float64, from the definition: the chain rule through the float64 convolution."""
+    z = x * scale + shift
+    act = {None: lambda v: v, "relu": lambda v: np.maximum(v, 0),
+           "relu6": lambda v: np.clip(v, 0, 6), "silu": lambda v: v / (1 + np.exp(-v))}
+    slope = {None: lambda v: np.ones_like(v), "relu": lambda v: (v > 0) * 1.0,
+             "relu6": lambda v: ((v > 0) & (v < 6)) * 1.0,
+             "silu": lambda v: (1 / (1 + np.exp(-v))) * (1 + v * (1 - 1 / (1 + np.exp(-v))))}
+    out, da, dw = _reference(act[activation](z), w, g, stride, padding, flip)
+    dz = da * slope[activation](z)
+    return out, dz * scale, (dz * x).sum((0, 1, 2)), dz.sum((0, 1, 2)), dw
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("name,activation,forward_pass,weight_gradient", [
+    pytest.param(*p, id=f"{p[0]}-{p[1]}-{p[2]}-{p[3]}",
+                 marks=[] if p[0] in FAST_PROLOGUES else [pytest.mark.slow])
+    for p in PROLOGUES])
+def test_prologue_matches_the_reference(name, activation, forward_pass, weight_gradient):
+    """The kernels apply the prologue to every tile they load and keep the padding zero; the
+    custom derivative gives all four gradients."""
+    _, x_shape, kernel, stride, padding, flip, dtype, tc, tw = next(
+        k for k in KERNELS if k[0] == name)
+    c = x_shape[-1]
+    spec = make_spec(c, stride, padding, flip)
+    rng = np.random.default_rng(sum(x_shape) + 17)
+    x = jnp.asarray(rng.standard_normal(x_shape) * 2, dtype)
+    w = jnp.asarray(rng.standard_normal((c, *kernel, 1)), dtype)
+    # Shifts past zero, so that the padding (zero) differs from act(shift), and negative scales.
+    scale = jnp.asarray(rng.uniform(-1.5, 2.0, c), jnp.float32)
+    shift = jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)
+    prologue = Prologue(scale, shift, activation)
+
+    def f(a, s, b, v):
+        return _pallas.depthwise(a, v, spec, prologue=Prologue(s, b, activation),
+                                 forward_pass=forward_pass, weight_gradient=weight_gradient,
+                                 tiling=tc, weight_grad_tiling=tw, interpret=True)
+
+    out, vjp = jax.jit(lambda *a: jax.vjp(f, *a))(x, prologue.scale, prologue.shift, w)
+    g = jnp.asarray(rng.standard_normal(out.shape), dtype)
+    got = (out, *jax.jit(vjp)(g))
+    want = _prologue_reference(*(np.asarray(a, np.float64) for a in (x, scale, shift, w, g)),
+                               activation, stride, padding, flip)
+    assert out.shape == want[0].shape
+    whats = ("value", "input gradient", "scale gradient", "shift gradient", "weight gradient")
+    dtypes = (dtype, dtype, jnp.float32, jnp.float32, dtype)
+    for a, b, what, want_dtype in zip(got, want, whats, dtypes):
+        assert a.dtype == want_dtype, what
+        assert_close(a, b, dtype, what=f"{name}: {what}")
 
 
 @pytest.mark.interpret

@@ -3,8 +3,8 @@
 XLA's CPU algebraic simplifier aborts the process on some input-dilated convolutions
 (``_lowering/_xla.py`` states the rule that routes them). A child process runs each check, so
 that an abort fails one test instead of killing the run. The full sweep is
-``python -m benchmarks.sweep_xla_safety``; a bounded sample runs here, a larger one under
-``slow``.
+``python -m benchmarks.sweep_xla_safety``. The fast tier runs the audit's aborting calls and a
+bounded sweep; the families around them and a larger sweep are ``slow``.
 """
 
 import json
@@ -57,6 +57,7 @@ def test_audit_aborting_calls_return_the_reference_values():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_padding_wider_than_the_kernel_gives_the_reference_gradients():
     """Input-dilated convolutions padded on one side by at least the dilated kernel: XLA on CPU
     returned uninitialised memory for their input gradient (``_lowering/_xla.py``). The
@@ -103,14 +104,13 @@ def test_padding_wider_than_the_kernel_gives_the_reference_gradients():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
-@pytest.mark.parametrize("every", [pytest.param(4, id="sample"),
-                                   pytest.param(1, id="all", marks=pytest.mark.slow)])
-def test_strided_input_gradients_give_the_reference_values(every):
+@pytest.mark.slow
+def test_strided_input_gradients_give_the_reference_values():
     """Strided convolutions whose output is no longer than the dilated kernel on some axis: JAX's
     input gradient is then an input-dilated convolution that XLA's CPU simplifier aborted on
-    (``_lowering/_xla.py``). The sweep's case and a grid of the family (every ``every``-th case
-    in the fast tier), under ``"xla"`` and ``"auto"``: forward, both gradients, forward mode and
-    the mixed second derivatives against the float64 reference."""
+    (``_lowering/_xla.py``). The sweep's case and a grid of the family, under ``"xla"`` and
+    ``"auto"``: forward, both gradients, forward mode and the mixed second derivatives against
+    the float64 reference."""
     out = _child("""
         import itertools, jax, jax.numpy as jnp, numpy as np, convnn
         from convnn._reference import conv_general_ref, conv_general_ref_vjp
@@ -118,7 +118,7 @@ def test_strided_input_gradients_give_the_reference_values(every):
         cases = [((6, 4), (2, 2), (2, 3), (1, 0), (1, 0), (1, 2))]
         cases += [((4, n), (2, 2), (2, s), (1, lo), (1, hi), (1, 1))
                   for n, s, lo, hi in itertools.product((2, 3, 4), (2, 3), (0, 1), (0, 1))]
-        for size, k, stride, lo, hi, dil in cases[:1] + cases[1::EVERY]:
+        for size, k, stride, lo, hi, dil in cases:
             x = rng.standard_normal((1, *size, 2)).astype(np.float32)
             w = rng.standard_normal((2, *k, 2)).astype(np.float32)
             ref = dict(stride=stride, padding_lo=lo, padding_hi=hi, kernel_dilation=dil,
@@ -146,7 +146,7 @@ def test_strided_input_gradients_give_the_reference_values(every):
                 for a, b in pairs:
                     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4)
         print("ok")
-    """.replace("EVERY", str(every)))
+    """)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 

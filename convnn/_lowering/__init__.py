@@ -31,6 +31,7 @@ from convnn._lowering._context import Lowering, current, lowering
 from convnn._lowering._decomposed import conv_decomposed
 from convnn._lowering._detect import detect_backend, target_for, target_of
 from convnn._lowering._policy import BACKENDS, Choice, decide
+from convnn._lowering._prologue import Prologue, apply
 from convnn._lowering._registry import STRATEGIES, Passes, Strategy
 from convnn._lowering._spec import ConvSpec, output_size
 from convnn._lowering._xla import conv_xla
@@ -44,6 +45,7 @@ __all__ = [
     "Decision",
     "Lowering",
     "Passes",
+    "Prologue",
     "Resolved",
     "Strategy",
     "Target",
@@ -115,6 +117,15 @@ def resolve(x_shape, w_shape, dtype, spec: ConvSpec, device: jax.Device | None =
     return choose(cfg, state.name, state.backend, device)
 
 
-def run(name: str, x: jax.Array, w: jax.Array, spec: ConvSpec) -> jax.Array:
-    """Computes the convolution with the named strategy (a name :func:`resolve` returned)."""
-    return STRATEGIES[name].fn(x, w, spec)
+def run(name: str, x: jax.Array, w: jax.Array, spec: ConvSpec,
+        prologue: Prologue | None = None) -> jax.Array:
+    """Computes the convolution with the named strategy (a name :func:`resolve` returned),
+    of ``x`` through ``prologue`` when given: fused where the strategy fuses it
+    (``Strategy.fuses_prologue``), else applied first in ``promote(dtype, float32)`` and
+    rounded to ``x.dtype``."""
+    strategy = STRATEGIES[name]
+    if prologue is None:
+        return strategy.fn(x, w, spec)
+    if strategy.fuses_prologue:
+        return strategy.fn(x, w, spec, prologue=prologue)
+    return strategy.fn(apply(x, prologue, x.dtype), w, spec)

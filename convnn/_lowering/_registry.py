@@ -62,6 +62,9 @@ class Strategy:
       passes: ``ConvConfig -> Passes``, the kernels of each pass.
       can_compute: ``(ConvConfig, Target) -> bool``; where it is false, the choice falls back.
       selectable: whether ``convnn.lowering(name)`` accepts the name (``False``: internal).
+      fuses_prologue: whether ``fn`` takes a keyword ``prologue`` (a
+        :class:`~convnn._lowering._prologue.Prologue`) and applies it itself; else the
+        prologue is applied to the input before ``fn`` runs.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Strategy:
     passes: Callable[[ConvConfig], Passes]
     can_compute: Callable[[ConvConfig, Target], bool] = _anywhere
     selectable: bool = True
+    fuses_prologue: bool = False
 
 
 #: name -> Strategy.
@@ -186,6 +190,7 @@ def _pallas_strategy(forward_pass: str, weight_gradient: str) -> Strategy:
         passes,
         _on_cuda,
         selectable=(forward_pass, weight_gradient) == ("pallas", "pallas"),
+        fuses_prologue=True,
     )
 
 

@@ -11,6 +11,7 @@ from flax import nnx
 from jax import lax
 
 from convnn import _args, _dispatch, _flax_compat
+from convnn._lowering import Prologue
 from convnn.layers import _random
 from convnn.layers._module import Module
 from convnn.layers._random import resolve_rngs
@@ -261,7 +262,7 @@ class _Conv(_ConvBase):
             rngs, padding_mode, dtype, param_dtype, precision, kernel_init, bias_init,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, prologue: Prologue | None = None) -> jax.Array:
         x, w, b = self._cast(x)
         stride, padding, dilation = self._canonical[:3]
         name = type(self).__name__
@@ -269,7 +270,7 @@ class _Conv(_ConvBase):
             x, padding = _pad_input(x, self._n, name, padding, self.padding_mode,
                                     self.kernel_size, stride, dilation)
         y = _dispatch.conv(self._fn, x, w, stride, padding, dilation, 1, self.groups, False, 0,
-                           None, self.precision, None, name)
+                           None, self.precision, None, name, prologue)
         return y if b is None else y + _expand(b, y.ndim)
 
 
@@ -302,11 +303,12 @@ class _ConvTranspose(_ConvBase):
             bias_init,
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, prologue: Prologue | None = None) -> jax.Array:
         x, w, b = self._cast(x)
         stride, padding, dilation, output_padding = self._canonical[:4]
         y = _dispatch.conv(self._fn, x, w, stride, padding, dilation, 1, self.groups, False,
-                           output_padding, None, self.precision, None, type(self).__name__)
+                           output_padding, None, self.precision, None, type(self).__name__,
+                           prologue)
         return y if b is None else y + _expand(b, y.ndim)
 
 
@@ -394,7 +396,8 @@ class Conv1d(_Conv):
         False,
         """1-D convolution over channels-last ``(N, W, C_in)`` (or unbatched), as ``mlx.nn.Conv1d``.
 
-    ``__call__(x)`` returns :func:`convnn.conv1d` of ``x`` with ``weight``, plus ``bias``.
+    ``__call__(x, *, prologue=None)`` returns :func:`convnn.conv1d` of ``x`` with ``weight``
+    (through ``prologue``, a :class:`convnn.Prologue`, when given), plus ``bias``.
 """,
         """      >>> import jax.numpy as jnp, convnn.layers as L
       >>> from flax import nnx
@@ -415,7 +418,8 @@ class Conv2d(_Conv):
         False,
         """2-D convolution over channels-last ``(N, H, W, C_in)``, as ``mlx.nn.Conv2d``.
 
-    ``__call__(x)`` returns :func:`convnn.conv2d` of ``x`` with ``weight``, plus ``bias``.
+    ``__call__(x, *, prologue=None)`` returns :func:`convnn.conv2d` of ``x`` with ``weight``
+    (through ``prologue``, a :class:`convnn.Prologue`, when given), plus ``bias``.
 """,
         """      >>> import jax.numpy as jnp, convnn.layers as L
       >>> from flax import nnx
@@ -440,7 +444,8 @@ class Conv3d(_Conv):
         "3-D convolution over channels-last ``(N, D, H, W, C_in)``, as ``mlx.nn.Conv3d``"
         """ (+ groups).
 
-    ``__call__(x)`` returns :func:`convnn.conv3d` of ``x`` with ``weight``, plus ``bias``.
+    ``__call__(x, *, prologue=None)`` returns :func:`convnn.conv3d` of ``x`` with ``weight``
+    (through ``prologue``, a :class:`convnn.Prologue`, when given), plus ``bias``.
     The ``repr`` shows ``groups`` only when it is not 1 (MLX's ``Conv3d`` has none).
 """,
         """      >>> import jax.numpy as jnp, convnn.layers as L
@@ -463,8 +468,9 @@ class ConvTranspose1d(_ConvTranspose):
         "1-D transposed convolution over ``(N, W, C_in)``, as MLX's ``ConvTranspose1d``"
         """ (+ groups).
 
-    ``__call__(x)`` returns :func:`convnn.conv_transpose1d` of ``x`` with ``weight``, plus
-    ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
+    ``__call__(x, *, prologue=None)`` returns :func:`convnn.conv_transpose1d` of ``x`` with
+    ``weight`` (through ``prologue`` when given), plus ``bias``. The ``repr`` shows ``groups``
+    only when it is not 1 (MLX's layer has none).
 """,
         """      >>> import jax.numpy as jnp, convnn.layers as L
       >>> from flax import nnx
@@ -484,8 +490,9 @@ class ConvTranspose2d(_ConvTranspose):
         "2-D transposed convolution over ``(N, H, W, C_in)``, as MLX's ``ConvTranspose2d``"
         """ (+ groups).
 
-    ``__call__(x)`` returns :func:`convnn.conv_transpose2d` of ``x`` with ``weight``, plus
-    ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
+    ``__call__(x, *, prologue=None)`` returns :func:`convnn.conv_transpose2d` of ``x`` with
+    ``weight`` (through ``prologue`` when given), plus ``bias``. The ``repr`` shows ``groups``
+    only when it is not 1 (MLX's layer has none).
 """,
         """      >>> import jax.numpy as jnp, convnn.layers as L
       >>> from flax import nnx
@@ -507,8 +514,9 @@ class ConvTranspose3d(_ConvTranspose):
         "3-D transposed convolution over ``(N, D, H, W, C_in)``, as MLX's ``ConvTranspose3d``"
         """ (+ groups).
 
-    ``__call__(x)`` returns :func:`convnn.conv_transpose3d` of ``x`` with ``weight``, plus
-    ``bias``. The ``repr`` shows ``groups`` only when it is not 1 (MLX's layer has none).
+    ``__call__(x, *, prologue=None)`` returns :func:`convnn.conv_transpose3d` of ``x`` with
+    ``weight`` (through ``prologue`` when given), plus ``bias``. The ``repr`` shows ``groups``
+    only when it is not 1 (MLX's layer has none).
 """,
         """      >>> import jax.numpy as jnp, convnn.layers as L
       >>> from flax import nnx

@@ -13,6 +13,8 @@ from flax import nnx
 
 from convnn import _args, _flax_compat
 from convnn._args import check_bool, check_positive_float, check_real
+from convnn._lowering import Prologue
+from convnn._lowering._prologue import ACTIVATIONS, activation_tangent
 from convnn.layers._activations import relu, relu6, silu
 from convnn.layers._common import as_input, compute_dtype, expand
 from convnn.layers._conv import check_dtype
@@ -300,25 +302,14 @@ class InstanceNorm(Module):
         return f"InstanceNorm({self.dims}, eps={self.eps}, affine={'weight' in self})"
 
 
-# The activations BatchNorm can fuse: MLX's functions (layers/_activations.py) by name.
+# The activations BatchNorm can fuse (those a convolution's prologue applies): MLX's functions
+# (layers/_activations.py) by name.
 _FUSED = {"relu": relu, "relu6": relu6, "silu": silu}
-_BN_ACTIVATIONS = (None, *_FUSED)
+_BN_ACTIVATIONS = (None, *ACTIVATIONS)
 
 
 def _activate(y: jax.Array, activation: str | None) -> jax.Array:
     return y if activation is None else _FUSED[activation](y)
-
-
-def _activate_tangent(y: jax.Array, t: jax.Array, activation: str | None) -> jax.Array:
-    """The activation's derivative at ``y`` times ``t`` (linear in ``t``)."""
-    if activation == "relu":
-        return jnp.where(y > 0, t, 0)
-    if activation == "relu6":
-        return jnp.where((y > 0) & (y < 6), t, 0)
-    if activation == "silu":
-        s = jax.nn.sigmoid(y)
-        return t * (s * (1 + y * (1 - s)))
-    return t
 
 
 def _batch_stats(xs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -377,7 +368,7 @@ def _batch_norm_train_jvp(eps, activation, dtype, primals, tangents):
     # ``tx`` times a per-channel vector, so the backward pass reads ``x`` and nothing saved.
     k = expand(tw.astype(stats), x.ndim) * inv - a * inv * inv * half_tvar
     ty = a * txs + k * xs + (expand(tb.astype(stats), x.ndim) - a * tmean - k * mean)
-    tz = _activate_tangent(y, ty, activation).astype(dtype)
+    tz = activation_tangent(y, ty, activation).astype(dtype)
     primal = (z, mean.reshape(-1), var.reshape(-1))
     return primal, (tz, tmean.reshape(-1), 2 * half_tvar.reshape(-1))
 
@@ -479,8 +470,9 @@ class BatchNorm(Module):
     def use_running_average(self, value: bool) -> None:
         self._training = not value
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        fn = "BatchNorm"
+    def _operands(self, x: Any, fn: str):
+        """The checked input, the affine parameters (constants without ``affine``), the compute
+        dtype, and whether the batch statistics normalise (else the running ones)."""
         x = as_input(x, fn)
         _check_last(x, self.num_features, fn, min_ndim=2)
         weight = self.weight[...] if "weight" in self else None
@@ -489,27 +481,80 @@ class BatchNorm(Module):
         if weight is None:  # constants: their tangents are zeros that XLA folds away
             weight = jnp.ones((self.num_features,), jnp.float32)
             bias = jnp.zeros((self.num_features,), jnp.float32)
-        if self.training or not self.track_running_stats:
+        batch = self.training or not self.track_running_stats
+        if self.training and math.prod(x.shape[:-1]) <= 1:
+            # No variance (PyTorch's rule; also for no values).
+            raise ValueError(
+                f"[{fn}] training needs more than one value per channel; got input shape "
+                f"{tuple(x.shape)}."
+            )
+        return x, weight, bias, dtype, batch
+
+    def _update(self, x: jax.Array, mean: jax.Array, var: jax.Array) -> None:
+        """In training, moves the running statistics towards the batch's ``mean`` and biased
+        ``var`` (``(C,)``)."""
+        if self.training and self.track_running_stats:
             n = math.prod(x.shape[:-1])
-            if self.training and n <= 1:  # no variance (PyTorch's rule; also for no values)
-                raise ValueError(
-                    f"[{fn}] training needs more than one value per channel; got input shape "
-                    f"{tuple(x.shape)}."
-                )
-            y, mean, var = batch_norm_train(x, weight, bias, self.eps, self.activation, dtype)
-            if self.training and self.track_running_stats:
-                mu = self.momentum
-                rm, rv = self.running_mean, self.running_var
-                unbiased = var * (n / max(n - 1, 1))
-                self.running_mean = (1 - mu) * rm[...] + mu * mean.astype(rm.dtype)
-                self.running_var = (1 - mu) * rv[...] + mu * unbiased.astype(rv.dtype)
-            return y
-        stats = _stats_dtype(dtype)
+            mu = self.momentum
+            rm, rv = self.running_mean, self.running_var
+            unbiased = var * (n / max(n - 1, 1))
+            self.running_mean = (1 - mu) * rm[...] + mu * mean.astype(rm.dtype)
+            self.running_var = (1 - mu) * rv[...] + mu * unbiased.astype(rv.dtype)
+
+    def _running_affine(self, weight, bias, stats):
         inv = jax.lax.rsqrt(self.running_var[...].astype(stats) + jnp.asarray(self.eps, stats))
         a = weight.astype(stats) * inv
-        c = bias.astype(stats) - self.running_mean[...].astype(stats) * a
+        return a, bias.astype(stats) - self.running_mean[...].astype(stats) * a
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x, weight, bias, dtype, batch = self._operands(x, "BatchNorm")
+        if batch:
+            y, mean, var = batch_norm_train(x, weight, bias, self.eps, self.activation, dtype)
+            self._update(x, mean, var)
+            return y
+        stats = _stats_dtype(dtype)
+        a, c = self._running_affine(weight, bias, stats)
         y = x.astype(stats) * expand(a, x.ndim) + expand(c, x.ndim)
         return _activate(y, self.activation).astype(dtype)
+
+    def prologue(self, x: jax.Array) -> Prologue:
+        """This layer as the :class:`convnn.Prologue` of the convolution that reads its output.
+
+        ``conv(x, prologue=bn.prologue(x))`` equals ``conv(bn(x))`` (up to the rounding of the
+        normalised values to the compute dtype, which a fused prologue skips) and updates the
+        running statistics as ``bn(x)`` does: the statistics of ``x`` in training, the running
+        ones in evaluation, folded into a per-channel ``scale = weight / sqrt(var + eps)`` and
+        ``shift = bias - mean * scale`` (float32), with this layer's ``activation``. Where the
+        convolution fuses it (the Pallas depthwise kernels on NVIDIA GPUs), the normalised
+        tensor is never written to memory or read back (docs/layers.md, "Fusing a BatchNorm
+        into the next convolution").
+
+        Args:
+          x: ``(N, *rest, num_features)``, the input this layer would normalise.
+
+        Returns:
+          A :class:`convnn.Prologue` with ``(num_features,)`` arrays.
+
+        Example:
+          >>> import jax.numpy as jnp, convnn.layers as nn
+          >>> from flax import nnx
+          >>> bn = nn.BatchNorm(2, activation="relu")
+          >>> conv = nn.Conv2d(2, 2, 3, padding=1, groups=2, rngs=nnx.Rngs(0))
+          >>> x = jnp.arange(32.0).reshape(1, 4, 4, 2)
+          >>> bool(jnp.allclose(conv(x, prologue=bn.prologue(x)), conv(nn.BatchNorm(
+          ...     2, activation="relu")(x)), atol=1e-5))
+          True
+        """
+        x, weight, bias, dtype, batch = self._operands(x, "BatchNorm.prologue")
+        stats = _stats_dtype(dtype)
+        if batch:
+            mean, var = (v.reshape(-1) for v in _batch_stats(x.astype(stats)))
+            self._update(x, mean, var)
+            scale = weight.astype(stats) * jax.lax.rsqrt(var + jnp.asarray(self.eps, stats))
+            shift = bias.astype(stats) - mean * scale
+        else:
+            scale, shift = self._running_affine(weight, bias, stats)
+        return Prologue(scale, shift, self.activation)
 
     def __repr__(self) -> str:
         return (

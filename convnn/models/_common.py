@@ -71,6 +71,46 @@ class Factory:
         return nnx.Dropout(p, broadcast_dims=(1, 2, 3), rngs=self.rngs)
 
 
+def _chain(modules) -> list:
+    """The modules of a chain, nested ``nnx.Sequential`` and plain blocks (those whose
+    ``plain_layers()`` gives their layers: no residual connection) flattened in order."""
+    out = []
+    for m in modules:
+        plain = getattr(m, "plain_layers", None)
+        inner = plain() if plain is not None else None
+        inner = m if inner is None else inner
+        if isinstance(inner, nnx.Sequential):
+            out += _chain(inner.layers)
+        else:
+            out.append(inner)
+    return out
+
+
+def _fuses(bn, conv) -> bool:
+    """A convnn BatchNorm feeding a depthwise convnn convolution: the kernels that run it can
+    apply the BatchNorm as they load the input (docs/layers.md, "Fusing a BatchNorm into the
+    next convolution")."""
+    return (isinstance(bn, layers.BatchNorm) and isinstance(conv, layers.Conv2d)
+            and conv.groups == conv.in_channels == conv.out_channels)
+
+
+def run_chain(modules, x: jax.Array) -> jax.Array:
+    """Applies ``modules`` in order (as ``nnx.Sequential`` would; nested ones and plain blocks
+    flattened), each convnn BatchNorm that feeds a depthwise convolution handed to it as its
+    ``prologue`` (``conv(x, prologue=bn.prologue(x))``) instead of being applied on its own.
+    The ``nnx`` form of a model has no such pair and runs as ``nnx.Sequential``."""
+    chain = _chain(modules)
+    i = 0
+    while i < len(chain):
+        if i + 1 < len(chain) and _fuses(chain[i], chain[i + 1]):
+            x = chain[i + 1](x, prologue=chain[i].prologue(x))
+            i += 2
+        else:
+            x = chain[i](x)
+            i += 1
+    return x
+
+
 def global_avg_pool(x: jax.Array) -> jax.Array:
     """``AdaptiveAvgPool2d(1)`` + ``flatten(1)`` on NHWC input: ``(N, H, W, C) -> (N, C)``."""
     return jnp.mean(x, axis=(1, 2))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convnn.models._common import Factory, global_avg_pool, make_divisible
+from convnn.models._common import Factory, global_avg_pool, make_divisible, run_chain
 from convnn.models.mobilenet import conv_bn_act
 
 __all__ = ["B0_SETTING", "EfficientNet", "MBConv", "SqueezeExcitation", "efficientnet_b0"]
@@ -53,8 +53,12 @@ class MBConv(nnx.Module):
         self.block = nnx.Sequential(*parts)
         self.stochastic_depth = f.stochastic_depth(stochastic_depth_prob)
 
+    def plain_layers(self) -> nnx.Sequential | None:
+        """The layers, when the block is a plain chain of them (no residual connection)."""
+        return None if self.use_res_connect else self.block
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.block(x)
+        y = run_chain(self.block.layers, x)
         return self.stochastic_depth(y) + x if self.use_res_connect else y
 
 
@@ -105,7 +109,8 @@ class EfficientNet(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.classifier(global_avg_pool(self.features(x)))
+        # Each BatchNorm that feeds a depthwise convolution runs as its prologue (run_chain).
+        return self.classifier(global_avg_pool(run_chain(self.features.layers, x)))
 
 
 def efficientnet_b0(

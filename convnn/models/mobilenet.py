@@ -7,7 +7,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from convnn.models._common import Factory, global_avg_pool, make_divisible
+from convnn.models._common import Factory, global_avg_pool, make_divisible, run_chain
 
 __all__ = ["MobileNetV2", "InvertedResidual", "mobilenet_v2"]
 
@@ -36,8 +36,13 @@ class InvertedResidual(nnx.Module):
         ]
         self.conv = nnx.Sequential(*parts)
 
+    def plain_layers(self) -> nnx.Sequential | None:
+        """The layers, when the block is a plain chain of them (no residual connection)."""
+        return None if self.use_res_connect else self.conv
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+        y = run_chain(self.conv.layers, x)
+        return x + y if self.use_res_connect else y
 
 
 class MobileNetV2(nnx.Module):
@@ -88,7 +93,8 @@ class MobileNetV2(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.classifier(global_avg_pool(self.features(x)))
+        # Each BatchNorm that feeds a depthwise convolution runs as its prologue (run_chain).
+        return self.classifier(global_avg_pool(run_chain(self.features.layers, x)))
 
 
 def mobilenet_v2(

@@ -96,15 +96,19 @@ class _Tile:
         """``ref.at[n, row, cols, ch]`` laid out as the tile (``ch``: the tile's channels)."""
         return ref.at[n, row, self.wvec(cols), self.cvec(self.ch if ch is None else ch)]
 
-    def load(self, plgpu, ref, n, row, size_h: int, cols, n_ok=None):
-        """The tile of ``ref[n, row, cols, ch]`` (in ``ref.dtype``), zero outside."""
-        cc, col_ok = cols
+    def inside(self, row, size_h: int, cols, n_ok=None):
+        """Where the tile of source row ``row`` at ``cols`` (:meth:`columns`) lies inside the
+        array (and, with ``n_ok``, the image exists): the lanes that are not padding."""
         row_ok = (row >= 0) & (row < size_h)
         if n_ok is not None:
             row_ok = row_ok & n_ok
-        mask = self.mask(row_ok, col_ok)
+        return self.mask(row_ok, cols[1])
+
+    def load(self, plgpu, ref, n, row, size_h: int, cols, n_ok=None):
+        """The tile of ``ref[n, row, cols, ch]`` (in ``ref.dtype``), zero outside."""
+        mask = self.inside(row, size_h, cols, n_ok)
         zero = jnp.zeros((), ref.dtype)
-        return plgpu.load(self.at(ref, n, row, cc), mask=mask, other=zero)
+        return plgpu.load(self.at(ref, n, row, cols[0]), mask=mask, other=zero)
 
     def weight(self, plgpu, ref, phase, tap):
         """The weights of one tap, one per half (``ref``: :func:`_halves_last`), broadcastable
@@ -134,6 +138,47 @@ class _Tile:
             for h, v in enumerate(halves):
                 plgpu.store(self.at(ref, n, row, cols, 2 * self.ch + h), v.astype(ref.dtype),
                             mask=mask)
+
+
+class _Prologue:
+    """The map a kernel applies to its source tiles on load: ``act(x * scale + shift)`` per
+    channel, zero where the source is padding (the convolution pads its transformed input).
+
+    ``ref``: the ``(2, 1, halves, C/halves)`` float32 scale and shift (:func:`_halves_last` of
+    ``(2, 1, C)``), or ``None`` for no prologue (the source is used as it is).
+    """
+
+    def __init__(self, tile: _Tile, plgpu, ref, activation: str | None, native: bool):
+        self.tile, self.activation, self.native = tile, activation, native
+        self.on = ref is not None
+        if self.on:
+            self.scale = tile.weight(plgpu, ref, 0, 0)
+            self.shift = tile.weight(plgpu, ref, 1, 0)
+
+    def __call__(self, xs: tuple, inside) -> tuple:
+        """``xs``: a widened tile (:func:`_widen`); ``inside``: its :meth:`_Tile.inside` mask,
+        or a callable that computes it (called only when there is a prologue)."""
+        if not self.on:
+            return xs
+        mask = inside() if callable(inside) else inside
+        return tuple(jnp.where(mask, _activate(_fma(b, x, a, self.native), self.activation), 0.0)
+                     for x, a, b in zip(xs, self.scale, self.shift))
+
+
+#: The activations a prologue can apply (``None``: the affine map alone).
+ACTIVATIONS = (None, "relu", "relu6", "silu")
+
+
+def _activate(v, activation: str | None):
+    """The activation on a float32 tile, written with the operations Triton lowers directly
+    (``jax.nn``'s carry custom derivatives, which a kernel body does not need)."""
+    if activation == "relu":
+        return jnp.maximum(v, 0.0)
+    if activation == "relu6":
+        return jnp.minimum(jnp.maximum(v, 0.0), 6.0)
+    if activation == "silu":
+        return v / (1.0 + jnp.exp(-v))
+    return v
 
 
 def _width_shifts(tile: _Tile, gw: AxisGeometry, b, span: int):

@@ -35,6 +35,7 @@ from convnn._lowering._pallas.common import (
     _halves_last,
     _packed,
     _pallas,
+    _Prologue,
     _rows,
     _select,
     _split,
@@ -49,9 +50,11 @@ from convnn._lowering._pallas.tiling import Tiling, default_tiling
 __all__ = ["correlate"]
 
 
-def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeometry,
-                      channels: int, tiling: Tiling, grid_sizes, native: bool, packed_dtype):
+def _correlate_kernel(src_ref, w_ref, *refs, gh: AxisGeometry, gw: AxisGeometry,
+                      channels: int, tiling: Tiling, grid_sizes, native: bool, packed_dtype,
+                      activation: str | None):
     pl, plgpu = _pallas()
+    pre_ref, out_ref = refs if len(refs) == 2 else (None, refs[0])
     bw, bc, th, depth, span = (tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch,
                                tiling.span)
     cb, ph, wt, rt, n = _split(pl.program_id(0), grid_sizes)
@@ -60,6 +63,7 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
     b_w, p_w, count_w = (_select(ph_w, v) for v in (gw.b, gw.p, gw.count))
     tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span, packed_dtype)
     a, taps, live = gh.a, gh.taps, gh.live
+    prologue = _Prologue(tile, plgpu, pre_ref, activation, native)
     cols, pairs = _width_shifts(tile, gw, b_w, span)
     shifts = len(cols)
     ahead = _ahead(shifts, tiling, gw.a)
@@ -90,6 +94,7 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
         accs = [list(r) for r in accs]
         for sh in range(shifts):
             x = _widen(load(row, sh) if sh not in pre else pre[sh], packed_dtype)
+            x = prologue(x, lambda: tile.inside(row, gh.src_size, cols[sh]))  # noqa: B023
             for j, tw in pairs[sh]:
                 for i in range(t // a + 1):
                     accs[i][j] = _fmas(accs[i][j], x, weight((t - a * i, tw)), native)
@@ -136,11 +141,15 @@ def _correlate_kernel(src_ref, w_ref, out_ref, *, gh: AxisGeometry, gw: AxisGeom
 # Jitted with the geometry, dtype and tiling static: JAX then traces and lowers each distinct
 # kernel once per program, however often it is called (the forward pass and the input gradient
 # of a stride-1 convolution with symmetric padding are the same kernel).
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Tiling | None,
-              interpret: bool):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def correlate(src, wt, pre, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Tiling | None,
+              interpret: bool, activation: str | None = None):
     """``out[n, mh*q+ph, mw*r+pw, c] = sum src[n, ah*q+bh+i, aw*r+bw+j, c] * wt[phase, i*Tw+j, c]``
-    (``wt``: ``(phases, Th*Tw, C)`` float32)."""
+    (``wt``: ``(phases, Th*Tw, C)`` float32).
+
+    With ``pre`` (``(2, C)`` float32: a scale and a shift per channel), ``src`` is read through
+    the prologue ``activation(src * pre[0] + pre[1])``, padding staying zero; ``pre=None``: as
+    it is."""
     pl, plgpu = _pallas()
     n, _, _, c = src.shape
     phases = gh.phases * gw.phases
@@ -156,7 +165,10 @@ def correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Ti
                   -(-gw.max_count // tiling.columns), -(-gh.max_count // rows), n)
     kernel = functools.partial(_correlate_kernel, gh=gh, gw=gw, channels=c // halves,
                                tiling=tiling, grid_sizes=grid_sizes, native=not interpret,
-                               packed_dtype=packed_dtype)
+                               packed_dtype=packed_dtype, activation=activation)
+    operands = (src, _halves_last(wt, halves))
+    if pre is not None:
+        operands += (_halves_last(pre.astype(jnp.float32)[:, None], halves),)
     out_shape = jax.ShapeDtypeStruct(
         (n, gh.out_size, gw.out_size, c // 2 if packed_out else c),
         jnp.uint32 if packed_out else out_dtype)
@@ -167,5 +179,5 @@ def correlate(src, wt, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Ti
         interpret=interpret,
         compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
         name="convnn_depthwise_correlate",
-    )(src, _halves_last(wt, halves))
+    )(*operands)
     return _unpack(out, out_dtype) if packed_out else out

@@ -31,6 +31,7 @@ from convnn._lowering._pallas.correlate import correlate
 from convnn._lowering._pallas.geometry import forward_geometry, input_grad_geometry
 from convnn._lowering._pallas.tiling import Tiling
 from convnn._lowering._pallas.weight_grad import tap_sums
+from convnn._lowering._prologue import Prologue, activation_tangent, apply, per_channel
 from convnn._lowering._spec import ConvSpec
 from convnn._lowering._xla import conv_xla
 
@@ -110,14 +111,25 @@ def _taps_first(w, flip: bool):
     return jnp.transpose(w, (1, 2, 0)).reshape(1, kh * kw, c)
 
 
-def forward(x, w, spec: ConvSpec, *, tiling: Tiling | None = None,
-            interpret: bool = False) -> jax.Array:
+def _pre(prologue: Prologue | None):
+    """A prologue as the kernels take it: ``(2, C)`` float32 scale and shift, and the
+    activation."""
+    if prologue is None:
+        return None, None
+    pre = jnp.stack([prologue.scale.astype(jnp.float32), prologue.shift.astype(jnp.float32)])
+    return pre, prologue.activation
+
+
+def forward(x, w, spec: ConvSpec, *, prologue: Prologue | None = None,
+            tiling: Tiling | None = None, interpret: bool = False) -> jax.Array:
     """The depthwise convolution of ``spec`` (no custom gradient; see :func:`depthwise`).
 
     Args:
       x: ``(N, H, W, C)``.
       w: ``(C, KH, KW, 1)``.
       spec: a configuration for which :func:`supports` holds.
+      prologue: keyword-only; convolve ``act(x * scale + shift)`` (:class:`Prologue`), applied
+        in float32 as each tile is loaded; ``None`` (default): ``x``.
       tiling: keyword-only; ``None`` (default): :func:`~.tiling.default_tiling`.
       interpret: keyword-only; run in Pallas interpret mode (default ``False``).
 
@@ -126,7 +138,9 @@ def forward(x, w, spec: ConvSpec, *, tiling: Tiling | None = None,
     """
     gh, gw = _geometries(x.shape, w.shape, spec)
     out_dtype = jnp.dtype(spec.preferred_element_type or x.dtype)
-    return correlate(x, _taps_first(w, spec.flip), gh, gw, out_dtype, tiling, interpret)
+    pre, activation = _pre(prologue)
+    return correlate(x, _taps_first(w, spec.flip), pre, gh, gw, out_dtype, tiling, interpret,
+                     activation)
 
 
 def input_grad(g, w, x_shape, x_dtype, spec: ConvSpec, *, tiling: Tiling | None = None,
@@ -147,29 +161,37 @@ def input_grad(g, w, x_shape, x_dtype, spec: ConvSpec, *, tiling: Tiling | None 
     taps = _taps_first(w, spec.flip)[0]
     taps = jnp.concatenate([taps, jnp.zeros((1, taps.shape[1]), jnp.float32)], axis=0)
     wt = taps[table]  # (phases, Th*Tw, C)
-    return correlate(g, wt, gh, gw, jnp.dtype(x_dtype), tiling, interpret)
+    return correlate(g, wt, None, gh, gw, jnp.dtype(x_dtype), tiling, interpret)
 
 
-def weight_grad(x, g, w_shape, w_dtype, spec: ConvSpec, *, tiling: Tiling | None = None,
-                interpret: bool = False) -> jax.Array:
-    """The gradient with respect to the weight ``(C, KH, KW, 1)`` of :func:`forward`."""
+def weight_grad(x, g, w_shape, w_dtype, spec: ConvSpec, *, prologue: Prologue | None = None,
+                tiling: Tiling | None = None, interpret: bool = False) -> jax.Array:
+    """The gradient with respect to the weight ``(C, KH, KW, 1)`` of :func:`forward` (with the
+    same ``prologue``, applied to ``x`` as it is loaded)."""
     gh, gw = _geometries(x.shape, w_shape, spec)
-    dw = tap_sums(x, g, gh, gw, tiling, interpret)  # (KH, KW, C)
+    pre, activation = _pre(prologue)
+    dw = tap_sums(x, g, pre, gh, gw, tiling, interpret, activation)  # (KH, KW, C)
     dw = jnp.transpose(dw, (2, 0, 1))
     if spec.flip:
         dw = dw[:, ::-1, ::-1]
     return dw[..., None].astype(w_dtype)
 
 
-def depthwise(x, w, spec: ConvSpec, *, forward_pass: str = "pallas",
-              weight_gradient: str = "pallas", tiling: Tiling | None = None,
-              weight_grad_tiling: Tiling | None = None, interpret: bool = False) -> jax.Array:
+def depthwise(x, w, spec: ConvSpec, *, prologue: Prologue | None = None,
+              forward_pass: str = "pallas", weight_gradient: str = "pallas",
+              tiling: Tiling | None = None, weight_grad_tiling: Tiling | None = None,
+              interpret: bool = False) -> jax.Array:
     """Depthwise 2-D convolution with the Pallas kernels and a ``jax.custom_vjp``.
 
     Args:
       x: ``(N, H, W, C)``.
       w: ``(C, KH, KW, 1)``.
       spec: a configuration for which :func:`supports` holds.
+      prologue: keyword-only; convolve ``act(x * scale + shift)`` (:class:`Prologue`) instead
+        of ``x``. The Pallas kernels apply it as they load (forward pass, weight gradient), so
+        the transformed input is never stored; an ``"xla"`` pass convolves it computed first.
+        Its backward pass gives the gradients of ``scale`` and ``shift`` too. ``None``
+        (default): ``x``.
       forward_pass: keyword-only; ``"pallas"`` (default): the Pallas kernel; ``"xla"``: XLA's
         convolution.
       weight_gradient: keyword-only; ``"pallas"`` (default) or ``"xla"`` (XLA's weight
@@ -191,8 +213,11 @@ def depthwise(x, w, spec: ConvSpec, *, forward_pass: str = "pallas",
         raise ValueError(f"forward_pass must be 'pallas' or 'xla', got {forward_pass!r}")
     if weight_gradient not in KERNELS:
         raise ValueError(f"weight_gradient must be 'pallas' or 'xla', got {weight_gradient!r}")
-    return _depthwise_vjp(x, w, spec, _Options(forward_pass == "xla", weight_gradient == "xla",
-                                               tiling, weight_grad_tiling, bool(interpret)))
+    opts = _Options(forward_pass == "xla", weight_gradient == "xla", tiling, weight_grad_tiling,
+                    bool(interpret))
+    if prologue is None:
+        return _depthwise_vjp(x, w, spec, opts)
+    return _prologue_vjp(x, prologue.scale, prologue.shift, w, spec, prologue.activation, opts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +259,48 @@ def _depthwise_bwd(spec, opts, res, g):
 
 
 _depthwise_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def _prologue_primal(x, scale, shift, w, spec, activation, opts: _Options):
+    prologue = Prologue(scale, shift, activation)
+    if opts.xla_forward:
+        return conv_xla(apply(x, prologue, x.dtype), w, spec)
+    return forward(x, w, spec, prologue=prologue, tiling=opts.tiling, interpret=opts.interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _prologue_vjp(x, scale, shift, w, spec, activation, opts):
+    return _prologue_primal(x, scale, shift, w, spec, activation, opts)
+
+
+def _prologue_fwd(x, scale, shift, w, spec, activation, opts):
+    return _prologue_primal(x, scale, shift, w, spec, activation, opts), (x, scale, shift, w)
+
+
+def _prologue_bwd(spec, activation, opts, res, g):
+    """``da``, the cotangent of the transformed input, is the input-gradient kernel's; through
+    ``act(x * scale + shift)`` it gives ``x``'s, ``scale``'s and ``shift``'s in one reduction
+    and one elementwise pass (XLA fuses them), reading ``x`` and ``da``."""
+    x, scale, shift, w = res
+    prologue = Prologue(scale, shift, activation)
+    da = input_grad(g, w, x.shape, x.dtype, spec, tiling=opts.tiling, interpret=opts.interpret)
+    xs = x.astype(jnp.float32)
+    s, b = (per_channel(v, x.ndim, jnp.float32) for v in (scale, shift))
+    gz = activation_tangent(xs * s + b, da.astype(jnp.float32), activation)
+    axes = tuple(range(x.ndim - 1))
+    dscale = jnp.sum(gz * xs, axes).astype(scale.dtype)
+    dshift = jnp.sum(gz, axes).astype(shift.dtype)
+    dx = (gz * s).astype(x.dtype)
+    if opts.xla_weight_grad:
+        a = apply(x, prologue, x.dtype)
+        (dw,) = jax.linear_transpose(lambda v: conv_xla(a, v, spec), w)(g)
+    else:
+        dw = weight_grad(x, g, w.shape, w.dtype, spec, prologue=prologue,
+                         tiling=opts.weight_grad_tiling, interpret=opts.interpret)
+    return dx, dscale, dshift, dw
+
+
+_prologue_vjp.defvjp(_prologue_fwd, _prologue_bwd)
 
 
 def depthwise_with_xla_derivatives(x, w, spec: ConvSpec, *, tiling: Tiling | None = None,

@@ -20,8 +20,10 @@ from jax import lax
 from convnn._lowering._pallas.common import (
     _ahead,
     _fmas,
+    _halves_last,
     _packed,
     _pallas,
+    _Prologue,
     _rows,
     _split,
     _Tile,
@@ -34,10 +36,11 @@ from convnn._lowering._pallas.tiling import Tiling, default_tiling
 __all__ = ["tap_sums"]
 
 
-def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeometry,
+def _weight_grad_kernel(x_ref, g_ref, *refs, gh: AxisGeometry, gw: AxisGeometry,
                         n_images: int, channels: int, tiling: Tiling, grid_sizes, native: bool,
-                        packed_dtype):
+                        packed_dtype, activation: str | None):
     pl, plgpu = _pallas()
+    pre_ref, part_ref = refs if len(refs) == 2 else (None, refs[0])
     bw, bc, th, depth, per, span = (tiling.block_w, tiling.block_c, tiling.rows,
                                     tiling.prefetch, tiling.images, tiling.span)
     cb, wt, rt, nb = _split(pl.program_id(0), grid_sizes)
@@ -45,6 +48,7 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
     tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span, packed_dtype)
     a, taps, live = gh.a, gh.taps, gh.live
     b_h, count_h = gh.b[0], gh.count[0]
+    prologue = _Prologue(tile, plgpu, pre_ref, activation, native)
     cols, pairs = _width_shifts(tile, gw, gw.b[0], span)
     shifts = len(cols)
     ahead = _ahead(shifts, tiling, gw.a)
@@ -65,6 +69,7 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
             x = pre.get(sh)
             x = _widen(tile.load(plgpu, x_ref, n, row, gh.src_size, cols[sh], n_ok)
                        if x is None else x, packed_dtype)
+            x = prologue(x, lambda: tile.inside(row, gh.src_size, cols[sh], n_ok))  # noqa: B023
             for j, tw in pairs[sh]:
                 for i in rows_in:
                     key = (u + a * i, tw)
@@ -131,10 +136,14 @@ def _weight_grad_kernel(x_ref, g_ref, part_ref, *, gh: AxisGeometry, gw: AxisGeo
 
 # Jitted with the geometry and tiling static, so each distinct kernel is traced and lowered
 # once per program (see correlate).
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def tap_sums(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None,
-             interpret: bool):
-    """Per-tap sums ``sum_{n,q,r} x[n, a*q+b+i, a*r+b+j, c] * g[n, q, r, c]``: (Th, Tw, C) f32."""
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def tap_sums(x, g, pre, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None,
+             interpret: bool, activation: str | None = None):
+    """Per-tap sums ``sum_{n,q,r} x[n, a*q+b+i, a*r+b+j, c] * g[n, q, r, c]``: (Th, Tw, C) f32.
+
+    With ``pre`` (``(2, C)`` float32), ``x`` is read through the prologue
+    ``activation(x * pre[0] + pre[1])``, padding staying zero (as :func:`.correlate.correlate`).
+    """
     pl, plgpu = _pallas()
     n, _, _, c = x.shape
     if tiling is None:
@@ -150,7 +159,11 @@ def tap_sums(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None,
     parts = grid_sizes[1] * grid_sizes[2] * grid_sizes[3]
     kernel = functools.partial(_weight_grad_kernel, gh=gh, gw=gw, n_images=n,
                                channels=c // halves, tiling=tiling, grid_sizes=grid_sizes,
-                               native=not interpret, packed_dtype=packed_dtype)
+                               native=not interpret, packed_dtype=packed_dtype,
+                               activation=activation)
+    operands = (x, g)
+    if pre is not None:
+        operands += (_halves_last(pre.astype(jnp.float32)[:, None], halves),)
     part = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((parts, gh.taps * gw.taps, c), jnp.float32),
@@ -158,5 +171,5 @@ def tap_sums(x, g, gh: AxisGeometry, gw: AxisGeometry, tiling: Tiling | None,
         interpret=interpret,
         compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
         name="convnn_depthwise_weight_grad",
-    )(x, g)
+    )(*operands)
     return jnp.sum(part, axis=0).reshape(gh.taps, gw.taps, c)
