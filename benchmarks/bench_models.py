@@ -5,7 +5,7 @@ images and labels, for torchvision's ResNet-18, ResNet-50, ConvNeXt-T, MobileNet
 EfficientNet-B0 (train mode: batch statistics, dropout and stochastic depth on). Columns:
 
 * ``convnn``: :mod:`convnn.models` (convolutions are :class:`convnn.layers.Conv2d` under
-  ``convnn.lowering("auto")``);
+  ``convnn.lowering("auto")``, or the one ``--lowering`` names);
 * ``nnx``: the same model with ``nnx.Conv`` (Flax's HWIO kernel, plain ``lax``);
 * ``torch``: torchvision's model, eager, channels_last, cuDNN autotuning (``cudnn.benchmark``),
   bf16 through ``torch.autocast``; ``torch.compile``: the same, compiled.
@@ -178,7 +178,7 @@ def precompile(keys, args):
     for name, batch, dtype, conv in keys:
         t0 = time.perf_counter()
         try:
-            with convnn.lowering("auto"):
+            with convnn.lowering(args.lowering):
                 model, opt = nnx.eval_shape(
                     functools.partial(build, name, conv, dtype, args.classes))
                 graphdef, state = nnx.split((model, opt))
@@ -287,7 +287,7 @@ def run_isolated(name, batch, dtype, conv, patterns, args):
                "--convs", conv, "--patterns", ",".join(patterns), "--size", str(args.size),
                "--steps", str(args.steps), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--min-group-s", str(args.min_group_s),
-               "--classes", str(args.classes),
+               "--classes", str(args.classes), "--lowering", args.lowering,
                "--profile-steps", str(args.profile_steps), "--profile-top",
                str(args.profile_top), "--json", str(out)]
         if args.hlo_dir:
@@ -527,6 +527,9 @@ def main(argv=None):
                    help="each JAX column loads XLA's autotuning results (the cuDNN and GEMM "
                    "algorithms it runs) from DIR/<model>_<batch>_<dtype>_<conv>.pbtxt where "
                    "that file exists, and otherwise writes them there")
+    p.add_argument("--lowering", default="auto",
+                   help="the convnn column's convnn.lowering (default auto; for example "
+                   "pallas, to try the Pallas kernels where the policy picks XLA's)")
     p.add_argument("--json", default=None, help="default benchmarks/results/models_<device>.json")
     args = p.parse_args(argv)
     if args.autotune and args.in_process:
@@ -649,7 +652,7 @@ def main(argv=None):
             else:
                 conv, pattern = column.split("/")
                 compiled = programs.get((name, batch, dtype, conv)) if pattern == "split" else None
-                with convnn.lowering("auto"):
+                with convnn.lowering(args.lowering):
                     row.update(time_jax(name, conv, pattern, batch, args.size, dtype, args,
                                         compiled))
         except Exception as e:  # record and go on: one failing column must not lose the rest
