@@ -37,8 +37,8 @@ from flax import nnx
 import convnn.layers as L
 from benchmarks import _results
 from benchmarks._timing import median_ms
+from convnn._lowering._prologue import ACTIVATIONS
 from convnn.models._common import make_divisible
-from convnn.models._norm import ACTIVATIONS
 from convnn.models.efficientnet import B0_SETTING
 from convnn.models.mobilenet import MobileNetV2
 

@@ -15,8 +15,7 @@ import jax
 from flax import nnx
 
 from convnn import layers
-
-ACTIVATIONS = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, "silu": jax.nn.silu}
+from convnn._lowering._prologue import activate
 
 
 def BatchNorm2d(
@@ -46,7 +45,7 @@ class FlaxBatchNorm2d(nnx.BatchNorm):
 
     def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
         y = super().__call__(x, *args, **kwargs)
-        return y if self.activation is None else ACTIVATIONS[self.activation](y)
+        return activate(y, self.activation)
 
 
 def LayerNorm(num_features: int, *, eps: float = 1e-5, dtype: Any = None, rngs: nnx.Rngs):

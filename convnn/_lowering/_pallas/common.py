@@ -149,24 +149,20 @@ class _Prologue:
     """
 
     def __init__(self, tile: _Tile, plgpu, ref, activation: str | None, native: bool):
-        self.tile, self.activation, self.native = tile, activation, native
+        self.activation, self.native = activation, native
         self.on = ref is not None
         if self.on:
             self.scale = tile.weight(plgpu, ref, 0, 0)
             self.shift = tile.weight(plgpu, ref, 1, 0)
 
     def __call__(self, xs: tuple, inside) -> tuple:
-        """``xs``: a widened tile (:func:`_widen`); ``inside``: its :meth:`_Tile.inside` mask,
-        or a callable that computes it (called only when there is a prologue)."""
+        """``xs``: a widened tile (:func:`_widen`); ``inside()``: its :meth:`_Tile.inside`
+        mask (called only when there is a prologue)."""
         if not self.on:
             return xs
-        mask = inside() if callable(inside) else inside
+        mask = inside()
         return tuple(jnp.where(mask, _activate(_fma(b, x, a, self.native), self.activation), 0.0)
                      for x, a, b in zip(xs, self.scale, self.shift))
-
-
-#: The activations a prologue can apply (``None``: the affine map alone).
-ACTIVATIONS = (None, "relu", "relu6", "silu")
 
 
 def _activate(v, activation: str | None):
