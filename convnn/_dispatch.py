@@ -129,17 +129,12 @@ def _traced(fn, x, w, stride, padding, dilation, input_dilation, groups, flip, o
     err = name or fn
     x = _args.as_array(x, "input", err)
     w = _args.as_array(w, "weight", err)
-    if prologue is not None:
-        if not isinstance(prologue, _lowering.Prologue):
-            _plan.prologue_key(prologue, err)  # raises the TypeError
-        prologue = _lowering.Prologue(_args.as_array(prologue.scale, "prologue.scale", err),
-                                      _args.as_array(prologue.shift, "prologue.shift", err),
-                                      prologue.activation)
+    prologue = _plan.as_prologue(prologue, err)
     p = _plan.plan(fn, x.shape, x.dtype, w.shape, w.dtype, stride=stride, padding=padding,
                    dilation=dilation, input_dilation=input_dilation, groups=groups, flip=flip,
                    output_padding=output_padding, stream=stream, precision=precision,
                    preferred_element_type=preferred_element_type, name=name,
-                   prologue=_plan.prologue_key(prologue, err))
+                   prologue=_plan.prologue_key(prologue))
     if p.device is not None:
         x, w = jax.device_put(x, p.device), jax.device_put(w, p.device)
         if prologue is not None:

@@ -27,7 +27,7 @@ from convnn import _args, _lowering
 from convnn._lowering import ConvSpec, Prologue, output_size
 from convnn._lowering._prologue import ACTIVATIONS
 
-__all__ = ["ConvPlan", "plan", "prologue_key", "resolve_stream", "clear_cache"]
+__all__ = ["ConvPlan", "as_prologue", "plan", "prologue_key", "resolve_stream", "clear_cache"]
 
 
 _SPATIAL = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}
@@ -287,9 +287,9 @@ def _unstrict(value: Any) -> Any:
     return value[1]
 
 
-def prologue_key(prologue: Any, fn: str) -> tuple | None:
-    """What the plan checks of a prologue: ``(activation, scale shape, scale dtype, shift
-    shape, shift dtype)`` (``None`` for no prologue); its arrays must be arrays already."""
+def as_prologue(prologue: Any, fn: str) -> Prologue | None:
+    """A call's ``prologue`` with its scale and shift as arrays (``None`` for none); anything
+    but a :class:`convnn.Prologue` is refused by name."""
     if prologue is None:
         return None
     if not isinstance(prologue, Prologue):
@@ -297,6 +297,15 @@ def prologue_key(prologue: Any, fn: str) -> tuple | None:
             f"[{fn}] prologue must be None or a convnn.Prologue (for example a BatchNorm's "
             f"BatchNorm.prologue(x)), got {type(prologue).__name__}."
         )
+    return Prologue(_args.as_array(prologue.scale, "prologue.scale", fn),
+                    _args.as_array(prologue.shift, "prologue.shift", fn), prologue.activation)
+
+
+def prologue_key(prologue: Prologue | None) -> tuple | None:
+    """What the plan checks of a prologue (:func:`as_prologue`'s): ``(activation, scale
+    shape, scale dtype, shift shape, shift dtype)``, or ``None`` for no prologue."""
+    if prologue is None:
+        return None
     return (prologue.activation, tuple(prologue.scale.shape), jnp.dtype(prologue.scale.dtype),
             tuple(prologue.shift.shape), jnp.dtype(prologue.shift.dtype))
 

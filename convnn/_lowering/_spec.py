@@ -13,6 +13,14 @@ def output_size(size: int, lo: int, hi: int, input_dilation: int, kernel: int,
 
     The input dilated and padded, ``(size - 1) * input_dilation + 1 + lo + hi``, less the
     dilated kernel's span, ``(kernel - 1) * kernel_dilation + 1``, over the stride, plus one.
+
+    Example:
+      >>> output_size(224, 3, 3, 1, 7, 1, 2)  # a ResNet stem: (230 - 7) // 2 + 1
+      112
+      >>> output_size(5, 0, 0, 2, 3, 1, 1)  # the input dilated to 9 values, a 3-tap kernel
+      7
+      >>> output_size(2, 0, 0, 1, 5, 1, 1)  # a 5-tap kernel does not fit in 2 values
+      -2
     """
     padded = (size - 1) * input_dilation + 1 + lo + hi
     return (padded - (kernel - 1) * kernel_dilation - 1) // stride + 1

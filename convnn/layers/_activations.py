@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from convnn import _args
-from convnn._args import check_real
 from convnn.layers._common import expand
 from convnn.layers._module import Module
 
@@ -323,7 +322,7 @@ class _OneFloat(Module):
     def __init__(self, value: float | None = None):
         super().__init__()
         value = self._default if value is None else value
-        setattr(self, self._attr, check_real(value, self._arg, type(self).__name__))
+        setattr(self, self._attr, _args.check_real(value, self._arg, type(self).__name__))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return type(self)._fn(x, getattr(self, self._attr))
@@ -435,7 +434,7 @@ class PReLU(Module):
     def __init__(self, num_parameters: int = 1, init: float = 0.25):
         super().__init__()
         n = _args.as_int(num_parameters, "num_parameters", "PReLU", minimum=1)
-        self.weight = jnp.full((n,), check_real(init, "init", "PReLU"), jnp.float32)
+        self.weight = jnp.full((n,), _args.check_real(init, "init", "PReLU"), jnp.float32)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return _prelu(x, self.weight[...], "PReLU")

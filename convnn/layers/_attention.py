@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convnn import _args
-from convnn._args import check_bool, check_real
 from convnn.layers import _random
 from convnn.layers._linear import Linear
 from convnn.layers._module import Module
@@ -88,7 +87,7 @@ def scaled_dot_product_attention(
             )
         if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.floating)):
             raise TypeError(f"[{fn}] mask must be boolean or floating, got dtype {mask.dtype}.")
-    return _attend(q, k, v, mask, check_real(scale, "scale", fn), causal, jnp.dtype(dtype))
+    return _attend(q, k, v, mask, _args.check_real(scale, "scale", fn), causal, jnp.dtype(dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
@@ -191,7 +190,7 @@ class MultiHeadAttention(Module):
             raise ValueError(
                 f"[{fn}] value_dims={value_dims} must be divisible by num_heads={num_heads}."
             )
-        bias = check_bool(bias, "bias", fn)
+        bias = _args.check_bool(bias, "bias", fn)
         rngs = _random.resolve_rngs(rngs, fn)
         self.num_heads = num_heads
         self.query_proj = Linear(query_input_dims, dims, bias=bias, rngs=rngs)

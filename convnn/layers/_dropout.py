@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convnn._args import check_real
+from convnn import _args
 from convnn.layers._common import as_input
 from convnn.layers._module import Module
 from convnn.layers._random import resolve_rngs
@@ -21,7 +21,7 @@ class _Dropout(Module):
     def __init__(self, p: float = 0.5, *, rngs: nnx.Rngs | None = None):
         super().__init__()
         fn = type(self).__name__
-        number = check_real(p, "p", fn, expect="a float in [0, 1)")
+        number = _args.check_real(p, "p", fn, expect="a float in [0, 1)")
         if not 0 <= number < 1:
             raise ValueError(f"[{fn}] the dropout probability p must be in [0, 1), got {p!r}.")
         self._p_1 = 1.0 - number

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convnn import _args
-from convnn._args import check_bool
 from convnn.layers._common import as_input, compute_dtype, expand
 from convnn.layers._module import Module
 from convnn.layers._random import normal, resolve_rngs, uniform_param
@@ -80,7 +79,7 @@ class Linear(Module):
         fn = "Linear"
         input_dims = _args.as_int(input_dims, "input_dims", fn, minimum=1)
         output_dims = _args.as_int(output_dims, "output_dims", fn, minimum=1)
-        bias = check_bool(bias, "bias", fn)
+        bias = _args.check_bool(bias, "bias", fn)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / input_dims)
         self.weight = uniform_param(rngs, (output_dims, input_dims), scale, fn)
@@ -147,7 +146,7 @@ class Bilinear(Module):
         in1 = _args.as_int(input1_dims, "input1_dims", fn, minimum=1)
         in2 = _args.as_int(input2_dims, "input2_dims", fn, minimum=1)
         out = _args.as_int(output_dims, "output_dims", fn, minimum=1)
-        bias = check_bool(bias, "bias", fn)
+        bias = _args.check_bool(bias, "bias", fn)
         rngs = resolve_rngs(rngs, fn)
         scale = math.sqrt(1.0 / in1)
         self.weight = uniform_param(rngs, (out, in2, in1), scale, fn)

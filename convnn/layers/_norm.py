@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convnn import _args, _flax_compat
-from convnn._args import check_bool, check_positive_float, check_real
 from convnn._lowering import Prologue
 from convnn._lowering._prologue import ACTIVATIONS, activation_tangent
 from convnn.layers._activations import relu, relu6, silu
@@ -80,9 +79,9 @@ class GroupNorm(Module):
             raise ValueError(
                 f"[{fn}] num_groups={self.num_groups} must divide dims={self.dims}."
             )
-        self.eps = check_positive_float(eps, "eps", fn)
-        affine = check_bool(affine, "affine", fn)
-        self.pytorch_compatible = check_bool(pytorch_compatible, "pytorch_compatible", fn)
+        self.eps = _args.check_positive_float(eps, "eps", fn)
+        affine = _args.check_bool(affine, "affine", fn)
+        self.pytorch_compatible = _args.check_bool(pytorch_compatible, "pytorch_compatible", fn)
         self.dtype = check_dtype(dtype, "dtype", fn, optional=True)
         self.param_dtype = check_dtype(param_dtype, "param_dtype", fn, optional=False)
         if affine:
@@ -193,10 +192,10 @@ class LayerNorm(Module):
         super().__init__()
         fn = "LayerNorm"
         self.dims = _args.as_int(dims, "dims", fn, minimum=1)
-        self.eps = check_positive_float(eps, "eps", fn)
-        if check_bool(affine, "affine", fn):
+        self.eps = _args.check_positive_float(eps, "eps", fn)
+        if _args.check_bool(affine, "affine", fn):
             self.weight = jnp.ones((self.dims,), jnp.float32)
-            if check_bool(bias, "bias", fn):
+            if _args.check_bool(bias, "bias", fn):
                 self.bias = jnp.zeros((self.dims,), jnp.float32)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -239,7 +238,7 @@ class RMSNorm(Module):
         super().__init__()
         fn = "RMSNorm"
         dims = _args.as_int(dims, "dims", fn, minimum=1)
-        self.eps = check_positive_float(eps, "eps", fn)
+        self.eps = _args.check_positive_float(eps, "eps", fn)
         self.weight = jnp.ones((dims,), jnp.float32)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -280,8 +279,8 @@ class InstanceNorm(Module):
         super().__init__()
         fn = "InstanceNorm"
         self.dims = _args.as_int(dims, "dims", fn, minimum=1)
-        self.eps = check_positive_float(eps, "eps", fn)
-        if check_bool(affine, "affine", fn):
+        self.eps = _args.check_positive_float(eps, "eps", fn)
+        if _args.check_bool(affine, "affine", fn):
             self.weight = jnp.ones((self.dims,), jnp.float32)
             self.bias = jnp.zeros((self.dims,), jnp.float32)
 
@@ -449,12 +448,12 @@ class BatchNorm(Module):
         self.activation = activation
         self.dtype = check_dtype(dtype, "dtype", fn, optional=True)
         self.num_features = _args.as_int(num_features, "num_features", fn, minimum=1)
-        self.eps = check_positive_float(eps, "eps", fn)
-        self.momentum = check_real(momentum, "momentum", fn, expect="a float in [0, 1]")
+        self.eps = _args.check_positive_float(eps, "eps", fn)
+        self.momentum = _args.check_real(momentum, "momentum", fn, expect="a float in [0, 1]")
         if not 0 <= self.momentum <= 1:
             raise ValueError(f"[{fn}] momentum must be in [0, 1], got {momentum!r}.")
-        self.track_running_stats = check_bool(track_running_stats, "track_running_stats", fn)
-        if check_bool(affine, "affine", fn):
+        self.track_running_stats = _args.check_bool(track_running_stats, "track_running_stats", fn)
+        if _args.check_bool(affine, "affine", fn):
             self.weight = jnp.ones((self.num_features,), jnp.float32)
             self.bias = jnp.zeros((self.num_features,), jnp.float32)
         if self.track_running_stats:

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from convnn import _args
-from convnn._args import check_bool, check_positive_float, check_real
 from convnn.layers._module import Module
 
 __all__ = ["SinusoidalPositionalEncoding", "RoPE", "ALiBi"]
@@ -66,12 +65,12 @@ class SinusoidalPositionalEncoding(Module):
         if dims % 2:
             raise ValueError(f"[{fn}] dims must be positive and even but got {dims}.")
         self.dims = dims
-        self.min_freq = check_positive_float(min_freq, "min_freq", fn)
-        self.max_freq = check_positive_float(max_freq, "max_freq", fn)
-        scale = check_real(scale, "scale", fn, optional=True)
+        self.min_freq = _args.check_positive_float(min_freq, "min_freq", fn)
+        self.max_freq = _args.check_positive_float(max_freq, "max_freq", fn)
+        scale = _args.check_real(scale, "scale", fn, optional=True)
         self.scale = scale if scale is not None else (2 / dims) ** 0.5
-        self.cos_first = check_bool(cos_first, "cos_first", fn)
-        self.full_turns = check_bool(full_turns, "full_turns", fn)
+        self.cos_first = _args.check_bool(cos_first, "cos_first", fn)
+        self.full_turns = _args.check_bool(full_turns, "full_turns", fn)
 
     def _sigmas(self) -> jax.Array:
         # MLX computes these in float32 once; recomputing them per call keeps them out of the
@@ -142,9 +141,9 @@ class RoPE(Module):
         self.dims = _args.as_int(dims, "dims", fn, minimum=1)
         if self.dims % 2:
             raise ValueError(f"[{fn}] dims must be even, got {self.dims}.")
-        self.traditional = check_bool(traditional, "traditional", fn)
-        self.base = check_positive_float(base, "base", fn)
-        self.scale = check_real(scale, "scale", fn)
+        self.traditional = _args.check_bool(traditional, "traditional", fn)
+        self.base = _args.check_positive_float(base, "base", fn)
+        self.scale = _args.check_real(scale, "scale", fn)
 
     def _extra_repr(self) -> str:
         return f"{self.dims}, traditional={self.traditional}"

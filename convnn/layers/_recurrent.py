@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convnn import _args, _flax_compat
-from convnn._args import check_bool
 from convnn.layers import _random
 from convnn.layers._module import Module
 from convnn.layers._random import uniform_param
@@ -31,7 +30,7 @@ class _Recurrent(Module):
         fn = type(self).__name__
         input_size = _args.as_int(input_size, "input_size", fn, minimum=1)
         self.hidden_size = _args.as_int(hidden_size, "hidden_size", fn, minimum=1)
-        bias = check_bool(bias, "bias", fn)
+        bias = _args.check_bool(bias, "bias", fn)
         rngs = _random.resolve_rngs(rngs, fn)
         scale = 1.0 / math.sqrt(self.hidden_size)
         rows = self._gates * self.hidden_size

@@ -8,7 +8,6 @@ from typing import Any
 from flax import nnx
 
 from convnn import _args
-from convnn._args import check_bool
 from convnn.layers import _random
 from convnn.layers._activations import relu
 from convnn.layers._attention import MultiHeadAttention
@@ -32,7 +31,7 @@ def _check(fn, dims, num_heads, mlp_dims, activation, norm_first):
     mlp_dims = dims * 4 if not mlp_dims else _args.as_int(mlp_dims, "mlp_dims", fn, minimum=1)
     if not callable(activation):
         raise TypeError(f"[{fn}] activation must be callable, got {activation!r}.")
-    return dims, mlp_dims, check_bool(norm_first, "norm_first", fn)
+    return dims, mlp_dims, _args.check_bool(norm_first, "norm_first", fn)
 
 
 def _stack(module: Module, fn: str, layer: type, num_layers, dims, num_heads, mlp_dims, dropout,
@@ -45,7 +44,7 @@ def _stack(module: Module, fn: str, layer: type, num_layers, dims, num_heads, ml
     module.layers = [layer(dims, num_heads, mlp_dims, dropout, activation, norm_first, rngs=rngs)
                      for _ in range(num_layers)]
     module.ln = LayerNorm(dims)
-    module.checkpoint = check_bool(checkpoint, "checkpoint", fn)
+    module.checkpoint = _args.check_bool(checkpoint, "checkpoint", fn)
 
 
 def _run(layer: Module, checkpoint: bool, *args: Any) -> Any:
