@@ -44,12 +44,15 @@ for _name, (_module, _marker) in FIXTURES.items():
 
 
 @pytest.fixture(autouse=True)
-def _mlx_seeded(request):
-    """Every test that builds MLX layers starts from MLX's random generator seeded at 0, so
-    that their initial weights, and a comparison's verdict, are the same in every run and
-    whatever ran before (unseeded, a float32 comparison failed once in a few runs)."""
-    if "mx" in request.fixturenames or "mnn" in request.fixturenames:
+def _references_seeded(request):
+    """Every test that builds MLX or PyTorch layers starts from the library's random generator
+    seeded at 0, so that their initial weights, and a comparison's verdict, are the same in
+    every run and whatever ran before (unseeded, a float32 comparison failed once)."""
+    used = set(request.fixturenames)
+    if used & {"mx", "mnn"}:
         require("mlx.core").random.seed(0)
+    if used & {"torch", "tnn", "F"}:
+        require("torch").manual_seed(0)
 
 
 def pytest_report_header(config):
