@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from benchmarks import _results
+from benchmarks import _results, _timing
 from benchmarks._timing import median_ms
 from convnn.models import MODELS
 
@@ -121,19 +121,11 @@ def build(c: dict, variant: str, dtype):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    _timing.add_arguments(p, repeats=5)
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--kinds", default="depthwise,dense", help="depthwise, dense, grouped")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget", type=float, default=None)
-    p.add_argument("--smoke", action="store_true", help="CPU check: batch 2, 32x32, 2 iters")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.batch, args.size, args.iters, args.repeats = 2, 32, 2, 1
+    args = _timing.parse(p, argv)
     dtype = jnp.dtype(args.dtype)
     kinds = set(args.kinds.split(","))
     device = jax.devices()[0]

@@ -35,6 +35,7 @@ GRID = [
     ("conv2d", (2, 16, 16, 256), (256, 5, 5, 256), dict(padding=2)),
     ("conv_transpose2d", (4, 16, 16, 32), (32, 9, 9, 2), dict(stride=2, groups=16)),
     ("conv1d", (8, 256, 64), (64, 31, 4), dict(groups=16, padding=15)),
+    ("conv2d", (128, 32, 32, 3), (64, 4, 4, 3), dict(padding=2)),  # the stem rule's bound
 ]
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-STRATEGIES = ("xla", "decomposed", "mixed", "auto")
+STRATEGIES = ("xla", "decomposed", "im2col", "mixed", "auto")
 #: Calls the audit and the sweeps found aborting the process, always part of the sweep: three in
 #: the forward pass, one (the last) in the input gradient of a strided convolution.
 KNOWN = [

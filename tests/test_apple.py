@@ -334,6 +334,16 @@ def test_parse_version_orders_releases(lower, higher):
     assert _apple.parse_version("0.11.0") == _apple.parse_version("0.11")
 
 
+@pytest.mark.parametrize("name", ["decomposed", "im2col"])
+def test_forced_decomposed_forms_run_rank4_on_apple(name):
+    """The decomposed forms' patches and products of a 3-D convolution have five axes; on an
+    Apple plugin a forced one runs the rank-4 form."""
+    cfg = _cfg(ndim=3)
+    for plugin in ("jax-metal", "jax-mps"):
+        assert choose(cfg, name, None, Target(plugin, None)) == "decomposed-rank4"
+    assert choose(cfg, name, None, Target("cpu")) == name  # the check can fail
+
+
 def test_policy_uses_the_plugin_version_of_the_target():
     """A jax-mps that has the fixes keeps grouped strided convolutions on the plugin."""
     cfg = _cfg(groups=2, stride=2)

@@ -490,7 +490,7 @@ ZERO_BATCH = [
 ]
 
 
-@pytest.mark.parametrize("strategy", ["auto", "xla", "decomposed", "mixed"])
+@pytest.mark.parametrize("strategy", ["auto", "xla", "decomposed", "im2col", "mixed"])
 @pytest.mark.parametrize("fn, xs, ws, kw", ZERO_BATCH, ids=[f"{c[0]}-{c[2]}" for c in ZERO_BATCH])
 def test_zero_batch_is_allowed(fn, xs, ws, kw, strategy):
     """An empty batch gives an empty output, an empty input gradient and a zero weight gradient,

@@ -25,6 +25,7 @@ from convnn._lowering import (
     _context,
     _registry,
     choose,
+    conv_decomposed,
     conv_xla,
     current,
 )
@@ -32,9 +33,9 @@ from convnn._reference import conv_general_ref
 
 # The core tests' tables (tests/test_functional_reference.py): every third case for the
 # strategies new here, every ninth for "xla" (which the core tests cover in full).
-STRATEGY_NAMES = ["xla", "decomposed", "mixed"]
+STRATEGY_NAMES = ["xla", "decomposed", "im2col", "mixed"]
 STRATEGY_CASES = ([("decomposed", c) for c in CORE[::3]] + [("mixed", c) for c in CORE[1::3]]
-                  + [("xla", c) for c in CORE[2::9]])
+                  + [("im2col", c) for c in CORE[2::3]] + [("xla", c) for c in CORE[2::9]])
 
 
 def _jitted_value_and_grads(case, strategy):
@@ -47,13 +48,13 @@ def _jitted_value_and_grads(case, strategy):
     return f
 
 
-def primitives(fn, *args):
-    """Names of every primitive in the jaxpr of ``fn(*args)``, sub-jaxprs included."""
-    names = []
+def equations(fn, *args):
+    """Every equation in the jaxpr of ``fn(*args)``, sub-jaxprs included."""
+    found = []
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
-            names.append(eqn.primitive.name)
+            found.append(eqn)
             for value in eqn.params.values():
                 for v in value if isinstance(value, (tuple, list)) else (value,):
                     if hasattr(v, "eqns"):  # a Jaxpr
@@ -62,7 +63,12 @@ def primitives(fn, *args):
                         walk(v.jaxpr)
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return names
+    return found
+
+
+def primitives(fn, *args):
+    """Names of every primitive in the jaxpr of ``fn(*args)``, sub-jaxprs included."""
+    return [eqn.primitive.name for eqn in equations(fn, *args)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,15 +118,18 @@ def test_depthwise_matches_reference_float64(case, strategy):
     _check_value_and_grads(case, strategy, seed=13)
 
 
+@pytest.mark.parametrize("strategy", ["decomposed", "im2col"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case", SUBSETS["every-17th"] + DEPTHWISE[1:3], ids=str)
-def test_decomposed_low_precision(case, dtype):
+def test_decomposed_low_precision(case, dtype, strategy):
+    """The decomposed forms in 16 bits: ``decomposed`` sums its matmuls in float32, ``im2col``'s
+    one matmul rounds its own accumulation."""
     x, w = random_operands(case, 15)
     xj, wj = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
     x64, w64 = np.asarray(xj, np.float64), np.asarray(wj, np.float64)  # the rounded inputs
     expected = reference(case, x64, w64)
     g = jnp.asarray(np.random.default_rng(16).standard_normal(expected.shape), dtype)
-    out, dx, dw = _jitted_value_and_grads(case, "decomposed")(xj, wj, g)
+    out, dx, dw = _jitted_value_and_grads(case, strategy)(xj, wj, g)
     assert out.dtype == dx.dtype == dw.dtype == jnp.dtype(dtype)
     rdx, rdw = reference_vjp(case, x64, w64, np.asarray(g, np.float64))
     assert_close(out, expected, dtype, what=f"out {case}")
@@ -129,7 +138,7 @@ def test_decomposed_low_precision(case, dtype):
 
 
 @pytest.mark.parametrize("groups, c_out", [(1, 8), (2, 8), (8, 8), (8, 16)])
-@pytest.mark.parametrize("strategy", ["decomposed", "mixed"])
+@pytest.mark.parametrize("strategy", ["decomposed", "im2col", "mixed"])
 def test_preferred_element_type_float32_from_bfloat16(strategy, groups, c_out):
     rng = np.random.default_rng(17)
     x = jnp.asarray(rng.standard_normal((2, 9, 9, 8)), jnp.bfloat16)
@@ -143,7 +152,8 @@ def test_preferred_element_type_float32_from_bfloat16(strategy, groups, c_out):
     assert_close(out, ref, jnp.float32)
 
 
-CHECK_GRADS = [("decomposed", DEPTHWISE[0], 2), ("mixed", pick("conv1d", "grouped"), 2)] + [
+CHECK_GRADS = [("decomposed", DEPTHWISE[0], 2), ("mixed", pick("conv1d", "grouped"), 2),
+               ("im2col", pick("conv2d", "strided"), 2)] + [
     (s, c, 1) for s in ("decomposed", "mixed")
     for c in (pick("general1d", "input-dilated", "cropped"),
               pick("transpose2d", "grouped", "strided", "output-padding", "unbatched"),
@@ -189,10 +199,11 @@ def _programs(case, x, w):
     ]
 
 
+@pytest.mark.parametrize("strategy", ["decomposed", "im2col"])
 @pytest.mark.parametrize("case", PROGRAM_CASES, ids=str)
-def test_decomposed_programs_have_no_convolution(case):
+def test_decomposed_programs_have_no_convolution(case, strategy):
     x, w = (jnp.asarray(a) for a in random_operands(case, 19))
-    with convnn.lowering("decomposed"):
+    with convnn.lowering(strategy):
         for what, fn, args in _programs(case, x, w):
             assert "conv_general_dilated" not in primitives(fn, *args), what
     with convnn.lowering("xla"):  # the check itself can fail
@@ -219,6 +230,28 @@ def test_decomposed_uses_no_strided_slice_forward():
     assert not strided
 
 
+def _products(fn, *args):
+    """The output dtypes of the ``dot_general`` calls of ``fn(*args)``."""
+    return [e.outvars[0].aval.dtype for e in equations(fn, *args)
+            if e.primitive.name == "dot_general"]
+
+
+def test_im2col_is_one_product_rounded_by_itself():
+    """``im2col``: the 9 taps' patches in one array and one ``dot_general`` whose output is the
+    bfloat16 result (its own float32 accumulation, rounded once). ``decomposed`` sums float32
+    products, one per chunk of taps under its patch bound."""
+    x = jnp.ones((2, 64, 64, 3), jnp.bfloat16)  # one tap's patches: 12 KiB
+    w = jnp.ones((8, 3, 3, 3), jnp.bfloat16)
+    f = lambda a, b: convnn.conv2d(a, b, stride=2, padding=1)  # noqa: E731
+    with convnn.lowering("im2col"):
+        assert _products(f, x, w) == [jnp.bfloat16]
+    with convnn.lowering("decomposed"):
+        assert _products(f, x, w) == [jnp.float32]
+    spec = ConvSpec((2, 2), ((1, 1), (1, 1)), (1, 1), (1, 1), 1, False)
+    bounded = lambda a, b: conv_decomposed(a, b, spec, patch_bytes=30_000)  # noqa: E731
+    assert _products(bounded, x, w) == [jnp.float32] * 5  # two taps a product
+
+
 # ---------------------------------------------------------------------------------------------
 # The "auto" policy
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +269,14 @@ POLICY_TABLE = [
     # (what, config, backend, expected)
     ("dense 3x3", _cfg(64, 64, 1), "cpu", "xla"),
     ("dense 7x7 stem", _cfg(3, 64, 1, (7, 7), stride=(2, 2)), "cpu", "xla"),
+    ("dense 3x3 stem", _cfg(3, 32, 1, stride=(2, 2)), "cpu", "im2col"),
+    ("dense 4x4 stem", _cfg(3, 96, 1, (4, 4), stride=(4, 4)), "cpu", "im2col"),
+    ("dense 3x3, 2 channels", _cfg(2, 32, 1), "cpu", "im2col"),
+    ("dense 3x3, 1 channel", _cfg(1, 32, 1), "cpu", "xla"),
+    ("dense 3x3, 4 channels", _cfg(4, 32, 1), "cpu", "xla"),
+    ("dense 5x5, 3 channels", _cfg(3, 32, 1, (5, 5)), "cpu", "xla"),
+    ("dense 3x3 stem, transposed", _cfg(3, 32, 1, input_dilation=(2, 2)), "cpu", "xla"),
+    ("dense 3-D, 3 channels", _cfg(3, 8, 1, (3, 3, 3)), "cpu", "xla"),
     ("dense 3x3 wide", _cfg(256, 256, 1), "cpu", "mixed"),
     ("dense 3x3 wide transposed", _cfg(256, 256, 1, input_dilation=(2, 2)), "cpu", "xla"),
     ("dense 1x1", _cfg(64, 256, 1, (1, 1)), "cpu", "decomposed"),
@@ -302,7 +343,7 @@ def test_internal_strategies_cannot_be_selected():
         assert name in STRATEGIES
         with pytest.raises(ValueError, match="unknown strategy"):
             convnn.lowering(name)
-    assert set(_registry.selectable()) == {"xla", "decomposed", "mixed", "pallas"}
+    assert set(_registry.selectable()) == {"xla", "decomposed", "im2col", "mixed", "pallas"}
 
 
 def test_a_name_is_registered_once_and_builtins_stay():

@@ -161,7 +161,7 @@ def test_preferred_element_type_bogus_names_the_argument():
 # Finding 5: the strategy does not change what is accepted
 # ---------------------------------------------------------------------------------------------
 
-STRATEGIES = ["xla", "decomposed", "mixed", "auto"]
+STRATEGIES = ["xla", "decomposed", "im2col", "mixed", "auto"]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

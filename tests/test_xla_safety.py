@@ -37,7 +37,7 @@ def test_audit_aborting_calls_return_the_reference_values():
         want = conv_transpose_ref(x, w, **args)
         ct = np.ones_like(want, np.float32)
         want_dx, want_dw = conv_transpose_ref_vjp(x, w, ct, **args)
-        for s in ("xla", "mixed", "auto", "decomposed"):
+        for s in ("xla", "mixed", "auto", "decomposed", "im2col"):
             with convnn.lowering(s):
                 got = convnn.conv_transpose2d(x, w, **kw)
                 f = lambda a, b: convnn.conv_transpose2d(a, b, **kw)

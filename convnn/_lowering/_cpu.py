@@ -19,10 +19,12 @@ from collections.abc import Callable
 from convnn._lowering._config import ConvConfig, Decision, Target
 
 __all__ = [
+    "IM2COL_CHANNELS",
     "MAX_DECOMPOSED_TAPS",
     "MAX_DENSE_MIXED_TAPS",
     "MAX_DEPTHWISE_TAPS",
     "MAX_GROUPED_TAPS",
+    "MAX_IM2COL_TAPS",
     "RULES",
     "Rule",
     "policy",
@@ -44,6 +46,18 @@ MAX_DECOMPOSED_TAPS = 125
 
 #: Cost bound of the grouped rule that takes "mixed" (XLA forward, per-tap matmul gradients).
 MAX_GROUPED_TAPS = 125
+
+#: Dense 2-D convolutions with this many input channels (2 or 3: the models' stems on RGB
+#: images) and at most :data:`MAX_IM2COL_TAPS` taps take "im2col": one matmul over the gathered
+#: patches. Forward + weight gradient, 2-core CPU: 3x3 stems 1.5-3.3x faster than XLA, 4x4
+#: kernels 3.6-18x (XLA's weight gradient of even kernels is slow); XLA wins with one input
+#: channel (3.5x) and with four at 3x3 (1.8x), so those stay (docs/benchmarks.md, "The stem
+#: convolutions").
+IM2COL_CHANNELS = (2, 3)
+
+#: Cost bound of the stem rule: the patches are ``taps`` times the input (4x4 kernels at most;
+#: ResNet's 7x7 stem ran its forward pass 3x slower as im2col than XLA's).
+MAX_IM2COL_TAPS = 16
 
 #: Cost bound of the wide dense rule ("mixed"): measured faster for 3x3 kernels, while a 5x5
 #: kernel at 256 channels ran 1.8x slower than XLA (benchmarks/bench_policy_cpu.py).
@@ -75,6 +89,9 @@ RULES: tuple[Rule, ...] = (
          "mixed"),
     Rule("grouped, above the tap bound of the rules above", lambda c: c.groups > 1, "xla"),
     Rule("dense, input-dilated (transposed)", lambda c: c.input_dilated, "xla"),
+    Rule(f"dense 2-D, 2 or 3 input channels, at most {MAX_IM2COL_TAPS} taps (stems)",
+         lambda c: c.ndim == 2 and c.c_in in IM2COL_CHANNELS and c.taps <= MAX_IM2COL_TAPS,
+         "im2col"),
     Rule("dense 1x1 (one matmul)", lambda c: c.taps == 1, "decomposed"),
     Rule(f"dense, at least {MIXED_MIN_DENSE_CHANNELS} input channels, at most "
          f"{MAX_DENSE_MIXED_TAPS} taps",

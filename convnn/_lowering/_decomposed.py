@@ -20,7 +20,8 @@ derivatives, forward or reverse mode) contain no ``conv_general_dilated``:
    * *matmul* otherwise (dense and grouped): ``dot_general`` over the channels, with the groups
      as a batch dimension. Consecutive taps are concatenated along the channels (im2col) as long
      as the patch tensor stays under :data:`PATCH_BYTES`, so small convolutions make one large
-     matmul and large ones stay tap by tap, bounding memory.
+     matmul and large ones stay tap by tap, bounding memory. The ``"im2col"`` strategy is this
+     form with no bound: every tap in one patch tensor and one matmul, whatever its size.
 
 With ``max_rank=4`` the spatial output axes of each tap's window are flattened into one where
 the product would have more than 4 axes (3-D, and depthwise with a channel multiplier), so that
@@ -234,8 +235,11 @@ def _depthwise_jvp(spec, acc, max_rank, primals, tangents):
 _depthwise.defjvp(_depthwise_jvp, symbolic_zeros=True)
 
 
-def _matmul(x, w, spec: ConvSpec, acc, max_rank=None):
-    """Matmul form for dense and grouped convolutions (groups as a ``dot_general`` batch)."""
+def _matmul(x, w, spec: ConvSpec, acc, max_rank=None, patch_bytes=PATCH_BYTES):
+    """Matmul form for dense and grouped convolutions (groups as a ``dot_general`` batch).
+
+    ``patch_bytes=None``: every tap in one patch tensor and one ``dot_general``, which then
+    rounds its float32 accumulation to the output dtype itself (no separate float32 output)."""
     g = spec.groups
     batch, c_in = x.shape[0], x.shape[-1]
     c_out, cg_in = w.shape[0], w.shape[-1]
@@ -252,7 +256,11 @@ def _matmul(x, w, spec: ConvSpec, acc, max_rank=None):
 
     taps = list(_taps(w.shape, spec))
     tap_bytes = batch * math.prod(outs) * c_in * jnp.dtype(operand).itemsize
-    chunk = max(1, min(len(taps), PATCH_BYTES // max(tap_bytes, 1)))
+    chunk = (len(taps) if patch_bytes is None
+             else max(1, min(len(taps), patch_bytes // max(tap_bytes, 1))))
+    # im2col's one product rounds its own accumulation (float32 for 16-bit operands on CPU and
+    # CUDA) to the output dtype; chunks are summed in ``acc``.
+    product_dtype = (spec.preferred_element_type or x.dtype) if patch_bytes is None else acc
     total = None
     for start in range(0, len(taps), chunk):
         part = taps[start : start + chunk]
@@ -267,7 +275,8 @@ def _matmul(x, w, spec: ConvSpec, acc, max_rank=None):
             dims = (((xc.ndim - 1,), (2,)), ((0,), (0,)))
         else:
             dims = (((xc.ndim - 1,), (1,)), ((), ()))
-        term = lax.dot_general(xc, wc, dims, precision=spec.precision, preferred_element_type=acc)
+        term = lax.dot_general(xc, wc, dims, precision=spec.precision,
+                               preferred_element_type=product_dtype)
         total = term if total is None else total + term
     if g > 1:  # (G, N, *outs, C_out / G) -> (N, *outs, C_out)
         total = jnp.moveaxis(total, 0, -2)
@@ -275,7 +284,8 @@ def _matmul(x, w, spec: ConvSpec, acc, max_rank=None):
 
 
 def conv_decomposed(x: jax.Array, w: jax.Array, spec: ConvSpec, *,
-                    max_rank: int | None = None) -> jax.Array:
+                    max_rank: int | None = None,
+                    patch_bytes: int | None = PATCH_BYTES) -> jax.Array:
     """Computes the convolution of ``spec`` with pad, slice, reshape and matmul or multiply-add.
 
     Args:
@@ -286,6 +296,9 @@ def conv_decomposed(x: jax.Array, w: jax.Array, spec: ConvSpec, *,
         flattened into one wherever a product would otherwise have more than 4 axes, so that no
         reduction or ``dot_general`` of the forward pass or either gradient sees an array of
         rank 5 or 6 (for the Apple plugins: see :data:`MAX_REDUCTION_RANK`).
+      patch_bytes: keyword-only; the largest patch tensor of one matmul (dense and grouped
+        convolutions), default :data:`PATCH_BYTES`. ``None``: all taps in one matmul (im2col),
+        which rounds to the output dtype itself (the ``"im2col"`` strategy).
 
     Returns:
       ``(N, *out_spatial, C_out)`` in ``spec.preferred_element_type`` or ``x.dtype``, the same
@@ -296,5 +309,5 @@ def conv_decomposed(x: jax.Array, w: jax.Array, spec: ConvSpec, *,
     if w.shape[-1] == 1:
         out = _depthwise(x, w, spec, acc, max_rank)
     else:
-        out = _matmul(x, w, spec, acc, max_rank)
+        out = _matmul(x, w, spec, acc, max_rank, patch_bytes)
     return out.astype(out_dtype)

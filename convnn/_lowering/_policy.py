@@ -42,10 +42,12 @@ def _refine_decomposed(cfg: ConvConfig, target: Target) -> tuple[str, str] | Non
 
 #: strategy name -> ``(cfg, device) -> (registry name of the form that runs, why)`` or ``None``
 #: (the strategy as it is), for strategies whose kernels are a policy's choice: the Pallas
-#: kernels of each pass (CUDA), the rank-4 decomposed form (Apple plugins).
+#: kernels of each pass (CUDA), the rank-4 decomposed form (Apple plugins, for ``"im2col"`` too:
+#: its patches of a 3-D convolution would have five axes).
 REFINE: dict[str, Callable[[ConvConfig, Target], tuple[str, str] | None]] = {
     "pallas": lambda cfg, target: _cuda.pallas_kernels(cfg),
     "decomposed": _refine_decomposed,
+    "im2col": _refine_decomposed,
 }
 
 

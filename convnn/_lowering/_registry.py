@@ -133,6 +133,15 @@ def _decomposed_passes(cfg: ConvConfig) -> Passes:
     return Passes(matmul, matmul, matmul)
 
 
+def _im2col_passes(cfg: ConvConfig) -> Passes:
+    if cfg.group_in == 1:
+        return _decomposed_passes(cfg)
+    patches = f"the {cfg.taps} taps' patches in one array (im2col)"
+    return Passes(f"one dot_general over {patches}",
+                  "one dot_general (the cotangent times the weight), its patches padded back "
+                  "and added", f"one dot_general ({patches}, transposed, times the cotangent)")
+
+
 def _mixed_passes(cfg: ConvConfig) -> Passes:
     d = _decomposed_passes(cfg)
     return Passes(_XLA_CONV, d.input_grad, d.weight_grad)
@@ -197,6 +206,8 @@ def _pallas_strategy(forward_pass: str, weight_gradient: str) -> Strategy:
 register(Strategy("xla", conv_xla, _xla_passes))
 register(Strategy("decomposed", _decomposed.conv_decomposed,
                   _decomposed_passes))
+register(Strategy("im2col", functools.partial(_decomposed.conv_decomposed, patch_bytes=None),
+                  _im2col_passes))
 register(Strategy("mixed", conv_mixed, _mixed_passes))
 for _forward in _pallas.KERNELS:
     for _weight in _pallas.KERNELS:
