@@ -203,8 +203,9 @@ def _programs(case, x, w):
     ]
 
 
-@pytest.mark.parametrize("strategy", DECOMPOSED_FORMS)
-@pytest.mark.parametrize("case", PROGRAM_CASES, ids=str)
+@pytest.mark.parametrize("strategy, case", [("decomposed", c) for c in PROGRAM_CASES] + [
+    pytest.param("im2col", c, marks=pytest.mark.slow) for c in PROGRAM_CASES[::3]],
+    ids=lambda v: str(v))
 def test_decomposed_programs_have_no_convolution(case, strategy):
     x, w = (jnp.asarray(a) for a in random_operands(case, 19))
     with convnn.lowering(strategy):
