@@ -118,7 +118,7 @@ def test_depthwise_matches_reference_float64(case, strategy):
     _check_value_and_grads(case, strategy, seed=13)
 
 
-# im2col shares decomposed's code: its twins run in the slow tier (as in CI).
+# im2col shares decomposed's code: its twins run in the slow tier.
 DECOMPOSED_FORMS = ["decomposed", pytest.param("im2col", marks=pytest.mark.slow)]
 
 
