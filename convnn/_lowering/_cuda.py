@@ -37,6 +37,10 @@ MIN_TAPS = 25
 #: Narrowest output for which "auto" picks the Pallas kernels for small bfloat16 kernels.
 MIN_PACKED_WIDTH = 14
 
+#: Dense 2-D convolutions with at most this many input channels (the models' stems, on RGB
+#: images) take "im2col": cuDNN has no tensor-core kernel for so few channels.
+IM2COL_MAX_CHANNELS = 4
+
 #: Depthwise float32 convolutions with at least this many kernel taps take "mixed" where the
 #: Pallas kernels do not apply.
 MIXED_MIN_TAPS = 49
@@ -125,4 +129,8 @@ def policy(cfg: ConvConfig, target: Target | None = None) -> Decision:
         return Decision(("pallas", "mixed" if large_f32 else "xla"), f"cuda: {rule} -> 'pallas'")
     if large_f32:
         return Decision(("mixed",), mixed_rule)
+    if (cfg.ndim == 2 and cfg.groups == 1 and cfg.c_in <= IM2COL_MAX_CHANNELS
+            and not cfg.input_dilated and cfg.taps > 1):
+        return Decision(("im2col",), f"cuda: dense 2-D, at most {IM2COL_MAX_CHANNELS} input "
+                        "channels -> 'im2col'")
     return Decision(("xla",), "cuda: everything else -> 'xla'")
