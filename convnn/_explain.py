@@ -22,7 +22,7 @@ class Explanation:
 
     Attributes:
       strategy: the strategy that runs (a registry name: ``"xla"``, ``"decomposed"``,
-        ``"mixed"``, ``"pallas"`` or one of its kernel combinations such as
+        ``"im2col"``, ``"mixed"``, ``"pallas"`` or one of its kernel combinations such as
         ``"pallas[forward=xla,weight_grad=xla]"``, or an internal float32 form).
       selection: the lowering in force (``"auto"`` or a forced strategy name).
       backend: the backend whose policy applied (``"cpu"``, ``"cuda"``, ``"jax-metal"``, ...).

@@ -118,7 +118,11 @@ def test_depthwise_matches_reference_float64(case, strategy):
     _check_value_and_grads(case, strategy, seed=13)
 
 
-@pytest.mark.parametrize("strategy", ["decomposed", "im2col"])
+# im2col shares decomposed's code: its twins run in the slow tier (as in CI).
+DECOMPOSED_FORMS = ["decomposed", pytest.param("im2col", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("strategy", DECOMPOSED_FORMS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: d.__name__)
 @pytest.mark.parametrize("case", SUBSETS["every-17th"] + DEPTHWISE[1:3], ids=str)
 def test_decomposed_low_precision(case, dtype, strategy):
@@ -199,8 +203,9 @@ def _programs(case, x, w):
     ]
 
 
-@pytest.mark.parametrize("strategy", ["decomposed", "im2col"])
-@pytest.mark.parametrize("case", PROGRAM_CASES, ids=str)
+@pytest.mark.parametrize("strategy, case", [("decomposed", c) for c in PROGRAM_CASES] + [
+    pytest.param("im2col", c, marks=pytest.mark.slow) for c in PROGRAM_CASES[::3]],
+    ids=lambda v: str(v))
 def test_decomposed_programs_have_no_convolution(case, strategy):
     x, w = (jnp.asarray(a) for a in random_operands(case, 19))
     with convnn.lowering(strategy):

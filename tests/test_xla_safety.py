@@ -172,4 +172,6 @@ def test_bounded_sweep_finds_no_abort_or_disagreement(tmp_path):
 
 @pytest.mark.slow
 def test_larger_sweep_finds_no_abort_or_disagreement(tmp_path):
-    _sweep(tmp_path, "--count", "60", "--seed", "7", "--batch", "30")
+    # im2col left out: it shares decomposed's code and has no convolution for XLA to abort on.
+    _sweep(tmp_path, "--count", "60", "--seed", "7", "--batch", "30", "--strategies",
+           "xla,decomposed,mixed,auto")

@@ -134,6 +134,7 @@ def lowering(name: str = "auto", *, backend: str | None = None) -> Lowering:
 
     Strategies: ``"xla"`` (one ``lax.conv_general_dilated``), ``"decomposed"`` (pad, slice and
     matmul or multiply-add; no convolution primitive in the forward pass or any gradient),
+    ``"im2col"`` (the decomposed form with every tap's patches in one matrix product),
     ``"mixed"`` (XLA's forward pass, the decomposed gradients) and ``"pallas"`` (Pallas kernels
     for 2-D depthwise convolutions on NVIDIA GPUs). A forced strategy that cannot compute a
     configuration on the device falls back to ``"xla"``. ``convnn.explain`` says what a call

@@ -49,13 +49,13 @@ MAX_GROUPED_TAPS = 125
 
 #: Dense 2-D convolutions with this many input channels (2 or 3: the models' stems on RGB
 #: images) and at most :data:`MAX_IM2COL_TAPS` taps take "im2col": one matmul over the gathered
-#: patches. Forward + weight gradient, 2-core CPU: 3x3 stems 1.5-3.3x faster than XLA, 4x4
-#: kernels 3.6-18x (XLA's weight gradient of even kernels is slow); XLA wins with one input
-#: channel (3.5x) and with four at 3x3 (1.8x), so those stay (docs/benchmarks.md, "The stem
+#: patches. Forward + weight gradient, 2-core CPU: 3x3 stems 1.3-3.3x faster than XLA, 4x4
+#: kernels 2.2-18x (XLA's weight gradient of even kernels is slow); XLA wins with one input
+#: channel (1.6-3.5x) and with four at 3x3 (1.8x), so those stay (docs/benchmarks.md, "The stem
 #: convolutions").
 IM2COL_CHANNELS = (2, 3)
 
-#: Cost bound of the stem rule: the patches are ``taps`` times the input (4x4 kernels at most;
+#: Cost bound of the stem rule: the patches are up to ``taps`` times the input (4x4 at most;
 #: ResNet's 7x7 stem ran its forward pass 3x slower as im2col than XLA's).
 MAX_IM2COL_TAPS = 16
 

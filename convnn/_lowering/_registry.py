@@ -136,10 +136,10 @@ def _decomposed_passes(cfg: ConvConfig) -> Passes:
 def _im2col_passes(cfg: ConvConfig) -> Passes:
     if cfg.group_in == 1:
         return _decomposed_passes(cfg)
-    patches = f"the {cfg.taps} taps' patches in one array (im2col)"
-    return Passes(f"one dot_general over {patches}",
-                  "one dot_general (the cotangent times the weight), its patches padded back "
-                  "and added", f"one dot_general ({patches}, transposed, times the cotangent)")
+    return Passes(f"one dot_general over the {cfg.taps} taps' patches, gathered in one array "
+                  "(im2col)", "one dot_general (the cotangent times the weight), its patches "
+                  "padded back and added", "one dot_general (the patches, transposed, times the "
+                  "cotangent)")
 
 
 def _mixed_passes(cfg: ConvConfig) -> Passes:
