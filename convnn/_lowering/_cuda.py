@@ -14,7 +14,8 @@ depthwise convolutions. The Pallas depthwise kernels win for:
   output and outputs at least :data:`MIN_PACKED_WIDTH` wide (the packed tiles);
 
 and float32 depthwise kernels of at least :data:`MIXED_MIN_TAPS` taps that the Pallas kernels
-do not cover take ``"mixed"`` (XLA forward, decomposed gradients). The numbers behind each rule:
+do not cover take ``"mixed"`` (XLA forward, decomposed gradients); dense 2-D convolutions of a
+few input channels (the 3x3 stems on RGB images) take ``"im2col"``. The numbers behind each rule:
 docs/performance.md, "The "auto" policy".
 """
 
@@ -36,6 +37,14 @@ MIN_TAPS = 25
 
 #: Narrowest output for which "auto" picks the Pallas kernels for small bfloat16 kernels.
 MIN_PACKED_WIDTH = 14
+
+#: Dense 2-D convolutions with at most this many input channels and at most
+#: :data:`IM2COL_MAX_TAPS` taps (the 3x3 stems of MobileNetV2 and EfficientNet-B0, on RGB images)
+#: take "im2col": cuDNN has no tensor-core kernel for so few channels. Measured only in those
+#: models' training steps (docs/benchmarks.md, "The stem convolutions"); ResNet's 7x7 stem (472 MB
+#: of patches at batch 128) and ConvNeXt's 4x4 one stay on XLA, unmeasured.
+IM2COL_MAX_CHANNELS = 4
+IM2COL_MAX_TAPS = 9
 
 #: Depthwise float32 convolutions with at least this many kernel taps take "mixed" where the
 #: Pallas kernels do not apply.
@@ -125,4 +134,8 @@ def policy(cfg: ConvConfig, target: Target | None = None) -> Decision:
         return Decision(("pallas", "mixed" if large_f32 else "xla"), f"cuda: {rule} -> 'pallas'")
     if large_f32:
         return Decision(("mixed",), mixed_rule)
+    if (cfg.ndim == 2 and cfg.groups == 1 and cfg.c_in <= IM2COL_MAX_CHANNELS
+            and not cfg.input_dilated and 1 < cfg.taps <= IM2COL_MAX_TAPS):
+        return Decision(("im2col",), f"cuda: dense 2-D, at most {IM2COL_MAX_CHANNELS} input "
+                        f"channels and {IM2COL_MAX_TAPS} taps (stems) -> 'im2col'")
     return Decision(("xla",), "cuda: everything else -> 'xla'")

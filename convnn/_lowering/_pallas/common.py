@@ -177,6 +177,75 @@ def _activate(v, activation: str | None):
     return v
 
 
+def _activate_tangent(v, t, activation: str | None):
+    """The activation's derivative at ``v`` times ``t``, on float32 tiles (the rule of
+    ``convnn._lowering._prologue.activation_tangent``, with the operations Triton lowers)."""
+    if activation == "relu":
+        return jnp.where(v > 0.0, t, 0.0)
+    if activation == "relu6":
+        return jnp.where((v > 0.0) & (v < 6.0), t, 0.0)
+    if activation == "silu":
+        s = 1.0 / (1.0 + jnp.exp(-v))
+        return t * (s * (1.0 + v * (1.0 - s)))
+    return t
+
+
+class _PrologueSums:
+    """The sums an input-gradient kernel adds up as it stores, when the forward pass read its
+    input through a prologue ``a = act(x * scale + shift)``: with ``da`` the tile stored (float32,
+    before rounding) and ``gz = act'(x * scale + shift) * da``, per channel ``sum(gz)`` and
+    ``sum(gz * x)``, the gradients of ``shift`` and ``scale``. They replace a reduction over
+    ``da`` and ``x`` after the kernel (docs/benchmarks.md, "The prologue's gradient sums").
+
+    ``x_ref``: the prologue's input (the stored array's shape, packed as the source is);
+    ``pre_ref``: as :class:`_Prologue`'s. Float32 tile accumulators, one per sum and half,
+    are carried through the row loop; :meth:`store` reduces them over the tile's columns.
+    """
+
+    def __init__(self, tile: _Tile, plgpu, x_ref, pre_ref, activation: str | None,
+                 native: bool, packed_dtype):
+        self.tile, self.plgpu, self.x_ref = tile, plgpu, x_ref
+        self.activation, self.native, self.packed_dtype = activation, native, packed_dtype
+        self.scale = tile.weight(plgpu, pre_ref, 0, 0)
+        self.shift = tile.weight(plgpu, pre_ref, 1, 0)
+
+    def zeros(self) -> tuple:
+        """The accumulators before the first row: ``(sum(gz), sum(gz * x))`` per half."""
+        zero = jnp.zeros(self.tile.shape, jnp.float32)
+        return ((zero,) * len(self.scale),) * 2
+
+    def load(self, n, row, cols, mask):
+        """The raw tile of ``x`` at ``(n, row, cols)`` where ``mask`` (zero elsewhere), loaded an
+        iteration before :meth:`add` uses it, so that its latency overlaps a row's work."""
+        zero = jnp.zeros((), self.x_ref.dtype)
+        return self.plgpu.load(self.tile.at(self.x_ref, n, row, cols), mask=mask, other=zero)
+
+    def add(self, sums: tuple, raw, das: tuple, mask) -> tuple:
+        """Adds the stored tile ``das`` (float32 halves) where ``mask``, ``raw`` its tile of
+        ``x`` (:meth:`load`)."""
+        dz, dzx = [], []
+        for x, da, a, b, s0, s1 in zip(_widen(raw, self.packed_dtype), das, self.scale,
+                                        self.shift, *sums):
+            gz = jnp.where(mask, _activate_tangent(_fma(b, x, a, self.native), da,
+                                                    self.activation), 0.0)
+            dz.append(s0 + gz)
+            dzx.append(_fma(s1, gz, x, self.native))
+        return tuple(dz), tuple(dzx)
+
+    def store(self, ref, part, sums: tuple) -> None:
+        """Writes the program's sums, reduced over its columns, to ``ref[part, k, channel]``
+        (``k``: 0 for ``sum(gz)``, 1 for ``sum(gz * x)``)."""
+        tile, halves = self.tile, len(self.scale)
+        for k, per_half in enumerate(sums):
+            for h, acc in enumerate(per_half):
+                at = ref.at[part, k, halves * tile.ch + h]
+                total = jnp.sum(acc, axis=tile.pixel_axis)
+                if tile.c_ok is None:
+                    self.plgpu.store(at, total)
+                else:
+                    self.plgpu.store(at, total, mask=tile.c_ok)
+
+
 def _width_shifts(tile: _Tile, gw: AxisGeometry, b, span: int):
     """The source columns one input row is loaded at, and which (column, tap) pairs use each.
 

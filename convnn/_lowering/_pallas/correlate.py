@@ -36,6 +36,7 @@ from convnn._lowering._pallas.common import (
     _packed,
     _pallas,
     _Prologue,
+    _PrologueSums,
     _rows,
     _select,
     _split,
@@ -52,9 +53,13 @@ __all__ = ["correlate"]
 
 def _correlate_kernel(src_ref, w_ref, *refs, gh: AxisGeometry, gw: AxisGeometry,
                       channels: int, tiling: Tiling, grid_sizes, native: bool, packed_dtype,
-                      activation: str | None):
+                      activation: str | None, sums: bool):
     pl, plgpu = _pallas()
-    pre_ref, out_ref = refs if len(refs) == 2 else (None, refs[0])
+    if sums:
+        pre_ref, x_ref, out_ref, sums_ref = refs
+    else:
+        x_ref, sums_ref = None, None
+        pre_ref, out_ref = refs if len(refs) == 2 else (None, refs[0])
     bw, bc, th, depth, span = (tiling.block_w, tiling.block_c, tiling.rows, tiling.prefetch,
                                tiling.span)
     cb, ph, wt, rt, n = _split(pl.program_id(0), grid_sizes)
@@ -63,7 +68,11 @@ def _correlate_kernel(src_ref, w_ref, *refs, gh: AxisGeometry, gw: AxisGeometry,
     b_w, p_w, count_w = (_select(ph_w, v) for v in (gw.b, gw.p, gw.count))
     tile = _Tile(wt * bw * span, cb * bc, bw, bc, channels, tiling.vector, span, packed_dtype)
     a, taps, live = gh.a, gh.taps, gh.live
-    prologue = _Prologue(tile, plgpu, pre_ref, activation, native)
+    # With ``sums``, ``pre`` is the forward pass's prologue, differentiated at the stores;
+    # the source (a cotangent) is read as it is.
+    prologue = _Prologue(tile, plgpu, None if sums else pre_ref, activation, native)
+    epilogue = (_PrologueSums(tile, plgpu, x_ref, pre_ref, activation, native, packed_dtype)
+                if sums else None)
     cols, pairs = _width_shifts(tile, gw, b_w, span)
     shifts = len(cols)
     ahead = _ahead(shifts, tiling, gw.a)
@@ -116,26 +125,43 @@ def _correlate_kernel(src_ref, w_ref, *refs, gh: AxisGeometry, gw: AxisGeometry,
     ocols = [gw.m * (tile.qx + j) + p_w for j in range(span)]
     ocols_ok = [tile.qx + j < count_w for j in range(span)]
 
+    def row_ok_at(q):
+        ok = q < q_end
+        return ok & (q >= q0) if early else ok
+
+    def x_tiles(q):
+        """The epilogue's tiles of ``x`` at output row ``q`` (loaded an iteration ahead)."""
+        orow = gh.m * jnp.maximum(q, q0) + p_h
+        return tuple(epilogue.load(n, orow, ocols[j], tile.mask(row_ok_at(q), ocols_ok[j]))
+                     for j in range(span))
+
     def body(i, carry):
-        accs, queue = list(carry[0]), carry[1]
+        accs, queue, totals, xs = list(carry[0]), carry[1], carry[2], carry[3]
         q = q0 - early + i
+        # The epilogue's x tiles of this row came with the carry; the next row's load now.
+        xs_next = x_tiles(q + 1) if epilogue is not None else ()
         if depth:
             ready, queue = queue[0], queue[1:] + (prefetch(q + depth),)
         for k, t in enumerate(new_taps):
             pre = dict(zip(ahead, ready[k])) if depth else {}
             accs = accumulate(accs, pre, t, row_of(q, t))
-        row_ok = q < q_end
+        row_ok = row_ok_at(q)
         if early:
-            row_ok = row_ok & (q >= q0)
             q = jnp.maximum(q, q0)  # a masked store, at an address inside the array
         orow = gh.m * q + p_h
         for j in range(span):
-            tile.store(plgpu, out_ref, n, orow, ocols[j], accs[0][j],
-                       tile.mask(row_ok, ocols_ok[j]))
+            mask = tile.mask(row_ok, ocols_ok[j])
+            tile.store(plgpu, out_ref, n, orow, ocols[j], accs[0][j], mask)
+            if epilogue is not None:
+                totals = epilogue.add(totals, xs[j], accs[0][j], mask)
         accs = accs[1:] + [blank]
-        return tuple(accs), queue
+        return tuple(accs), queue, totals, xs_next
 
-    lax.fori_loop(0, th + early, body, (tuple(accs), queue))
+    totals, xs = (epilogue.zeros(), x_tiles(q0 - early)) if epilogue is not None else ((), ())
+    _, _, totals, _ = lax.fori_loop(0, th + early, body, (tuple(accs), queue, totals, xs))
+    if epilogue is not None:
+        epilogue.store(sums_ref, ((n * grid_sizes[3] + rt) * grid_sizes[2] + wt) * grid_sizes[1]
+                       + ph, totals)
 
 
 # Jitted with the geometry, dtype and tiling static: JAX then traces and lowers each distinct
@@ -143,13 +169,19 @@ def _correlate_kernel(src_ref, w_ref, *refs, gh: AxisGeometry, gw: AxisGeometry,
 # of a stride-1 convolution with symmetric padding are the same kernel).
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
 def correlate(src, wt, pre, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tiling: Tiling | None,
-              interpret: bool, activation: str | None = None):
+              interpret: bool, activation: str | None = None, x=None):
     """``out[n, mh*q+ph, mw*r+pw, c] = sum src[n, ah*q+bh+i, aw*r+bw+j, c] * wt[phase, i*Tw+j, c]``
     (``wt``: ``(phases, Th*Tw, C)`` float32).
 
     With ``pre`` (``(2, C)`` float32: a scale and a shift per channel), ``src`` is read through
     the prologue ``activation(src * pre[0] + pre[1])``, padding staying zero; ``pre=None``: as
-    it is."""
+    it is.
+
+    With ``x`` as well (the input gradient of a convolution with that prologue: ``src`` the
+    cotangent, ``x`` the forward pass's input, of ``out``'s shape), ``src`` is read as it is and
+    the result is ``(out, sums)``: ``sums`` ``(2, C)`` float32, over every position,
+    ``sum(gz)`` and ``sum(gz * x)`` for ``gz = activation'(x * pre[0] + pre[1]) * out`` (``out``
+    before its rounding to ``out_dtype``)."""
     pl, plgpu = _pallas()
     n, _, _, c = src.shape
     phases = gh.phases * gw.phases
@@ -158,20 +190,26 @@ def correlate(src, wt, pre, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tilin
                                 (gh.taps, gw.taps), phases, gw.a)
     rows = _rows(tiling, gh.max_count)
     tiling = dataclasses.replace(tiling, rows=rows)
-    packed_dtype, tiling, (src,) = _packed(tiling, src)
+    sums = x is not None
+    packed_dtype, tiling, srcs = _packed(tiling, src, *((x,) if sums else ()))
+    src = srcs[0]
     halves = 2 if packed_dtype else 1
     packed_out = halves == 2 and jnp.dtype(out_dtype) == packed_dtype
     grid_sizes = (-(-c // halves // tiling.block_c), phases,
                   -(-gw.max_count // tiling.columns), -(-gh.max_count // rows), n)
     kernel = functools.partial(_correlate_kernel, gh=gh, gw=gw, channels=c // halves,
                                tiling=tiling, grid_sizes=grid_sizes, native=not interpret,
-                               packed_dtype=packed_dtype, activation=activation)
+                               packed_dtype=packed_dtype, activation=activation, sums=sums)
     operands = (src, _halves_last(wt, halves))
     if pre is not None:
         operands += (_halves_last(pre.astype(jnp.float32)[:, None], halves),)
     out_shape = jax.ShapeDtypeStruct(
         (n, gh.out_size, gw.out_size, c // 2 if packed_out else c),
         jnp.uint32 if packed_out else out_dtype)
+    if sums:
+        operands += (srcs[1],)
+        parts = math.prod(grid_sizes[1:])
+        out_shape = (out_shape, jax.ShapeDtypeStruct((parts, 2, c), jnp.float32))
     out = pl.pallas_call(
         kernel,
         out_shape=out_shape,
@@ -180,4 +218,7 @@ def correlate(src, wt, pre, gh: AxisGeometry, gw: AxisGeometry, out_dtype, tilin
         compiler_params=plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=1),
         name="convnn_depthwise_correlate",
     )(*operands)
+    if sums:
+        out, part = out
+        return (_unpack(out, out_dtype) if packed_out else out), jnp.sum(part, axis=0)
     return _unpack(out, out_dtype) if packed_out else out

@@ -143,9 +143,16 @@ def forward(x, w, spec: ConvSpec, *, prologue: Prologue | None = None,
                      activation)
 
 
-def input_grad(g, w, x_shape, x_dtype, spec: ConvSpec, *, tiling: Tiling | None = None,
-               interpret: bool = False) -> jax.Array:
-    """The gradient with respect to the input of :func:`forward`, given the cotangent ``g``."""
+def input_grad(g, w, x_shape, x_dtype, spec: ConvSpec, *, prologue: Prologue | None = None,
+               x: jax.Array | None = None, tiling: Tiling | None = None,
+               interpret: bool = False):
+    """The gradient with respect to the input of :func:`forward`, given the cotangent ``g``.
+
+    With ``prologue`` and ``x`` (keyword-only; the forward pass convolved
+    ``a = act(x * scale + shift)``), the kernel also sums, as it stores ``da`` (the gradient in
+    ``a``), the gradients of the prologue's ``scale`` and ``shift``: returns
+    ``(da, dscale, dshift)``, the last two ``(C,)`` float32. Default: ``da`` alone.
+    """
     (gh, taps_h), (gw, taps_w) = (
         input_grad_geometry(x_shape[1 + i], w.shape[1 + i], spec.stride[i], *spec.padding[i])
         for i in range(2))
@@ -161,7 +168,12 @@ def input_grad(g, w, x_shape, x_dtype, spec: ConvSpec, *, tiling: Tiling | None 
     taps = _taps_first(w, spec.flip)[0]
     taps = jnp.concatenate([taps, jnp.zeros((1, taps.shape[1]), jnp.float32)], axis=0)
     wt = taps[table]  # (phases, Th*Tw, C)
-    return correlate(g, wt, None, gh, gw, jnp.dtype(x_dtype), tiling, interpret)
+    if prologue is None:
+        return correlate(g, wt, None, gh, gw, jnp.dtype(x_dtype), tiling, interpret)
+    pre, activation = _pre(prologue)
+    da, sums = correlate(g, wt, pre, gh, gw, jnp.dtype(x_dtype), tiling, interpret, activation,
+                         x=x)
+    return da, sums[1], sums[0]
 
 
 def weight_grad(x, g, w_shape, w_dtype, spec: ConvSpec, *, prologue: Prologue | None = None,
@@ -278,18 +290,18 @@ def _prologue_fwd(x, scale, shift, w, spec, activation, opts):
 
 
 def _prologue_bwd(spec, activation, opts, res, g):
-    """``da``, the cotangent of the transformed input, is the input-gradient kernel's; through
-    ``act(x * scale + shift)`` it gives ``x``'s, ``scale``'s and ``shift``'s in one reduction
-    and one elementwise pass (XLA fuses them), reading ``x`` and ``da``."""
+    """``da``, the cotangent of the transformed input, is the input-gradient kernel's, which
+    sums ``scale``'s and ``shift``'s gradients as it stores it (so no reduction reads ``da`` and
+    ``x`` again); ``x``'s, ``act'(x * scale + shift) * da * scale``, is one elementwise pass
+    (XLA fuses it with the BatchNorm's own)."""
     x, scale, shift, w = res
     prologue = Prologue(scale, shift, activation)
-    da = input_grad(g, w, x.shape, x.dtype, spec, tiling=opts.tiling, interpret=opts.interpret)
+    da, dscale, dshift = input_grad(g, w, x.shape, x.dtype, spec, prologue=prologue, x=x,
+                                    tiling=opts.tiling, interpret=opts.interpret)
     xs = x.astype(jnp.float32)
     s, b = (per_channel(v, x.ndim, jnp.float32) for v in (scale, shift))
     gz = activation_tangent(xs * s + b, da.astype(jnp.float32), activation)
-    axes = tuple(range(x.ndim - 1))
-    dscale = jnp.sum(gz * xs, axes).astype(scale.dtype)
-    dshift = jnp.sum(gz, axes).astype(shift.dtype)
+    dscale, dshift = dscale.astype(scale.dtype), dshift.astype(shift.dtype)
     dx = (gz * s).astype(x.dtype)
     if opts.xla_weight_grad:
         a = apply(x, prologue, x.dtype)
