@@ -195,7 +195,8 @@ class _PrologueSums:
     input through a prologue ``a = act(x * scale + shift)``: with ``da`` the tile stored (float32,
     before rounding) and ``gz = act'(x * scale + shift) * da``, per channel ``sum(gz)`` and
     ``sum(gz * x)``, the gradients of ``shift`` and ``scale``. They replace a reduction over
-    ``da`` and ``x`` after the kernel (docs/benchmarks.md, "The prologue's gradient sums").
+    ``da`` and ``x`` after the kernel (docs/benchmarks.md, "Fusing the BatchNorm into the
+    depthwise kernels", the gradient sums).
 
     ``x_ref``: the prologue's input (the stored array's shape, packed as the source is);
     ``pre_ref``: as :class:`_Prologue`'s. Float32 tile accumulators, one per sum and half,
